@@ -1,0 +1,3 @@
+from mt2kd.cli import main
+
+main()

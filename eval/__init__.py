@@ -1,0 +1,3 @@
+"""mt2kd.eval"""
+
+__all__: list[str] = []

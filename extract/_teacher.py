@@ -1,0 +1,136 @@
+"""The one interface every frozen teacher implements, and the registry."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt2kd.errors import CheckpointNotFoundError, ConfigError
+from mt2kd.store import TeacherSpec
+
+SAMPLE_RATE = 16_000  # Hz; every teacher takes 16 kHz mono float32
+FORMAT_VERSION = 1  # bump when a teacher's output for the same weights changes
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class Teacher(abc.ABC):
+    """A frozen teacher: padded 16 kHz waveforms in, one array per cut out.
+
+    Subclasses set ``name`` and implement :meth:`spec` inputs and
+    :meth:`_extract`. ``extract`` must give each cut the output it would get
+    alone (batch invariance).
+    """
+
+    name: str = ""
+
+    def __init__(self, checkpoint: str | Path, options: dict[str, Any], precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}. Got {precision!r}.")
+        self.checkpoint = Path(checkpoint)
+        self.options = dict(options)
+        self.precision = precision
+        self.device = "cpu"
+        self._fingerprint: str | None = None
+
+    # -- what the store records -------------------------------------------
+    @property
+    @abc.abstractmethod
+    def spec(self) -> TeacherSpec:
+        """The store spec of this teacher's output (fingerprint and config filled in)."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of checkpoint bytes + options + format version (16 hex digits)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(f"{self.name}:{FORMAT_VERSION}:".encode())
+            h.update(json.dumps(self.options, sort_keys=True, default=str).encode())
+            for path in sorted(_checkpoint_files(self.checkpoint)):
+                h.update(path.name.encode())
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    # -- running -------------------------------------------------------------
+    def to(self, device: str) -> Teacher:
+        """Move the frozen weights to ``device`` ("cpu", "cuda", "cuda:1")."""
+        self._to(device)
+        self.device = device
+        return self
+
+    def extract(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run the teacher on 16 kHz mono float32 waveforms; one float32 array per input."""
+        for i, w in enumerate(waveforms):
+            if w.ndim != 1:
+                raise ConfigError(f"{self.name}: waveform {i} must be 1-D mono. Got shape {w.shape}.")
+        if not waveforms:
+            return []
+        return self._extract(waveforms)
+
+    @abc.abstractmethod
+    def _to(self, device: str) -> None: ...
+
+    @abc.abstractmethod
+    def _extract(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+def _checkpoint_files(checkpoint: Path) -> list[Path]:
+    if checkpoint.is_dir():
+        return [p for p in checkpoint.rglob("*") if p.is_file()]
+    return [checkpoint]
+
+
+_REGISTRY: dict[str, Callable[..., Teacher]] = {}
+
+
+def register_teacher(name: str) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
+    """Class decorator: make a teacher loadable by ``load_teacher(name, ...)``."""
+
+    def wrap(factory: Callable[..., Teacher]) -> Callable[..., Teacher]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def load_teacher(name: str, checkpoint: str | Path, **options: Any) -> Teacher:
+    """Load a frozen teacher from a local checkpoint.
+
+    Examples
+    --------
+    >>> t = load_teacher("whisper", "large-v3.pt", layer=-1, mode="trim")
+    >>> frames = t.extract([np.zeros(16_000, np.float32)])[0]   # [25, 2560]
+    """
+    _import_builtin_teachers()
+    if name not in _REGISTRY:
+        raise ConfigError(f"teacher must be one of {sorted(_REGISTRY)}. Got {name!r}.")
+    if not Path(checkpoint).exists():
+        raise CheckpointNotFoundError(
+            f"{name} checkpoint {str(checkpoint)!r} does not exist; nothing is downloaded at run time: "
+            f"put the checkpoint there or pass its local path."
+        )
+    return _REGISTRY[name](checkpoint, **options)
+
+
+def teacher_names() -> list[str]:
+    _import_builtin_teachers()
+    return sorted(_REGISTRY)
+
+
+def _import_builtin_teachers() -> None:
+    import importlib
+
+    for module in ("mt2kd.extract.whisper", "mt2kd.extract.beats", "mt2kd.extract.ecapa"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise

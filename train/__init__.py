@@ -1,0 +1,3 @@
+"""mt2kd.train"""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""mt2kd.workflows"""
+
+__all__: list[str] = []
