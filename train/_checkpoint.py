@@ -1,0 +1,136 @@
+"""Student checkpoints: write, rotate, load, average.
+
+A checkpoint is one ``torch.save`` dict holding only tensors and plain
+Python values (loadable with ``weights_only=True``):
+
+``format``, ``student_config``, ``train_config``, ``step``, ``model``,
+``optimizer``, ``scheduler``, ``sampler``, ``rng``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mt2kd.errors import CheckpointError, CheckpointNotFoundError
+from mt2kd.train._config import StudentConfig
+from mt2kd.train._model import Student
+
+FORMAT = "mt2kd-student-1"  # bumped when the checkpoint layout changes
+_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def checkpoint_path(exp_dir: str | Path, step: int) -> Path:
+    return Path(exp_dir) / f"checkpoint-{step:08d}.pt"
+
+
+def list_checkpoints(exp_dir: str | Path) -> list[Path]:
+    """Checkpoints in ``exp_dir``, oldest step first."""
+    folder = Path(exp_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(state: dict[str, Any], exp_dir: str | Path, keep_last: int) -> Path:
+    """Write ``state`` for its step (atomically: temp file then rename) and drop all but the last ``keep_last``."""
+    path = checkpoint_path(exp_dir, int(state["step"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    tmp.replace(path)
+    for old in list_checkpoints(exp_dir)[:-keep_last]:
+        old.unlink()
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict on CPU, refusing anything that is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"student checkpoint must be an existing file. Got {str(path)!r}.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{str(path)!r} must be a torch checkpoint of plain tensors. Got: {e}") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{str(path)!r} must have format {FORMAT!r}. Got {got!r}.")
+    return data
+
+
+def load_student(checkpoint_path: str | Path) -> tuple[Student, StudentConfig]:
+    """Build the student from a checkpoint's own config and load its weights.
+
+    Returns the model in eval mode on CPU, and its :class:`StudentConfig`.
+
+    Examples
+    --------
+    >>> model, config = load_student("exp/checkpoint-00002000.pt")  # doctest: +SKIP
+    >>> out = model(fbank[None], torch.tensor([len(fbank)]))  # doctest: +SKIP
+    """
+    data = read_checkpoint(checkpoint_path)
+    config = StudentConfig.from_dict(data["student_config"])
+    model = Student(config)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {str(checkpoint_path)!r} must match its student_config. Got: {e}") from e
+    return model.eval(), config
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights of several checkpoints.
+
+    Floating-point tensors are averaged in float64 and cast back; integer
+    buffers (if any) are taken from the last checkpoint.
+
+    Examples
+    --------
+    >>> state = average_checkpoints(list_checkpoints("exp")[-5:])  # doctest: +SKIP
+    """
+    if not paths:
+        raise CheckpointError("average_checkpoints needs at least one checkpoint. Got none.")
+    models = [read_checkpoint(p)["model"] for p in paths]
+    keys = list(models[-1])
+    for path, model in zip(paths, models):
+        if list(model) != keys:
+            raise CheckpointError(f"{str(path)!r} must hold the same parameters as {str(paths[-1])!r}.")
+    averaged = {}
+    for key in keys:
+        last = models[-1][key]
+        if last.is_floating_point():
+            total = sum(m[key].to(torch.float64) for m in models)
+            averaged[key] = (total / len(models)).to(last.dtype)
+        else:
+            averaged[key] = last.clone()
+    return averaged
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,162 @@
+"""Frozen configuration of the student model and of a stage-1 training run.
+
+Both travel inside every checkpoint (``to_dict``), and a config file (YAML or
+JSON) only ever serialises :class:`TrainConfig`; CLI flags map one-to-one onto
+its fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from mt2kd.errors import ConfigError
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(known)}.")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """Sizes of the Conformer student and its three heads.
+
+    Examples
+    --------
+    >>> StudentConfig.preset("tiny").model_dim
+    32
+    """
+
+    input_dim: int = 80  # fbank bins fed to the front-end
+    frontend_channels: int = 64  # channels of the two stride-2 conv layers (4x subsampling)
+    model_dim: int = 512  # encoder width D
+    num_blocks: int = 10  # Conformer blocks; every block's output is returned
+    num_heads: int = 8  # self-attention heads
+    ffn_dim: int = 2048  # hidden size of each of the two macaron feed-forward modules
+    conv_kernel: int = 31  # depthwise convolution kernel (frames at 25 Hz)
+    dropout: float = 0.1  # dropout inside blocks (train mode only)
+    teacher_frame_dim: int = 2560  # M_ASR output: stacked whisper-large frames
+    num_classes: int = 527  # M_AT output: AudioSet classes
+    embedding_dim: int = 192  # M_SV output: ECAPA embedding size
+    sv_block: int = 3  # 1-based block whose output feeds M_SV (the paper uses an early block)
+    sv_attention_dim: int = 128  # hidden size of the attentive statistics pooling
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sv_block <= self.num_blocks:
+            raise ConfigError(f"sv_block must be in [1, num_blocks={self.num_blocks}]. Got {self.sv_block}.")
+        if self.model_dim % self.num_heads:
+            raise ConfigError(
+                f"model_dim must be divisible by num_heads={self.num_heads}. Got {self.model_dim}."
+            )
+        if self.conv_kernel % 2 == 0:
+            raise ConfigError(f"conv_kernel must be odd (symmetric padding). Got {self.conv_kernel}.")
+
+    @classmethod
+    def preset(cls, name: str) -> StudentConfig:
+        """``tiny`` (tests, well under 1 M parameters) or ``paper`` (about 65 M)."""
+        if name not in STUDENT_PRESETS:
+            raise ConfigError(f"student preset must be one of {sorted(STUDENT_PRESETS)}. Got {name!r}.")
+        return STUDENT_PRESETS[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
+        return _from_dict(cls, data)
+
+
+STUDENT_PRESETS: dict[str, StudentConfig] = {
+    "tiny": StudentConfig(
+        frontend_channels=8, model_dim=32, num_blocks=4, num_heads=2, ffn_dim=64,
+        conv_kernel=7, dropout=0.0, sv_attention_dim=16,
+    ),
+    "paper": StudentConfig(),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One stage-1 KD run. Every field is a ``mt2kd train kd`` flag of the same name.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(cuts=("a.jsonl.gz",), stores=("s.zarr",), exp_dir="exp")
+    >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    cuts: tuple[str, ...] = ()  # CutSet manifests, one per corpus, muxed by size
+    stores: tuple[str, ...] = ()  # teacher stores, opened as one view
+    exp_dir: str = "exp"  # checkpoints, TensorBoard logs and the resolved config go here
+    repeats: tuple[int, ...] = ()  # per-corpus repeat count (empty: 1 for every corpus)
+    student: str = "paper"  # StudentConfig preset name
+    max_duration: float = 1000.0  # s of audio per batch (per GPU)
+    num_buckets: int = 30  # duration buckets of the DynamicBucketingSampler
+    buffer_size: int = 10_000  # cuts held by the bucketing sampler
+    shuffle: bool = True  # shuffle within buckets
+    seed: int = 42  # model init, sampler, mux and dropout
+    num_workers: int = 2  # DataLoader worker processes
+    num_steps: int = 100_000  # optimiser steps in total
+    lr: float = 2e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup_steps: int = 1_000  # linear warm-up from 0 to lr
+    lr_steps: float = 7_500.0  # Eden-like decay: lr ~ ((s^2 + S^2) / S^2)^-0.25
+    grad_clip: float = 5.0  # max global gradient norm
+    whisper_weight: float = 1.0  # lambda_1, L1 on whisper frames
+    beats_weight: float = 1.0  # lambda_2, BCE on beats logits
+    ecapa_weight: float = 1.0  # lambda_3, 1 - cos on ecapa embeddings
+    whisper_teacher: str = "whisper"  # store teacher name of the frame targets
+    beats_teacher: str = "beats"  # store teacher name of the AT logits
+    ecapa_teacher: str = "ecapa"  # store teacher name of the speaker embeddings
+    checkpoint_every: int = 2_000  # steps between checkpoints
+    keep_last: int = 5  # checkpoints kept on disk (older ones are deleted)
+    log_every: int = 50  # steps between progress lines and TensorBoard scalars
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+
+    def __post_init__(self) -> None:
+        if self.repeats and len(self.repeats) != len(self.cuts):
+            raise ConfigError(
+                f"repeats must give one count per --cuts ({len(self.cuts)}). Got {list(self.repeats)}."
+            )
+        if any(r < 1 for r in self.repeats):
+            raise ConfigError(f"every repeat count must be >= 1. Got {list(self.repeats)}.")
+        if self.student not in STUDENT_PRESETS:
+            raise ConfigError(f"student must be one of {sorted(STUDENT_PRESETS)}. Got {self.student!r}.")
+        for name in ("max_duration", "lr", "num_steps", "checkpoint_every", "keep_last", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0. Got {getattr(self, name)!r}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be one of ['auto', 'cpu', 'cuda']. Got {self.device!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML (``.yaml``/``.yml``) or JSON config file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file must exist. Got {str(path)!r}.")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping. Got {type(data).__name__}.")
+        return cls.from_dict(data)
