@@ -1,0 +1,119 @@
+"""``mt2kd eval``: score transcripts, teachers (from the store alone) and students.
+
+torch and the student code are imported inside ``eval kd`` only, so the other
+commands start quickly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mt2kd.errors import MT2KDError
+
+
+@click.group("eval")
+def eval_() -> None:
+    """Evaluate students and teachers: WER, mAP, EER and KD L1."""
+
+
+@eval_.command("wer")
+@click.option("--ref", "ref_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Reference transcripts, one 'cut_id text' line per cut.")
+@click.option("--hyp", "hyp_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Hypotheses in the same format; a missing cut counts as an empty hypothesis.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def wer_command(ref_path: str, hyp_path: str, out: str | None, as_json: bool) -> None:
+    """Word and character error rates of transcript files (exact text match, no normalisation)."""
+    from mt2kd.eval._asr import read_transcripts, score_transcripts
+
+    report = _guarded(lambda: score_transcripts(read_transcripts(ref_path), read_transcripts(hyp_path)))
+    _emit({"ref": ref_path, "hyp": hyp_path, **report}, out, as_json)
+
+
+def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by ``eval teachers`` and ``eval kd``; each maps onto an EvalConfig field."""
+    options = [
+        click.option("--cuts", multiple=True, required=True, type=click.Path(exists=True),
+                     help="CutSet manifest (repeatable)."),
+        click.option("--store", "stores", multiple=True, required=True, help="Teacher store (repeatable)."),
+        click.option("--trials", type=click.Path(exists=True, dir_okay=False),
+                     help="Trials file 'enroll test target|nontarget'; drawn from speakers when absent."),
+        click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+                     help="Label list (one name per line, or AudioSet class_labels_indices.csv)."),
+        click.option("--max-cuts", type=click.IntRange(min=1), help="Score only the first N cuts."),
+        click.option("--num-target-trials", default=1000, show_default=True, type=click.IntRange(min=0)),
+        click.option("--num-nontarget-trials", default=1000, show_default=True, type=click.IntRange(min=0)),
+        click.option("--seed", default=0, show_default=True, help="Seed of the trial drawing."),
+        click.option("--pseudo-label-threshold", default=0.5, show_default=True,
+                     help="Teacher probability counted as a label when cuts carry no events."),
+        click.option("--frames-teacher", default="whisper", show_default=True),
+        click.option("--tagging-teacher", default="beats", show_default=True),
+        click.option("--speaker-teacher", default="ecapa", show_default=True),
+        click.option("--out", type=click.Path(dir_okay=False), help="Write the report as JSON here."),
+        click.option("--plots", type=click.Path(file_okay=False), help="Write DET and per-class AP plots here."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table."),
+    ]
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+@eval_.command("teachers")
+@_common_options
+def teachers_command(out: str | None, plots: str | None, as_json: bool, **fields: Any) -> None:
+    """Teacher ceiling straight from the store: tagging mAP and speaker EER.
+
+    \b
+    Example:
+      mt2kd eval teachers --cuts dev.jsonl.gz --store dev.zarr --out teachers.json
+    """
+    _evaluate(fields, out, plots, as_json)
+
+
+@eval_.command("kd")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Student checkpoint.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Cuts per student forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="torch device of the student.")
+@_common_options
+def kd_command(out: str | None, plots: str | None, as_json: bool, **fields: Any) -> None:
+    """Student after KD: L1 to the frame teacher, AT-head mAP, SV-head EER, next to the teachers.
+
+    \b
+    Example:
+      mt2kd eval kd --checkpoint exp/avg.pt --cuts dev.jsonl.gz --store dev.zarr --plots plots/
+    """
+    _evaluate(fields, out, plots, as_json)
+
+
+def _evaluate(fields: dict[str, Any], out: str | None, plots: str | None, as_json: bool) -> None:
+    from mt2kd.eval._config import EvalConfig
+    from mt2kd.eval._report import write_plots
+    from mt2kd.eval._run import evaluate
+
+    fields = {**fields, "cuts": tuple(fields["cuts"]), "stores": tuple(fields["stores"])}
+    evaluation = _guarded(lambda: evaluate(EvalConfig(**fields)))
+    _emit(evaluation.report, out, as_json)
+    if plots:
+        for path in write_plots(evaluation.tagging, evaluation.speaker, plots):
+            click.echo(f"wrote {path}", err=True)
+
+
+def _guarded(run: Callable[[], Any]) -> Any:
+    """Turn our own errors into a one-line CLI message (exit code 1) instead of a traceback."""
+    try:
+        return run()
+    except MT2KDError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _emit(report: dict[str, Any], out: str | None, as_json: bool) -> None:
+    from mt2kd.eval._report import format_table, write_json
+
+    if out:
+        write_json(report, out)
+    click.echo(json.dumps(report, indent=2, allow_nan=False) if as_json else format_table(report))

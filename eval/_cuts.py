@@ -1,0 +1,75 @@
+"""What the cuts themselves say: which cuts to score, their speakers and their event labels.
+
+Speakers come from the supervisions (the first supervision that names one);
+event labels from ``cut.custom["events"]``, a list of label names or class
+indices. A cut without an ``events`` field is unlabelled and left out of mAP;
+a cut whose ``events`` is an empty list is labelled "no event".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mt2kd.errors import DuplicateCutError
+from mt2kd.eval._tagging import events_to_multi_hot
+
+EVENTS_FIELD = "events"  # key in cut.custom holding a cut's event labels
+
+
+def load_cuts(paths: Sequence[str], max_cuts: int | None = None) -> list[Any]:
+    """Read CutSet manifests in order, keep the first ``max_cuts`` cuts.
+
+    Examples
+    --------
+    >>> cuts = load_cuts(["dev.jsonl.gz"], max_cuts=100)  # doctest: +SKIP
+    """
+    from lhotse import CutSet
+
+    cuts: list[Any] = []
+    source_of: dict[str, str] = {}
+    for path in paths:
+        for cut in CutSet.from_file(path):
+            if max_cuts is not None and len(cuts) >= max_cuts:
+                return cuts
+            if cut.id in source_of:
+                raise DuplicateCutError(
+                    f"cut IDs must be unique across manifests. Got {cut.id!r} in {source_of[cut.id]} and {path}.")
+            source_of[cut.id] = str(path)
+            cuts.append(cut)
+    return cuts
+
+
+def speaker_of(cut: Any) -> str | None:
+    """The first speaker named by the cut's supervisions, if any."""
+    for supervision in cut.supervisions:
+        if supervision.speaker:
+            return str(supervision.speaker)
+    return None
+
+
+def speakers(cuts: Sequence[Any]) -> dict[str, str]:
+    """Cut ID -> speaker for the cuts that have one."""
+    found = {cut.id: speaker_of(cut) for cut in cuts}
+    return {cut_id: spk for cut_id, spk in found.items() if spk is not None}
+
+
+def has_events(cut: Any) -> bool:
+    return bool(cut.custom) and EVENTS_FIELD in cut.custom
+
+
+def event_targets(cuts: Sequence[Any], num_classes: int,
+                  label_index: dict[str, int] | None) -> tuple[list[str], np.ndarray]:
+    """IDs of the labelled cuts and their multi-hot targets [num_labelled, num_classes]."""
+    labelled = [cut for cut in cuts if has_events(cut)]
+    targets = np.zeros((len(labelled), num_classes), dtype=bool)
+    for row, cut in enumerate(labelled):
+        targets[row] = events_to_multi_hot(cut.custom[EVENTS_FIELD], num_classes, label_index, cut.id)
+    return [cut.id for cut in labelled], targets
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    # written via tanh so that large negative logits do not overflow exp()
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))

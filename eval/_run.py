@@ -1,0 +1,102 @@
+"""One evaluation run: fix the targets, score the teachers (the ceiling) and, given a checkpoint, the student."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from mt2kd.errors import ConfigError
+from mt2kd.eval._config import EvalConfig
+from mt2kd.eval._cuts import load_cuts, speakers
+from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
+from mt2kd.eval._store_io import clip_outputs, open_store_view, spec_dims
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """The report of a run, plus per-model curves for plotting."""
+
+    report: dict[str, Any]  # JSON-ready: config, counts, labels, trials, teachers, student
+    tagging: dict[str, Scores]  # model name ("student", teacher name) -> mAP scores
+    speaker: dict[str, Scores]  # model name -> EER scores
+
+
+def evaluate(config: EvalConfig) -> Evaluation:
+    """Score the teachers from the store and, when ``config.checkpoint`` is set, the student.
+
+    Examples
+    --------
+    >>> ev = evaluate(EvalConfig(cuts=("dev.jsonl.gz",), stores=("dev.zarr",)))  # doctest: +SKIP
+    >>> ev.report["teachers"]["beats"]["map"]  # doctest: +SKIP
+    0.47
+    """
+    cuts = load_cuts(config.cuts, config.max_cuts)
+    if not cuts:
+        raise ConfigError(f"the manifests must hold at least one cut. Got none in {list(config.cuts)}.")
+    store = open_store_view(config.stores)
+    cut_ids = [cut.id for cut in cuts]
+    teacher_logits = clip_outputs(store, cut_ids, config.tagging_teacher)
+    teacher_embeddings = clip_outputs(store, cut_ids, config.speaker_teacher)
+    student = _run_student(config, cuts, store) if config.checkpoint else None
+    num_classes = _num_classes(config, store, student)
+    targets = _targets(config, cuts, num_classes, teacher_logits)
+
+    tagging = {config.tagging_teacher: score_tagging(teacher_logits, targets)}
+    speaker = {config.speaker_teacher: score_speakers(teacher_embeddings, targets)}
+    report = _report_head(config, cuts, store, targets, teacher_logits, teacher_embeddings)
+    report["teachers"] = {config.tagging_teacher: {"map": tagging[config.tagging_teacher].summary},
+                          config.speaker_teacher: {"eer": speaker[config.speaker_teacher].summary}}
+    if student is not None:
+        tagging["student"] = score_tagging(student.at_logits, targets)
+        speaker["student"] = score_speakers(student.sv_embeddings, targets)
+        report["student"] = {"kd_l1": student.kd_l1_summary(config.frames_teacher),
+                             "map": tagging["student"].summary, "eer": speaker["student"].summary,
+                             "model": student.info}
+    # full per-class lists go last: the table leaves them out, the JSON keeps them for analysis
+    report["per_class_ap"] = {name: s.per_class_ap for name, s in tagging.items() if s.per_class_ap is not None}
+    report = json_ready(report)
+    return Evaluation(report, tagging, speaker)
+
+
+def _run_student(config: EvalConfig, cuts: list[Any], store: Any) -> Any:
+    from mt2kd.eval._student import run_student  # torch is imported only when a student is evaluated
+
+    return run_student(config, cuts, store)
+
+
+def _num_classes(config: EvalConfig, store: Any, student: Any) -> int:
+    dims = spec_dims(store)
+    if config.tagging_teacher in dims:
+        return dims[config.tagging_teacher]
+    if student is not None and student.num_classes:
+        return student.num_classes
+    raise ConfigError(
+        f"the number of classes comes from the {config.tagging_teacher!r} teacher or the student. "
+        f"Got neither (store teachers: {sorted(dims)}).")
+
+
+def _targets(config: EvalConfig, cuts: list[Any], num_classes: int,
+             teacher_logits: dict[str, np.ndarray]) -> Targets:
+    label_cut_ids, labels, label_info = build_labels(
+        cuts, num_classes, config.labels, teacher_logits, config.pseudo_label_threshold)
+    trials, trial_info = build_trials(
+        cuts, config.trials, config.num_target_trials, config.num_nontarget_trials, config.seed)
+    return Targets(label_cut_ids, labels, label_info, trials, trial_info)
+
+
+def _report_head(config: EvalConfig, cuts: list[Any], store: Any, targets: Targets,
+                 teacher_logits: dict, teacher_embeddings: dict) -> dict[str, Any]:
+    cut_ids = [cut.id for cut in cuts]
+    counts = {
+        "num_cuts": len(cuts),
+        "num_cuts_in_store": sum(cut_id in store for cut_id in cut_ids),
+        "num_cuts_with_speaker": len(speakers(cuts)),
+        "num_cuts_labelled": len(targets.label_cut_ids),
+        f"num_cuts_with_{config.tagging_teacher}": len(teacher_logits),
+        f"num_cuts_with_{config.speaker_teacher}": len(teacher_embeddings),
+        "hours": sum(cut.duration for cut in cuts) / 3600.0,
+    }
+    return {"config": config.to_dict(), "counts": counts, "labels": targets.label_info,
+            "trials": targets.trial_info}

@@ -1,0 +1,121 @@
+"""Running a trained student over cuts: its AT logits, SV embeddings and frame L1 to the teacher.
+
+Cuts go through the model in padded batches under ``torch.no_grad``; each
+cut's outputs are cut back to its own valid frames before scoring, so the
+numbers do not depend on the batch size. A cut whose audio cannot be read is
+skipped and recorded with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mt2kd.eval._config import EvalConfig
+from mt2kd.eval._kd import kd_l1_parts
+from mt2kd.eval._store_io import iter_outputs, spec_dims
+
+SAMPLE_RATE = 16_000  # Hz, the student's input rate
+
+
+@dataclasses.dataclass
+class StudentResults:
+    """Per-cut student outputs and the running frame-L1 sums."""
+
+    at_logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # cut ID -> [num_classes]
+    sv_embeddings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # cut ID -> [embedding_dim]
+    l1_sum: float = 0.0  # sum of |student - teacher| over aligned valid frames and dims
+    num_l1_values: int = 0  # how many values l1_sum covers (frames x dims)
+    num_l1_frames: int = 0  # aligned valid frames that took part
+    num_l1_cuts: int = 0  # cuts with a frame target
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)  # cut ID -> why it was skipped
+    num_classes: int = 0  # AT head width
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # checkpoint and model facts
+
+    def kd_l1_summary(self, teacher: str) -> dict[str, Any]:
+        mean = self.l1_sum / self.num_l1_values if self.num_l1_values else None
+        return {"teacher": teacher, "l1": mean, "num_cuts": self.num_l1_cuts, "num_frames": self.num_l1_frames,
+                "num_cuts_failed": len(self.failures), "failures": dict(self.failures)}
+
+
+def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentResults:
+    """Student outputs for every readable cut, and its L1 against the frame teacher.
+
+    Examples
+    --------
+    >>> res = run_student(EvalConfig(("dev.jsonl",), ("dev.zarr",), checkpoint="avg.pt"), cuts, store)  # doctest: +SKIP
+    >>> res.kd_l1_summary("whisper")["l1"]  # doctest: +SKIP
+    0.31
+    """
+    from mt2kd.train import load_student
+
+    model, student_config = load_student(config.checkpoint)
+    model = model.to(config.device).eval()
+    has_frames = config.frames_teacher in spec_dims(store)
+    results = StudentResults(num_classes=int(getattr(student_config, "num_classes", 0) or 0),
+                             info=_model_info(config, model, student_config))
+    for start in range(0, len(cuts), config.batch_size):
+        batch = cuts[start:start + config.batch_size]
+        fbanks = _features(batch, results.failures)
+        if fbanks:
+            _score_batch(model, fbanks, config, store if has_frames else None, results)
+    return results
+
+
+def _model_info(config: EvalConfig, model: torch.nn.Module, student_config: Any) -> dict[str, Any]:
+    to_dict = getattr(student_config, "to_dict", None)
+    return {"checkpoint": config.checkpoint, "num_parameters": sum(p.numel() for p in model.parameters()),
+            "student_config": to_dict() if callable(to_dict) else None}
+
+
+def load_waveform(cut: Any) -> np.ndarray:
+    """A cut's audio as 16 kHz mono float32 samples (channels averaged)."""
+    if cut.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)
+    audio = np.asarray(cut.load_audio(), dtype=np.float32)
+    return audio.mean(axis=0) if audio.ndim == 2 else audio
+
+
+def _features(batch: Sequence[Any], failures: dict[str, str]) -> dict[str, torch.Tensor]:
+    from mt2kd.train import compute_fbank
+
+    fbanks: dict[str, torch.Tensor] = {}
+    for cut in batch:
+        try:
+            fbanks[cut.id] = torch.as_tensor(compute_fbank(load_waveform(cut)))
+        except Exception as e:  # any unreadable or empty audio: skip the cut, keep its reason
+            failures[cut.id] = f"{type(e).__name__}: {e}"
+    return fbanks
+
+
+@torch.no_grad()
+def _score_batch(model: torch.nn.Module, fbanks: dict[str, torch.Tensor], config: EvalConfig,
+                 store: Any, results: StudentResults) -> None:
+    cut_ids = list(fbanks)
+    num_frames = torch.tensor([fbanks[c].shape[0] for c in cut_ids])
+    padded = torch.nn.utils.rnn.pad_sequence([fbanks[c] for c in cut_ids], batch_first=True)
+    out = model(padded.to(config.device), num_frames.to(config.device))
+    at_logits = out.at_logits.float().cpu().numpy()
+    sv = out.sv_embedding.float().cpu().numpy()
+    for row, cut_id in enumerate(cut_ids):
+        results.at_logits[cut_id] = at_logits[row].astype(np.float64)
+        results.sv_embeddings[cut_id] = sv[row].astype(np.float64)
+    if store is not None:
+        _add_frame_l1(out, cut_ids, store, config.frames_teacher, results)
+
+
+def _add_frame_l1(out: Any, cut_ids: list[str], store: Any, teacher: str, results: StudentResults) -> None:
+    row_of = {cut_id: row for row, cut_id in enumerate(cut_ids)}
+    frames = out.frames.float().cpu().numpy()
+    mask = out.frame_mask.cpu().numpy()
+    for cut_id, target in iter_outputs(store, cut_ids, teacher):
+        row = row_of[cut_id]
+        total, num_values = kd_l1_parts(frames[row], target.astype(np.float32), mask[row])
+        results.l1_sum += total
+        results.num_l1_values += num_values
+        results.num_l1_frames += num_values // frames.shape[-1]
+        results.num_l1_cuts += 1
