@@ -19,6 +19,7 @@ from torch import nn
 from mt2kd.errors import CheckpointError
 
 LAYER_NORM_EPS = 1e-5  # every LayerNorm in BEATs uses the torch default
+BUCKET_TABLE_STEP = 256  # patches; the cached bucket table grows in these steps (256 patches = 5.12 s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,19 +215,26 @@ class BeatsEncoder(nn.Module):
                 layer.self_attn.relative_attention_bias = layers[0].self_attn.relative_attention_bias
         self.layers = nn.ModuleList(layers)
         self.layer_norm = nn.LayerNorm(config.encoder_embed_dim, eps=LAYER_NORM_EPS)
-        self._bucket_cache: dict[tuple[int, str], torch.Tensor] = {}
+        # Bucket indices depend only on j - i, so the top-left P x P block of a
+        # larger table is the table for P: one growing table per device serves
+        # every length without recomputation or one cache entry per length.
+        self._bucket_cache: dict[str, torch.Tensor] = {}
+
+    def relative_buckets(self, num_patches: int, device: torch.device) -> torch.Tensor:
+        """Bucket indices [P, P], from the cached table for this device (grown when too small)."""
+        cached = self._bucket_cache.get(str(device))
+        if cached is None or cached.shape[0] < num_patches:
+            size = -(-num_patches // BUCKET_TABLE_STEP) * BUCKET_TABLE_STEP
+            cached = relative_position_buckets(size, self.config.num_buckets, self.config.max_distance, device)
+            self._bucket_cache[str(device)] = cached
+        return cached[:num_patches, :num_patches]
 
     def position_bias(self, num_patches: int, device: torch.device) -> torch.Tensor | None:
-        """Ungated bias [H, P, P] from layer 0's table; bucket indices cached per length."""
+        """Ungated bias [H, P, P] from layer 0's table (later layers share it)."""
         if not self.config.relative_position_embedding:
             return None
-        key = (num_patches, str(device))
-        if key not in self._bucket_cache:
-            self._bucket_cache[key] = relative_position_buckets(
-                num_patches, self.config.num_buckets, self.config.max_distance, device
-            )
         table = cast(BeatsLayer, self.layers[0]).self_attn.relative_attention_bias
-        return table(self._bucket_cache[key]).permute(2, 0, 1)
+        return table(self.relative_buckets(num_patches, device)).permute(2, 0, 1)
 
     def embed_positions(self, x: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
         """x + GELU(pos_conv(x)) then LayerNorm; padded patches are zeroed first.

@@ -17,8 +17,14 @@ import torch
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError, ValidationError
 from mt2kd.extract import load_teacher
 from mt2kd.extract._beats_fbank import beats_fbank, num_frames
-from mt2kd.extract._beats_model import BeatsConfig, BeatsModel
-from mt2kd.extract.beats import BeatsTeacher, load_beats_model, min_num_samples, write_tiny_beats_checkpoint
+from mt2kd.extract._beats_model import BeatsConfig, BeatsModel, relative_position_buckets
+from mt2kd.extract.beats import (
+    TINY_CFG,
+    BeatsTeacher,
+    load_beats_model,
+    min_num_samples,
+    write_tiny_beats_checkpoint,
+)
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "beats"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference vectors not found at {REFERENCE}")
@@ -190,6 +196,18 @@ def test_bad_options_are_config_errors(tmp_path):
     cpu_bf16 = load_teacher("beats", path, precision="bf16")
     with pytest.raises(ConfigError, match="CUDA"):
         cpu_bf16.extract([np.zeros(4_000, np.float32)])
+
+
+def test_relative_buckets_follow_the_formula_and_the_cache_is_consistent():
+    # Hand-computed with num_buckets 320, max_distance 800: exact below 80, log-spaced up to 159.
+    buckets = relative_position_buckets(1_000, 320, 800, torch.device("cpu"))
+    for offset, expected in {0: 0, -5: 5, 5: 165, -79: 79, 80: 240, -100: 87, -800: 159, 999: 319}.items():
+        i, j = (0, offset) if offset >= 0 else (-offset, 0)
+        assert int(buckets[i, j]) == expected, offset
+    encoder = BeatsModel(BeatsConfig.from_dict(TINY_CFG)).encoder
+    large = encoder.relative_buckets(700, torch.device("cpu"))  # grows the cached table
+    small = encoder.relative_buckets(37, torch.device("cpu"))  # sliced from it
+    assert torch.equal(large, buckets[:700, :700]) and torch.equal(small, buckets[:37, :37])
 
 
 # -- loading -----------------------------------------------------------------------
