@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from mt2kd.cli import main
 from mt2kd.errors import ValidationError
 from mt2kd.eval._asr import (cer, ctc_greedy_decode, edit_counts, pieces_to_text, read_transcripts,
                              score_transcripts, wer)
@@ -101,3 +105,13 @@ def test_transcript_duplicate_id_is_an_error(tmp_path):
     path.write_text("c1 a\nc1 b\n")
     with pytest.raises(ValidationError, match="occurs twice"):
         read_transcripts(path)
+
+
+def test_wer_command(tmp_path):
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    ref.write_text("a the cat sat on the mat\n")
+    hyp.write_text("a the bat sat the mat down\n")
+    result = CliRunner().invoke(main, ["eval", "wer", "--ref", str(ref), "--hyp", str(hyp), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["wer"]["rate"] == pytest.approx(0.5)  # 1 sub + 1 del + 1 ins over 6 words
