@@ -170,7 +170,8 @@ def load_beats(checkpoint: str | Path, precision: str = "fp32", min_duration_pol
     >>> teacher.extract([np.zeros(16_000, np.float32)])[0].shape
     (527,)
     """
-    return BeatsTeacher(checkpoint, {"min_duration_policy": min_duration_policy}, precision)
+    # Precision is an option too, so that it enters the fingerprint: bf16 logits are not fp32 logits.
+    return BeatsTeacher(checkpoint, {"min_duration_policy": min_duration_policy, "precision": precision}, precision)
 
 
 TINY_CFG: dict[str, Any] = {

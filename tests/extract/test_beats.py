@@ -100,6 +100,17 @@ def test_fbank_of_clip_alone_equals_its_batch_rows(inputs, ref_batched, i):
     assert max_abs(alone, ref_batched["fbank"][i, : alone.shape[0]]) <= FBANK_MAX_TOL
 
 
+def test_fbank_agrees_with_torchaudio_kaldi_fbank():
+    # The released preprocessing calls torchaudio's Kaldi fbank; it imports in the pinned pair here.
+    kaldi = pytest.importorskip("torchaudio.compliance.kaldi")
+    waveform = torch.from_numpy((0.3 * np.random.default_rng(7).standard_normal(12_345)).astype(np.float32))
+    theirs = kaldi.fbank(waveform[None] * 2**15, num_mel_bins=128, sample_frequency=16_000,
+                         frame_length=25, frame_shift=10)
+    ours = beats_fbank(waveform[None])[0] * (2 * 6.55582) + 15.41663
+    assert ours.shape == theirs.shape == (num_frames(12_345), 128)
+    assert float((ours - theirs).abs().max()) <= FBANK_MAX_TOL * 2 * 6.55582
+
+
 # -- each clip alone, from the waveform and from the reference fbank --------------
 @needs_reference
 @pytest.mark.parametrize("i", [0, 1])
@@ -293,6 +304,7 @@ def test_tiny_teacher_spec_and_output(tmp_path):
     assert not np.allclose(logits[0], logits[1])
     other = load_teacher("beats", write_tiny_beats_checkpoint(tmp_path / "other.pt", seed=2))
     assert other.fingerprint != teacher.fingerprint
+    assert load_teacher("beats", path, precision="bf16").fingerprint != teacher.fingerprint
 
 
 @needs_reference
