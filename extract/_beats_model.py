@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt2kd.errors import CheckpointError
+from mt2kd.extract._beats_fbank import NUM_MEL_BINS
 
 LAYER_NORM_EPS = 1e-5  # every LayerNorm in BEATs uses the torch default
 BUCKET_TABLE_STEP = 256  # patches; the cached bucket table grows in these steps (256 patches = 5.12 s)
@@ -94,7 +95,7 @@ class BeatsConfig:
     @property
     def num_patch_bands(self) -> int:
         """Patches per time step: the 128 mel bins cut into ``input_patch_size`` bands."""
-        return 128 // self.input_patch_size
+        return NUM_MEL_BINS // self.input_patch_size
 
 
 def relative_position_buckets(num_patches: int, num_buckets: int, max_distance: int,
