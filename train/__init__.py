@@ -5,20 +5,34 @@ Public face used by evaluation and workflows:
 - :func:`compute_fbank` - the student's input features (80-bin, 100 Hz);
 - :class:`Student` / :class:`StudentOutput` / :class:`StudentConfig`;
 - :func:`load_student` - model and config from a checkpoint;
-- :func:`average_checkpoints` - the mean weights of several checkpoints.
+- :func:`average_checkpoints` - the mean weights of several checkpoints;
+- :class:`TrainConfig` and :func:`train` - one stage-1 KD run.
+
+Names resolve on first use, so ``mt2kd train --help`` does not import torch.
 """
 
-from mt2kd.train._checkpoint import average_checkpoints, load_student
-from mt2kd.train._config import StudentConfig, TrainConfig
-from mt2kd.train._features import compute_fbank
-from mt2kd.train._model import Student, StudentOutput
+from __future__ import annotations
 
-__all__ = [
-    "Student",
-    "StudentConfig",
-    "StudentOutput",
-    "TrainConfig",
-    "average_checkpoints",
-    "compute_fbank",
-    "load_student",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Student": "_model",
+    "StudentOutput": "_model",
+    "StudentConfig": "_config",
+    "TrainConfig": "_config",
+    "average_checkpoints": "_checkpoint",
+    "load_student": "_checkpoint",
+    "compute_fbank": "_features",
+    "train": "_trainer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'mt2kd.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mt2kd.train.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -134,3 +134,24 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_average(exp_dir: str | Path, num_last: int, out_path: str | Path) -> list[Path]:
+    """Write the mean weights of the last ``num_last`` checkpoints as a loadable checkpoint.
+
+    The result keeps the newest checkpoint's configs and step and drops its
+    optimiser and sampler state (an average is for evaluation, not resuming).
+    """
+    if num_last < 1:
+        raise CheckpointError(f"num_last must be >= 1. Got {num_last}.")
+    found = list_checkpoints(exp_dir)[-num_last:]
+    if not found:
+        raise CheckpointNotFoundError(f"{str(exp_dir)!r} must hold checkpoint-*.pt files. Got none.")
+    newest = read_checkpoint(found[-1])
+    state = {key: newest[key] for key in ("student_config", "train_config", "step") if key in newest}
+    state["model"] = average_checkpoints(list(found))
+    state["averaged_from"] = [p.name for p in found]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, **state}, out_path)
+    return found

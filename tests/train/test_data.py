@@ -1,0 +1,135 @@
+"""The loader: target join by cut ID, masks, ID mapping, muxing, DDP shards, workers, sampler state."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from mt2kd.train import _data
+from mt2kd.train._data import KDDataset, fetch_targets
+from mt2kd.train._features import num_fbank_frames
+from mt2kd.train._loader import make_loader, make_sampler, open_corpora, restore_sampler, sampler_state
+
+
+def _open(path):
+    from mt2kd.store import TeacherStore
+
+    return TeacherStore.open(str(path))
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x["cut_ids"] == y["cut_ids"]
+        assert torch.equal(x["fbank"], y["fbank"]) and torch.equal(x["num_frames"], y["num_frames"])
+        for name in x["targets"]:
+            for key in x["targets"][name]:
+                assert torch.equal(x["targets"][name][key], y["targets"][name][key])
+
+
+def test_targets_join_by_id_with_presence_masks(tmp_path, make_cuts, fill_store) -> None:
+    cuts = make_cuts("utt", [0.5, 0.9, 1.3])
+    ids = [c.id for c in cuts]
+    store = _open(fill_store(tmp_path / "s.zarr", cuts, missing={"whisper": {ids[1]}, "ecapa": {ids[2]}}))
+    targets = fetch_targets(list(cuts), store)
+    whisper = targets["whisper"]
+    assert whisper["present"].tolist() == [True, False, True]
+    assert whisper["lengths"][1] == 0 and whisper["values"][1].abs().max() == 0  # padding, masked out
+    for i in (0, 2):
+        expected = store.get(ids[i])["whisper"]
+        assert whisper["lengths"][i] == expected.shape[0]
+        np.testing.assert_array_equal(whisper["values"][i, : expected.shape[0]].numpy(), expected)
+    assert targets["ecapa"]["present"].tolist() == [True, True, False]
+    np.testing.assert_array_equal(targets["beats"]["values"][1].numpy(), store.get(ids[1])["beats"])
+
+
+def test_repeated_ids_map_back_to_the_original(tmp_path, make_cuts, fill_store) -> None:
+    cuts = make_cuts("utt", [0.5, 0.7])
+    store = _open(fill_store(tmp_path / "s.zarr", cuts))
+    repeated = list(cuts.repeat(times=2))
+    assert {c.id for c in repeated} == {"utt-000_repeat0", "utt-001_repeat0", "utt-000_repeat1", "utt-001_repeat1"}
+    targets = fetch_targets(repeated, store)
+    assert targets["ecapa"]["present"].all()
+    for i, cut in enumerate(repeated):
+        original = cut.id.split("_repeat")[0]
+        np.testing.assert_array_equal(targets["ecapa"]["values"][i].numpy(), store.get(original)["ecapa"])
+
+
+def test_speed_perturbed_cuts_are_masked_with_one_warning(tmp_path, make_cuts, fill_store, caplog,
+                                                           monkeypatch) -> None:
+    cuts = make_cuts("utt", [0.5, 0.7, 0.9])
+    store = _open(fill_store(tmp_path / "s.zarr", cuts))
+    monkeypatch.setattr(_data, "_warned_perturbed", False)
+    batch = [cuts[0], cuts[1].perturb_speed(0.9), cuts[2].perturb_speed(1.1)]
+    assert batch[1].id.endswith("_sp0.9")
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train._data"):
+        targets = fetch_targets(batch, store)
+    for name in ("whisper", "beats", "ecapa"):
+        assert targets[name]["present"].tolist() == [True, False, False]
+    warnings = [r for r in caplog.records if "perturbed" in r.getMessage()]
+    assert len(warnings) == 1 and batch[1].id in warnings[0].getMessage()
+
+
+def test_mixed_cut_takes_targets_of_its_first_track(tmp_path, make_cuts, fill_store) -> None:
+    cuts = make_cuts("utt", [1.0, 0.6])
+    store = _open(fill_store(tmp_path / "s.zarr", cuts))
+    mixed = cuts[0].mix(cuts[1], offset_other_by=0.2, allow_padding=True)
+    assert type(mixed).__name__ == "MixedCut" and mixed.id != cuts[0].id
+    batch = KDDataset([str(tmp_path / "s.zarr")])[[mixed]]
+    expected = store.get(cuts[0].id)["whisper"]
+    assert batch["targets"]["whisper"]["lengths"].tolist() == [expected.shape[0]]
+    np.testing.assert_array_equal(batch["targets"]["whisper"]["values"][0].numpy(), expected)
+    assert batch["num_frames"].tolist() == [num_fbank_frames(mixed.num_samples)]
+
+
+def test_mux_weights_corpora_by_size_and_repeats(tmp_path, make_cuts) -> None:
+    paths = []
+    for name, n in (("a", 4), ("b", 2)):
+        path = tmp_path / f"{name}.jsonl.gz"
+        make_cuts(name, [0.5] * n).to_file(path)
+        paths.append(str(path))
+    muxed = [c.id for c in open_corpora(paths, repeats=[1, 3], seed=0)]
+    assert sum(i.startswith("a-") for i in muxed) == 4
+    assert sum(i.startswith("b-") for i in muxed) == 6 and len(set(muxed)) == 10
+
+
+def test_ddp_ranks_get_disjoint_shards(tmp_path, make_cuts) -> None:
+    path = tmp_path / "c.jsonl.gz"
+    make_cuts("utt", [0.5 + 0.1 * i for i in range(8)]).to_file(path)
+    seen = []
+    for rank in (0, 1):
+        sampler = make_sampler(open_corpora([str(path)]), 1.5, num_buckets=2, buffer_size=100,
+                               world_size=2, rank=rank)
+        seen.append({c.id for batch in sampler for c in batch})
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_sampler_state_resumes_after_the_last_consumed_batch(corpus) -> None:
+    def sampler():
+        return make_sampler(open_corpora([corpus["manifest"]]), 1.6, num_buckets=2, buffer_size=100, seed=3)
+
+    reference = [[c.id for c in b] for b in sampler()]
+    first = sampler()
+    iterator = iter(first)
+    for _ in range(3):  # yielded three (as prefetching workers would) ...
+        next(iterator)
+    state = sampler_state(first, num_batches_consumed=1)  # ... but trained on one
+    second = sampler()
+    restore_sampler(second, state)
+    assert [[c.id for c in b] for b in second] == reference[1:]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 2 workers on a 2-core box
+def test_two_forked_workers_give_the_same_batches_as_none(corpus) -> None:
+    def batches(num_workers: int) -> list[dict]:
+        sampler = make_sampler(open_corpora([corpus["manifest"]]), 2.0, num_buckets=2, buffer_size=100, seed=1)
+        loader = make_loader(sampler, [corpus["store"]], num_workers)
+        loader.dataset.stores.get()  # open in the parent first: workers must not reuse it after fork
+        return list(loader)
+
+    serial = batches(0)
+    _same_batches(serial, batches(2))
+    assert sorted(i for b in serial for i in b["cut_ids"]) == sorted(c.id for c in corpus["cuts"])

@@ -1,0 +1,96 @@
+"""``mt2kd train``: stage-1 KD training and checkpoint averaging.
+
+Every :class:`TrainConfig` field is a flag of ``mt2kd train kd`` (``--lr`` for
+``lr``, ``--max-duration`` for ``max_duration``); the list fields take one
+value per use: ``--cuts`` (cuts), ``--store`` (stores), ``--repeat``
+(repeats). Precedence: field default < ``--config FILE`` < flags given on the
+command line. torch is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import click
+
+from mt2kd.train._config import TrainConfig
+
+_LIST_FLAGS = {"cuts": "--cuts", "stores": "--store", "repeats": "--repeat"}  # field -> flag
+
+
+def _option(field: dataclasses.Field) -> Any:
+    """A click option for one TrainConfig field, typed after its default."""
+    default = field.default
+    help_text = f"TrainConfig.{field.name} (default {default!r})."
+    if field.name in _LIST_FLAGS:
+        kind = int if field.name == "repeats" else str
+        return click.option(_LIST_FLAGS[field.name], field.name, multiple=True, type=kind, help=help_text)
+    flag = "--" + field.name.replace("_", "-")
+    if isinstance(default, bool):
+        return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=default, help=help_text)
+    return click.option(flag, field.name, type=type(default), default=default, help=help_text)
+
+
+def _config_options(command: Any) -> Any:
+    for field in reversed(dataclasses.fields(TrainConfig)):
+        command = _option(field)(command)
+    return command
+
+
+def resolve_config(ctx: click.Context, config_file: str | None, values: dict[str, Any]) -> TrainConfig:
+    """Merge defaults, the config file and the flags the user actually typed."""
+    merged = TrainConfig.from_file(config_file).to_dict() if config_file else TrainConfig().to_dict()
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name == "COMMANDLINE":
+            merged[name] = list(value) if isinstance(value, tuple) else value
+    return TrainConfig.from_dict(merged)
+
+
+@click.group()
+def train() -> None:
+    """Train students from a teacher store."""
+
+
+@train.command("kd")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML or JSON file holding TrainConfig fields.")
+@_config_options
+@click.pass_context
+def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
+    """Stage-1 KD: student frames/logits/embeddings towards whisper/beats/ecapa targets.
+
+    Resumes from the latest checkpoint in --exp-dir if there is one. Under
+    torchrun (WORLD_SIZE > 1) each process trains one DDP rank.
+
+    Example: mt2kd train kd --cuts a.jsonl.gz --store teachers.zarr --exp-dir exp --student tiny
+    """
+    cfg = resolve_config(ctx, config_file, values)
+    if not cfg.cuts or not cfg.stores:
+        raise click.UsageError("at least one --cuts and one --store are needed (flags or --config).")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from mt2kd.train._trainer import train as run_training
+
+    run_training(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+@train.command("average")
+@click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder holding checkpoint-*.pt files.")
+@click.option("--last", "num_last", type=int, default=5, show_default=True,
+              help="Average this many of the latest checkpoints.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the averaged checkpoint (loadable with load_student).")
+def average(exp_dir: str, num_last: int, out_path: str) -> None:
+    """Average the model weights of the last N checkpoints into one checkpoint."""
+    from mt2kd.train._checkpoint import write_average
+
+    used = write_average(exp_dir, num_last, out_path)
+    click.echo(f"averaged {len(used)} checkpoints ({used[0].name} .. {used[-1].name}) -> {out_path}")

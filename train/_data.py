@@ -1,0 +1,181 @@
+"""The KD dataset: a lhotse CutSet batch in, padded fbank and masked teacher targets out.
+
+Targets are joined by cut ID from one or several teacher stores. Which store
+ID a cut reads is decided by :func:`target_id`:
+
+- a MixedCut reads the targets of its first track;
+- a cut whose audio is time-altered (speed or tempo perturbation) has no
+  valid targets: the teachers saw other audio with another frame count;
+- an ID that ``CutSet.repeat()`` suffixed (``_repeatN``) maps back to the
+  original when the suffixed ID itself is not in the store.
+
+A missing target is a False in the ``present`` mask, with zero padding in
+``values``; never a dummy array passed off as real.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mt2kd.train._features import SAMPLE_RATE, compute_fbank
+
+log = logging.getLogger(__name__)
+
+_REPEAT_SUFFIX = re.compile(r"(_repeat\d+)+$")
+_TIME_ALTERING = ("speed", "tempo")  # lhotse transform names that change the time axis
+_warned_perturbed = False  # one warning per process, not one per cut
+
+
+def _transform_name(transform: Any) -> str:
+    if isinstance(transform, dict):
+        return str(transform.get("name", ""))
+    return type(transform).__name__
+
+
+def is_time_altered(cut: Any) -> bool:
+    """True when the cut's audio is speed- or tempo-perturbed."""
+    recording = getattr(cut, "recording", None)
+    transforms = getattr(recording, "transforms", None) or []
+    return any(_transform_name(t).lower() in _TIME_ALTERING for t in transforms)
+
+
+def _first_track_cut(cut: Any) -> Any:
+    while hasattr(cut, "tracks"):  # MixedCut; tracks may themselves be mixed
+        cut = cut.tracks[0].cut
+    return cut
+
+
+def target_id(cut: Any, store: Any) -> str | None:
+    """The store cut ID whose targets belong to ``cut``, or None if none are valid.
+
+    Examples
+    --------
+    >>> target_id(cut.repeat(2)[1], store)  # doctest: +SKIP
+    'cut-0001'
+    """
+    source = _first_track_cut(cut)
+    if is_time_altered(source):
+        _warn_perturbed(cut.id)
+        return None
+    if source.id in store:
+        return source.id
+    original = _REPEAT_SUFFIX.sub("", source.id)
+    if original != source.id and original in store:
+        return original
+    return None
+
+
+def _warn_perturbed(cut_id: str) -> None:
+    global _warned_perturbed
+    if not _warned_perturbed:
+        _warned_perturbed = True
+        log.warning(
+            "cut %s is speed/tempo-perturbed: its teacher targets are masked (the teachers saw the "
+            "unperturbed audio). Further perturbed cuts are masked without this warning.",
+            cut_id,
+        )
+
+
+class LazyStores:
+    """Teacher stores opened on first use in each process.
+
+    zarr v3 drives its I/O from an asyncio loop on a thread, and a thread does
+    not survive ``fork``: a DataLoader worker must open its own handle.
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = [str(p) for p in paths]
+        self._store: Any = None
+        self._pid: int | None = None
+
+    def get(self) -> Any:
+        if self._store is None or self._pid != os.getpid():
+            from mt2kd.store import TeacherStore, open_stores
+
+            self._store = TeacherStore.open(self.paths[0]) if len(self.paths) == 1 else open_stores(self.paths)
+            self._pid = os.getpid()
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:  # spawn/pickle: ship paths only
+        return {"paths": self.paths, "_store": None, "_pid": None}
+
+
+def _load_audio(cut: Any) -> np.ndarray:
+    if cut.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)
+    audio = cut.load_audio()
+    return audio.mean(axis=0) if audio.ndim == 2 else audio
+
+
+def _pad_fbank(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+    padded = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        padded[i, : f.shape[0]] = f
+    return padded, lengths
+
+
+def _collate_frames(rows: list[np.ndarray | None], dim: int) -> dict[str, torch.Tensor]:
+    lengths = torch.tensor([0 if r is None else r.shape[0] for r in rows], dtype=torch.long)
+    values = torch.zeros(len(rows), max(1, int(lengths.max())), dim)
+    for i, r in enumerate(rows):
+        if r is not None:
+            values[i, : r.shape[0]] = torch.from_numpy(np.asarray(r, dtype=np.float32))
+    return {"values": values, "lengths": lengths, "present": lengths > 0}
+
+
+def _collate_clip(rows: list[np.ndarray | None], dim: int) -> dict[str, torch.Tensor]:
+    values = torch.zeros(len(rows), dim)
+    for i, r in enumerate(rows):
+        if r is not None:
+            values[i] = torch.from_numpy(np.asarray(r, dtype=np.float32))
+    return {"values": values, "present": torch.tensor([r is not None for r in rows])}
+
+
+def fetch_targets(cuts: Sequence[Any], store: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """Teacher targets of ``cuts`` from ``store``, collated per teacher with presence masks."""
+    ids = [target_id(cut, store) for cut in cuts]
+    wanted = [i for i in ids if i is not None]
+    fetched = dict(zip(wanted, store.get_many(wanted))) if wanted else {}
+    targets = {}
+    for name, spec in store.specs.items():
+        rows = [fetched[i].get(name) if i is not None else None for i in ids]
+        collate = _collate_frames if spec.kind == "frames" else _collate_clip
+        targets[name] = collate(rows, spec.dim)
+    return targets
+
+
+class KDDataset(Dataset):
+    """Map-style lhotse dataset: the sampler yields a CutSet, this returns a batch dict.
+
+    Batch keys: ``cut_ids``, ``fbank`` ``[B, T100, 80]``, ``num_frames`` ``[B]``,
+    ``duration`` (s of audio), ``targets`` (teacher -> ``values``/``present``
+    [/``lengths``]).
+
+    Examples
+    --------
+    >>> dataset = KDDataset(["teachers.zarr"])  # doctest: +SKIP
+    >>> loader = DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=2)  # doctest: +SKIP
+    """
+
+    def __init__(self, store_paths: Sequence[str]) -> None:
+        self.stores = LazyStores(store_paths)
+
+    def __getitem__(self, cuts: Any) -> dict[str, Any]:
+        cuts = list(cuts)
+        fbank, num_frames = _pad_fbank([compute_fbank(_load_audio(c)) for c in cuts])
+        return {
+            "cut_ids": [c.id for c in cuts],
+            "fbank": fbank,
+            "num_frames": num_frames,
+            "duration": float(sum(c.duration for c in cuts)),
+            "targets": fetch_targets(cuts, self.stores.get()),
+        }

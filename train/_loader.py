@@ -1,0 +1,104 @@
+"""Corpora -> muxed CutSet -> bucketing sampler -> DataLoader, and the sampler's resume state.
+
+Corpora are weighted by their size times their repeat count, so a corpus
+repeated twice is drawn twice as often. The sampler lives in the main
+process (map-style dataset); workers only load audio and targets.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mt2kd.errors import ConfigError
+from mt2kd.train._data import KDDataset
+
+
+def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), seed: int = 0) -> Any:
+    """One lazy CutSet muxing every corpus, weighted by ``num_cuts x repeats``.
+
+    Examples
+    --------
+    >>> cuts = open_corpora(["libri.jsonl.gz", "audioset.jsonl.gz"], repeats=[1, 2])  # doctest: +SKIP
+    """
+    from lhotse import CutSet
+
+    if not cut_paths:
+        raise ConfigError("at least one --cuts manifest is needed. Got none.")
+    repeats = list(repeats) or [1] * len(cut_paths)
+    corpora, weights = [], []
+    for path, times in zip(cut_paths, repeats):
+        if not Path(path).is_file():
+            raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {str(path)!r}.")
+        cuts = CutSet.from_jsonl_lazy(path)
+        num_cuts = sum(1 for _ in cuts)  # one cheap pass over the manifest, no audio
+        if num_cuts == 0:
+            raise ConfigError(f"CutSet manifest {str(path)!r} must hold at least one cut. Got 0.")
+        corpora.append(cuts.repeat(times) if times > 1 else cuts)
+        weights.append(num_cuts * times)
+    if len(corpora) == 1:
+        return corpora[0]
+    return CutSet.mux(*corpora, weights=weights, seed=seed)
+
+
+def make_sampler(
+    cuts: Any,
+    max_duration: float,
+    *,
+    shuffle: bool = True,
+    num_buckets: int = 30,
+    buffer_size: int = 10_000,
+    seed: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+) -> Any:
+    """DynamicBucketingSampler bounded by ``max_duration`` seconds, one shard of it per rank."""
+    from lhotse.dataset import DynamicBucketingSampler
+
+    return DynamicBucketingSampler(
+        cuts,
+        max_duration=max_duration,
+        shuffle=shuffle,
+        num_buckets=num_buckets,
+        buffer_size=buffer_size,
+        num_cuts_for_bins_estimate=min(buffer_size, 10_000),
+        drop_last=world_size > 1,  # ranks must run the same number of steps
+        seed=seed,
+        world_size=world_size,
+        rank=rank,
+    )
+
+
+def make_loader(sampler: Any, store_paths: Sequence[str], num_workers: int) -> Any:
+    """DataLoader over :class:`KDDataset`; batches come whole from the sampler (``batch_size=None``)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        KDDataset(store_paths),
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
+
+
+def sampler_state(sampler: Any, num_batches_consumed: int) -> dict[str, Any]:
+    """The sampler's state_dict as of the last batch the trainer consumed.
+
+    DataLoader workers prefetch, so the sampler itself has already yielded a
+    few batches more than were trained on; its diagnostics (which lhotse
+    uses to fast-forward on load) are rewound to what was consumed.
+    """
+    state = copy.deepcopy(sampler.state_dict())
+    epoch = state["epoch"]
+    stats = state["diagnostics"]["stats_per_epoch"].get(epoch)
+    if stats is not None:
+        stats["kept_batches"] = num_batches_consumed - stats["discarded_batches"]
+    return state
+
+
+def restore_sampler(sampler: Any, state: dict[str, Any]) -> None:
+    """Load a state from :func:`sampler_state`: the next batch is the first one not yet trained on."""
+    sampler.load_state_dict(copy.deepcopy(state))
