@@ -12,7 +12,9 @@ embedding equals ``EncoderClassifier.encode_batch`` on the same weights.
 Batching: speechbrain's padded batches are not batch invariant (the
 convolutions reflect-pad at the batch's end rather than the cut's, and the
 relative-length masks round differently), so cuts are batched only with cuts
-of exactly the same number of samples; every other cut runs alone.
+of the same number of fbank frames (``1 + samples // 160``). Zero-padding a
+cut up to the longest of such a group leaves its frames unchanged, because the
+STFT already centres frames on zero padding, so the batch needs no mask at all.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from mt2kd.extract._teacher import Teacher, register_teacher
 from mt2kd.extract._tiny import RANDOM_WEIGHTS_FILE
 from mt2kd.store import TeacherSpec
 
-__all__ = ["EcapaConfig", "EcapaEncoder", "EcapaTeacher", "equal_length_batches", "load_ecapa",
+__all__ = ["EcapaConfig", "EcapaEncoder", "EcapaTeacher", "equal_key_batches", "load_ecapa",
            "load_ecapa_encoder", "read_ecapa_config", "EMBEDDING_FILE"]
 
 EMBEDDING_FILE = "embedding_model.ckpt"  # the ECAPA_TDNN state dict inside the folder
-DEFAULT_MAX_BATCH_SIZE = 32  # equal-length cuts per forward pass
+DEFAULT_MAX_BATCH_SIZE = 32  # cuts of equal frame count per forward pass
 NUM_SHOWN_KEYS = 5  # how many missing/unexpected keys an error message lists
 ACTIVATIONS = ("ReLU", "LeakyReLU")  # torch.nn activations the yaml may name
 
@@ -84,6 +86,10 @@ class EcapaConfig:
         """STFT hop in samples (160 at 16 kHz)."""
         return self.sample_rate * self.hop_length // 1000
 
+    def num_frames(self, num_samples: int) -> int:
+        """Fbank frames of a cut: the STFT centres one frame on every hop."""
+        return 1 + num_samples // self.hop_samples
+
     @property
     def min_num_samples(self) -> int:
         """Fewest samples the model accepts: its widest reflect padding needs one more frame."""
@@ -119,7 +125,11 @@ def read_ecapa_config(folder: str | Path) -> EcapaConfig:
 
 
 class EcapaEncoder(torch.nn.Module):
-    """speechbrain's Fbank -> sentence mean normalisation -> ECAPA_TDNN, for equal-length batches."""
+    """speechbrain's Fbank -> sentence mean normalisation -> ECAPA_TDNN, on unmasked batches.
+
+    Every row of a batch is used whole (relative length 1), so a batch must
+    hold cuts of one frame count, zero-padded to its longest (see the module notes).
+    """
 
     def __init__(self, config: EcapaConfig) -> None:
         super().__init__()
@@ -140,8 +150,8 @@ class EcapaEncoder(torch.nn.Module):
             global_context=config.global_context, groups=list(config.groups))
 
     def features(self, wavs: torch.Tensor) -> torch.Tensor:
-        """Normalised fbank ``[batch, frames, n_mels]`` of unpadded float32 waveforms ``[batch, samples]``."""
-        lengths = torch.ones(wavs.shape[0], device=wavs.device)  # whole rows: no padding anywhere
+        """Normalised fbank ``[batch, frames, n_mels]`` of float32 waveforms ``[batch, samples]``."""
+        lengths = torch.ones(wavs.shape[0], device=wavs.device)  # whole rows: every frame is the cut's
         return self.mean_var_norm(self.compute_features(wavs), lengths)
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
@@ -204,16 +214,16 @@ def load_ecapa_encoder(folder: str | Path) -> EcapaEncoder:
     return encoder
 
 
-def equal_length_batches(lengths: Sequence[int], max_batch_size: int) -> list[list[int]]:
-    """Group input indices into batches of identical length (first-seen order, at most ``max_batch_size``).
+def equal_key_batches(keys: Sequence[int], max_batch_size: int) -> list[list[int]]:
+    """Group input indices into batches of identical key (first-seen order, at most ``max_batch_size``).
 
     Examples
     --------
-    >>> equal_length_batches([5, 3, 5, 5], max_batch_size=2)
+    >>> equal_key_batches([5, 3, 5, 5], max_batch_size=2)
     [[0, 2], [3], [1]]
     """
     groups: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
+    for i, n in enumerate(keys):
         groups.setdefault(n, []).append(i)
     return [rows[start:start + max_batch_size] for rows in groups.values()
             for start in range(0, len(rows), max_batch_size)]
@@ -265,8 +275,12 @@ class EcapaTeacher(Teacher):
     def _extract(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
         clips = self._prepare(waveforms)
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(clips)
-        for rows in equal_length_batches([len(c) for c in clips], self.options["max_batch_size"]):
-            wavs = torch.from_numpy(np.stack([clips[i] for i in rows])).to(self.device)
+        num_frames = [self.config.num_frames(len(c)) for c in clips]
+        for rows in equal_key_batches(num_frames, self.options["max_batch_size"]):
+            wavs = torch.zeros(len(rows), max(len(clips[i]) for i in rows))
+            for row, i in zip(wavs, rows):
+                row[: len(clips[i])] = torch.from_numpy(clips[i])
+            wavs = wavs.to(self.device)
             feats = self.encoder.features(wavs)  # always float32: log-mel precision matters
             with self._autocast():
                 embeddings = self.encoder.embed(feats)
@@ -284,7 +298,7 @@ def load_ecapa(checkpoint: str | Path, precision: str = "fp32",
     ----------
     checkpoint : folder with ``hyperparams.yaml`` and ``embedding_model.ckpt``.
     precision : "fp32", or "bf16"/"fp16" autocast (CUDA only; the fbank stays float32).
-    max_batch_size : most cuts of identical length encoded in one pass.
+    max_batch_size : most cuts of the same number of fbank frames encoded in one pass.
 
     Examples
     --------
