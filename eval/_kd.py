@@ -3,7 +3,9 @@
 The definition is the training L1 term: the mean absolute difference over
 valid frames and feature dimensions (so already divided by the frame
 dimension). Student and teacher frames are aligned the way training aligns
-them: both truncated to the shorter of the two, the rest masked.
+them: both truncated to the shorter of the two, the rest masked. The student
+evaluation itself calls training's ``align_frames`` on torch tensors; these
+numpy functions apply the same rule to arrays saved elsewhere.
 """
 
 from __future__ import annotations

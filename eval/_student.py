@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._kd import kd_l1_parts
 from mt2kd.eval._store_io import iter_outputs, spec_dims
 
 SAMPLE_RATE = 16_000  # Hz, the student's input rate
@@ -109,13 +108,20 @@ def _score_batch(model: torch.nn.Module, fbanks: dict[str, torch.Tensor], config
 
 
 def _add_frame_l1(out: Any, cut_ids: list[str], store: Any, teacher: str, results: StudentResults) -> None:
-    row_of = {cut_id: row for row, cut_id in enumerate(cut_ids)}
-    frames = out.frames.float().cpu().numpy()
-    mask = out.frame_mask.cpu().numpy()
-    for cut_id, target in iter_outputs(store, cut_ids, teacher):
-        row = row_of[cut_id]
-        total, num_values = kd_l1_parts(frames[row], target.astype(np.float32), mask[row])
-        results.l1_sum += total
-        results.num_l1_values += num_values
-        results.num_l1_frames += num_values // frames.shape[-1]
-        results.num_l1_cuts += 1
+    # training's own alignment rule (truncate to the shorter, mask the rest), so eval L1 means train L1
+    from mt2kd.train._losses import align_frames
+
+    targets = dict(iter_outputs(store, cut_ids, teacher))
+    rows = [row for row, cut_id in enumerate(cut_ids) if cut_id in targets]
+    if not rows:
+        return
+    frames = [torch.as_tensor(targets[cut_ids[row]], dtype=torch.float32) for row in rows]
+    teacher_frames = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)
+    teacher_lengths = torch.tensor([len(f) for f in frames])
+    index = torch.tensor(rows, device=out.frames.device)
+    student, target, mask = align_frames(out.frames[index].float().cpu(), out.num_frames[index].cpu(),
+                                         teacher_frames, teacher_lengths)
+    results.l1_sum += float(((student - target).abs() * mask[..., None]).sum())
+    results.num_l1_frames += int(mask.sum())
+    results.num_l1_values += int(mask.sum()) * student.shape[-1]
+    results.num_l1_cuts += len(rows)
