@@ -234,18 +234,20 @@ class EcapaTeacher(Teacher):
 
     name = "ecapa"
 
-    def __init__(self, checkpoint: str | Path, options: dict[str, Any], precision: str = "fp32") -> None:
+    def __init__(self, checkpoint: str | Path, options: dict[str, Any], precision: str = "fp32",
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
         super().__init__(checkpoint, options, precision)
-        max_batch_size = self.options.setdefault("max_batch_size", DEFAULT_MAX_BATCH_SIZE)
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ConfigError(f"ecapa max_batch_size must be a positive int. Got {max_batch_size!r}.")
+        # Not an option: outputs do not depend on batching, so it stays out of the fingerprint
+        self.max_batch_size = max_batch_size
         self.encoder = load_ecapa_encoder(self.checkpoint)
         self.config = self.encoder.config
         self.random_init = (self.checkpoint / RANDOM_WEIGHTS_FILE).is_file()
 
     @property
     def spec(self) -> TeacherSpec:
-        config = {**self.options, "precision": self.precision, "random_init": self.random_init,
+        config = {**self.options, "random_init": self.random_init,
                   "model": self.config.to_dict()}
         return TeacherSpec(self.name, "clip", self.config.lin_neurons, dtype="float32",
                            fingerprint=self.fingerprint, config=config)
@@ -276,7 +278,7 @@ class EcapaTeacher(Teacher):
         clips = self._prepare(waveforms)
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(clips)
         num_frames = [self.config.num_frames(len(c)) for c in clips]
-        for rows in equal_key_batches(num_frames, self.options["max_batch_size"]):
+        for rows in equal_key_batches(num_frames, self.max_batch_size):
             wavs = torch.zeros(len(rows), max(len(clips[i]) for i in rows))
             for row, i in zip(wavs, rows):
                 row[: len(clips[i])] = torch.from_numpy(clips[i])
@@ -306,4 +308,5 @@ def load_ecapa(checkpoint: str | Path, precision: str = "fp32",
     >>> teacher.extract([np.zeros(16_000, np.float32)])[0].shape
     (192,)
     """
-    return EcapaTeacher(checkpoint, {"max_batch_size": max_batch_size}, precision)
+    # Precision is an option so that it enters the fingerprint: bf16 embeddings are not fp32 ones.
+    return EcapaTeacher(checkpoint, {"precision": precision}, precision, max_batch_size)

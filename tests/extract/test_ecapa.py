@@ -141,7 +141,9 @@ def test_spec_and_options(tiny_folder: Path) -> None:
     assert spec.fingerprint == teacher.fingerprint and len(spec.fingerprint) == 16
     assert spec.config["random_init"] is True and spec.config["model"]["channels"] == (32, 32, 32, 32, 96)
     assert EcapaConfig.from_dict(spec.config["model"]) == teacher.config
-    assert load_teacher("ecapa", tiny_folder, max_batch_size=4).fingerprint != teacher.fingerprint
+    assert spec.config["precision"] == "fp32"
+    assert load_teacher("ecapa", tiny_folder, max_batch_size=4).spec == spec  # batching never changes outputs
+    assert load_teacher("ecapa", tiny_folder, precision="bf16").fingerprint != teacher.fingerprint
     with pytest.raises(ConfigError, match="max_batch_size must be a positive int. Got 0"):
         load_teacher("ecapa", tiny_folder, max_batch_size=0)
     with pytest.raises(ConfigError, match="needs a CUDA device"):
