@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mt2kd.errors import ConfigError
 from mt2kd.train._checkpoint import capture_rng, list_checkpoints, read_checkpoint, restore_rng, save_checkpoint
 from mt2kd.train._config import StudentConfig, TrainConfig
 from mt2kd.train._loader import make_loader, make_sampler, open_corpora, restore_sampler, sampler_state
@@ -153,6 +154,7 @@ class Trainer:
         progress = Progress(self.cfg, self.rank)
         loader = make_loader(self.sampler, self.cfg.stores, self.cfg.num_workers)
         while self.step < self.cfg.num_steps:
+            start_step = self.step
             for batch in progress.timed(loader):
                 values = self.train_step(_to_device(batch, self.device))
                 self.step += 1
@@ -163,6 +165,12 @@ class Trainer:
                 if self.step >= self.cfg.num_steps:
                     break
             else:  # the sampler ran dry: next epoch
+                if self.step == start_step and self.batches_in_epoch == 0:
+                    raise ConfigError(
+                        f"the sampler must yield at least one batch per epoch on rank {self.rank}. Got none "
+                        f"(corpus too small for max_duration={self.cfg.max_duration} s and "
+                        f"{self.world_size} rank(s)?)."
+                    )
                 self.sampler.set_epoch(self.sampler.epoch + 1)
                 self.batches_in_epoch = 0
         progress.close()
