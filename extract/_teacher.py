@@ -49,7 +49,8 @@ class Teacher(abc.ABC):
         """Hash of checkpoint bytes + options + format version (16 hex digits)."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            h.update(f"{self.name}:{FORMAT_VERSION}:".encode())
+            # precision changes the numbers (bf16 vs fp32), so it is part of the identity
+            h.update(f"{self.name}:{FORMAT_VERSION}:{self.precision}:".encode())
             h.update(json.dumps(self.options, sort_keys=True, default=str).encode())
             for path in sorted(_checkpoint_files(self.checkpoint)):
                 h.update(path.name.encode())
@@ -109,7 +110,7 @@ def load_teacher(name: str, checkpoint: str | Path, **options: Any) -> Teacher:
     >>> t = load_teacher("whisper", "large-v3.pt", layer=-1, mode="trim")
     >>> frames = t.extract([np.zeros(16_000, np.float32)])[0]   # [25, 2560]
     """
-    _import_builtin_teachers()
+    _import_builtin_teacher(name)
     if name not in _REGISTRY:
         raise ConfigError(f"teacher must be one of {sorted(_REGISTRY)}. Got {name!r}.")
     if not Path(checkpoint).exists():
@@ -121,16 +122,22 @@ def load_teacher(name: str, checkpoint: str | Path, **options: Any) -> Teacher:
 
 
 def teacher_names() -> list[str]:
-    _import_builtin_teachers()
-    return sorted(_REGISTRY)
+    """Names ``load_teacher`` accepts: the built-in teachers and any registered ones."""
+    return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY))
 
 
-def _import_builtin_teachers() -> None:
+# Built-in teachers are imported on first use, one at a time, so that loading
+# one never pays for (or fails on) the imports of another.
+_BUILTIN_MODULES = {
+    "whisper": "mt2kd.extract.whisper",
+    "beats": "mt2kd.extract.beats",
+    "ecapa": "mt2kd.extract.ecapa",
+}
+
+
+def _import_builtin_teacher(name: str) -> None:
     import importlib
 
-    for module in ("mt2kd.extract.whisper", "mt2kd.extract.beats", "mt2kd.extract.ecapa"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+    if name in _REGISTRY or name not in _BUILTIN_MODULES:
+        return
+    importlib.import_module(_BUILTIN_MODULES[name])
