@@ -31,7 +31,7 @@ import torch
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError, ValidationError
 from mt2kd.extract._ecapa_yaml import HYPERPARAMS_FILE, read_hyperparams
 from mt2kd.extract._teacher import Teacher, register_teacher
-from mt2kd.extract._tiny import RANDOM_WEIGHTS_FILE
+from mt2kd.extract._tiny import checkpoint_is_random
 from mt2kd.store import TeacherSpec
 
 __all__ = ["EcapaConfig", "EcapaEncoder", "EcapaTeacher", "equal_key_batches", "load_ecapa",
@@ -243,12 +243,11 @@ class EcapaTeacher(Teacher):
         self.max_batch_size = max_batch_size
         self.encoder = load_ecapa_encoder(self.checkpoint)
         self.config = self.encoder.config
-        self.random_init = (self.checkpoint / RANDOM_WEIGHTS_FILE).is_file()
+        self.random_init = checkpoint_is_random(self.checkpoint)
 
     @property
     def spec(self) -> TeacherSpec:
-        config = {**self.options, "random_init": self.random_init,
-                  "model": self.config.to_dict()}
+        config = {**self.options, "random_init": self.random_init, "model": self.config.to_dict()}
         return TeacherSpec(self.name, "clip", self.config.lin_neurons, dtype="float32",
                            fingerprint=self.fingerprint, config=config)
 
