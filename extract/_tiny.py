@@ -114,14 +114,15 @@ def _mark_random(folder: Path, teacher: str) -> None:
 def _perturb_batchnorms(model: torch.nn.Module, generator: torch.Generator) -> None:
     """Give every BatchNorm non-identity running stats and affine values, so eval mode matters."""
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            assert module.running_mean is not None and module.running_var is not None  # tracked by default
+        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            continue
+        if module.running_mean is not None and module.running_var is not None:
             shape = module.running_mean.shape
             module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
             module.running_var.copy_(0.5 + torch.rand(shape, generator=generator))  # in [0.5, 1.5)
-            if module.affine:
-                module.weight.copy_(1.0 + 0.1 * torch.randn(shape, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(shape, generator=generator))
+        if module.affine:
+            module.weight.copy_(1.0 + 0.1 * torch.randn(module.weight.shape, generator=generator))
+            module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
 
 
 def _label_encoder_text(num_speakers: int) -> str:
