@@ -140,14 +140,23 @@ def _collate_clip(rows: list[np.ndarray | None], dim: int) -> dict[str, torch.Te
     return {"values": values, "present": torch.tensor([r is not None for r in rows])}
 
 
-def fetch_targets(cuts: Sequence[Any], store: Any) -> dict[str, dict[str, torch.Tensor]]:
-    """Teacher targets of ``cuts`` from ``store``, collated per teacher with presence masks."""
+def fetch_targets(
+    cuts: Sequence[Any], store: Any, teachers: Sequence[str] | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Targets of ``cuts`` from ``store``, collated per teacher with presence masks.
+
+    ``teachers`` limits what is read (default: every teacher of the store);
+    a name the store lacks is left out of the result, which the losses read
+    as "no cut has it".
+    """
+    names = [n for n in (store.specs if teachers is None else teachers) if n in store.specs]
     ids = [target_id(cut, store) for cut in cuts]
-    wanted = [i for i in ids if i is not None]
-    fetched = dict(zip(wanted, store.get_many(wanted))) if wanted else {}
+    wanted = list(dict.fromkeys(i for i in ids if i is not None))
+    fetched = dict(zip(wanted, store.get_many(wanted, teachers=names))) if wanted and names else {}
     targets = {}
-    for name, spec in store.specs.items():
-        rows = [fetched[i].get(name) if i is not None else None for i in ids]
+    for name in names:
+        spec = store.specs[name]
+        rows = [fetched[i].get(name) if i in fetched else None for i in ids]
         collate = _collate_frames if spec.kind == "frames" else _collate_clip
         targets[name] = collate(rows, spec.dim)
     return targets
@@ -166,8 +175,9 @@ class KDDataset(Dataset):
     >>> loader = DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=2)  # doctest: +SKIP
     """
 
-    def __init__(self, store_paths: Sequence[str]) -> None:
+    def __init__(self, store_paths: Sequence[str], teachers: Sequence[str] | None = None) -> None:
         self.stores = LazyStores(store_paths)
+        self.teachers = None if teachers is None else list(teachers)  # None: every teacher in the store
 
     def __getitem__(self, cuts: Any) -> dict[str, Any]:
         cuts = list(cuts)
@@ -177,5 +187,5 @@ class KDDataset(Dataset):
             "fbank": fbank,
             "num_frames": num_frames,
             "duration": float(sum(c.duration for c in cuts)),
-            "targets": fetch_targets(cuts, self.stores.get()),
+            "targets": fetch_targets(cuts, self.stores.get(), self.teachers),
         }

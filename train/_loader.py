@@ -71,12 +71,14 @@ def make_sampler(
     )
 
 
-def make_loader(sampler: Any, store_paths: Sequence[str], num_workers: int) -> Any:
+def make_loader(
+    sampler: Any, store_paths: Sequence[str], num_workers: int, teachers: Sequence[str] | None = None
+) -> Any:
     """DataLoader over :class:`KDDataset`; batches come whole from the sampler (``batch_size=None``)."""
     from torch.utils.data import DataLoader
 
     return DataLoader(
-        KDDataset(store_paths),
+        KDDataset(store_paths, teachers),
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,

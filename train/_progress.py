@@ -43,15 +43,16 @@ class Progress:
 
     def timed(self, batches: Iterable[Any]) -> Iterator[Any]:
         """Yield from ``batches``, adding the time spent inside ``next()`` to data-wait."""
-        iterator = iter(batches)
+        start = time.perf_counter()
+        iterator = iter(batches)  # starting workers is waiting too
         while True:
-            start = time.perf_counter()
             try:
                 batch = next(iterator)
             except StopIteration:
                 return
             self.wait_s += time.perf_counter() - start
             yield batch
+            start = time.perf_counter()
 
     def record(self, step: int, values: dict[str, float], audio_s: float) -> None:
         self.audio_s += audio_s

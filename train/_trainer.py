@@ -152,7 +152,8 @@ class Trainer:
         """Train until ``num_steps``; returns this call's per-step losses."""
         history: list[dict[str, float]] = []
         progress = Progress(self.cfg, self.rank)
-        loader = make_loader(self.sampler, self.cfg.stores, self.cfg.num_workers)
+        teachers = [self.weights.whisper_teacher, self.weights.beats_teacher, self.weights.ecapa_teacher]
+        loader = make_loader(self.sampler, self.cfg.stores, self.cfg.num_workers, teachers)
         while self.step < self.cfg.num_steps:
             start_step = self.step
             for batch in progress.timed(loader):

@@ -44,6 +44,8 @@ def test_targets_join_by_id_with_presence_masks(tmp_path, make_cuts, fill_store)
         np.testing.assert_array_equal(whisper["values"][i, : expected.shape[0]].numpy(), expected)
     assert targets["ecapa"]["present"].tolist() == [True, True, False]
     np.testing.assert_array_equal(targets["beats"]["values"][1].numpy(), store.get(ids[1])["beats"])
+    only = fetch_targets(list(cuts), store, teachers=["ecapa", "hubert"])  # hubert: not in this store
+    assert list(only) == ["ecapa"] and torch.equal(only["ecapa"]["values"], targets["ecapa"]["values"])
 
 
 def test_repeated_ids_map_back_to_the_original(tmp_path, make_cuts, fill_store) -> None:

@@ -102,3 +102,12 @@ def test_cli_config_file_flags_and_average(tmp_path, corpus) -> None:
     averaged, _ = load_student(out)
     parts = [read_checkpoint(p)["model"]["at_head.bias"] for p in list_checkpoints(exp_dir)[-3:]]
     torch.testing.assert_close(averaged.state_dict()["at_head.bias"], sum(parts) / 3)
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_on_gpu_trains(tmp_path, corpus) -> None:
+    history = train(_config(corpus, tmp_path / "exp", num_steps=20, device="cuda", bf16=True))
+    assert all(torch.isfinite(torch.tensor(h["total"])) for h in history)
+    assert history[-1]["total"] < history[0]["total"]
+    model, _ = load_student(list_checkpoints(tmp_path / "exp")[-1])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves weights in fp32
