@@ -1,0 +1,248 @@
+"""Where a store lives: a local folder or any fsspec URL, behind one small interface.
+
+Local folders get real atomicity (temp file + ``rename``/``link``) and
+``pread`` on cached file descriptors; fsspec URLs get write-once files and
+``cat_file`` ranges. Every path handed to these methods is relative to the
+store root and made only of names mt2kd chooses (shard names, teacher names,
+attempt tokens): cut IDs never become paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+TMP_PREFIX = ".tmp-"  # temporary files, renamed into place or removed
+
+
+class Location:
+    """Base interface; see :class:`LocalLocation` and :class:`FsspecLocation`."""
+
+    url: str  # what the user passed, for messages
+
+    def read(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Bytes ``[start, end)`` of ``path`` for every range, in order."""
+        raise NotImplementedError
+
+    def read_tail(self, path: str, num_bytes: int) -> bytes:
+        return self.read_ranges(path, [(self.size(path) - num_bytes, self.size(path))])[0]
+
+    def size(self, path: str) -> int:
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> list[str]:
+        """Names directly under ``path`` (empty when it does not exist)."""
+        raise NotImplementedError
+
+    def walk_files(self, path: str) -> Iterator[tuple[str, int]]:
+        """Every file below ``path`` as (relative path, size)."""
+        raise NotImplementedError
+
+    def open_write(self, path: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def write(self, path: str, data: bytes) -> None:
+        """Write ``path`` whole; readers see the old content or the new, never a part."""
+        raise NotImplementedError
+
+    def create(self, path: str, data: bytes) -> bool:
+        """Write ``path`` only if it does not exist yet; False when it did."""
+        raise NotImplementedError
+
+    def remove(self, path: str) -> None:
+        """Remove a file or a whole folder; nothing when it is absent."""
+        raise NotImplementedError
+
+    def forget_handles(self) -> None:
+        """Drop cached handles (after fork, or on close)."""
+
+
+class LocalLocation(Location):
+    """A store folder on a local (or POSIX network) file system."""
+
+    def __init__(self, root: str) -> None:
+        self.url = root
+        self.root = os.path.abspath(root)
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def _abs(self, path: str) -> str:
+        return os.path.join(self.root, path) if path else self.root
+
+    def read(self, path: str) -> bytes:
+        with open(self._abs(path), "rb") as f:
+            return f.read()
+
+    def _fd(self, path: str) -> int:
+        if self._pid != os.getpid():  # a forked child must not share file offsets or caches
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(self._abs(path), os.O_RDONLY)
+        return fd
+
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        fd = self._fd(path)
+        out = []
+        for start, end in ranges:
+            data = os.pread(fd, end - start, start)
+            if len(data) != end - start:
+                raise OSError(f"{self._abs(path)}: expected {end - start} bytes at {start}. Got {len(data)}.")
+            out.append(data)
+        return out
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(self._abs(path))
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(self._abs(path))
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self._abs(path)))
+        except FileNotFoundError:
+            return []
+
+    def walk_files(self, path: str) -> Iterator[tuple[str, int]]:
+        base = self._abs(path)
+        for folder, _, files in os.walk(base):
+            for name in files:
+                full = os.path.join(folder, name)
+                yield os.path.relpath(full, self.root), os.path.getsize(full)
+
+    def open_write(self, path: str) -> IO[bytes]:
+        os.makedirs(os.path.dirname(self._abs(path)), exist_ok=True)
+        return open(self._abs(path), "wb")
+
+    def _temp(self, path: str, data: bytes) -> str:
+        full = self._abs(path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        temp = os.path.join(os.path.dirname(full), f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        with open(temp, "wb") as f:
+            f.write(data)
+        return temp
+
+    def write(self, path: str, data: bytes) -> None:
+        os.replace(self._temp(path, data), self._abs(path))
+
+    def create(self, path: str, data: bytes) -> bool:
+        temp = self._temp(path, data)
+        try:
+            os.link(temp, self._abs(path))  # atomic, and fails when the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temp)
+
+    def remove(self, path: str) -> None:
+        full = self._abs(path)
+        if self._pid == os.getpid():
+            for cached in [p for p in self._fds if p == path or p.startswith(path + "/")]:
+                os.close(self._fds.pop(cached))
+        if os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+        elif os.path.lexists(full):
+            os.unlink(full)
+
+    def forget_handles(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds, self._pid = {}, os.getpid()
+
+
+class FsspecLocation(Location):
+    """A store behind an fsspec URL (``memory://``, ``s3://``, ...).
+
+    Object stores have no rename and no create-if-absent for every backend:
+    files are written once, whole, and :meth:`create` checks for the name
+    first (a narrow race that per-shard locks make unlikely, not impossible).
+    """
+
+    def __init__(self, url: str, fs: Any, root: str) -> None:
+        self.url, self.fs, self.root = url, fs, root.rstrip("/")
+
+    def _abs(self, path: str) -> str:
+        return f"{self.root}/{path}" if path else self.root
+
+    def read(self, path: str) -> bytes:
+        return bytes(self.fs.cat_file(self._abs(path)))
+
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        full = self._abs(path)
+        if len(ranges) == 1:
+            return [bytes(self.fs.cat_file(full, start=ranges[0][0], end=ranges[0][1]))]
+        got = self.fs.cat_ranges([full] * len(ranges), [r[0] for r in ranges], [r[1] for r in ranges])
+        return [bytes(g) for g in got]
+
+    def size(self, path: str) -> int:
+        return int(self.fs.size(self._abs(path)))
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(self._abs(path)))
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self._abs(path), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def walk_files(self, path: str) -> Iterator[tuple[str, int]]:
+        base = self._abs(path)
+        if not self.fs.exists(base):
+            return
+        for full, info in self.fs.find(base, detail=True).items():
+            yield full[len(self.root) + 1:].lstrip("/"), int(info.get("size") or 0)
+
+    def open_write(self, path: str) -> IO[bytes]:
+        return self.fs.open(self._abs(path), "wb")  # type: ignore[no-any-return]
+
+    def write(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(self._abs(path), data)
+
+    def create(self, path: str, data: bytes) -> bool:
+        if self.fs.exists(self._abs(path)):
+            return False
+        self.fs.pipe_file(self._abs(path), data)
+        return True
+
+    def remove(self, path: str) -> None:
+        full = self._abs(path)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=self.fs.isdir(full))
+
+
+def open_location(path_or_url: str | os.PathLike[str]) -> Location:
+    """A :class:`Location` for a local path (or ``file://`` URL) or any fsspec URL."""
+    text = os.fspath(path_or_url)
+    if "://" not in text or text.startswith("file://"):
+        return LocalLocation(text[len("file://"):] if text.startswith("file://") else text)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(text)
+    return FsspecLocation(text, fs, root)
+
+
+def process_alive(host: str, pid: int) -> bool:
+    """Whether ``pid`` on ``host`` may still run (other hosts are assumed alive)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,153 @@
+"""Commit records and the in-memory index cut ID -> (shard, position).
+
+A shard becomes part of the store when its commit record
+``commits/<shard>/zarr.json`` appears: a Zarr v3 group whose attributes hold
+the shard's cut IDs, every teacher's row offsets and the recorded failures.
+Opening a store reads these small documents only, never the data arrays,
+so the whole index is in memory before the first ``get``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from mt2kd.errors import DuplicateCutError, StoreFormatError
+from mt2kd.store._format import COMMIT_KEY, COMMITS_DIR, METADATA_FILE, SHARDS_DIR, parse_metadata
+from mt2kd.store._fs import TMP_PREFIX, Location
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherRows:
+    """Where one teacher's rows of one shard are."""
+
+    offsets: np.ndarray  # int64 [num_cuts + 1]; rows of cut i are offsets[i]:offsets[i+1]
+    rows_per_chunk: int  # rows of one inner chunk of the data array
+    num_rows: int  # rows of the data array (frames, or clip outputs present)
+    nbytes: int  # bytes of the shard file (data chunks + index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offsets": self.offsets.tolist(), "rows_per_chunk": self.rows_per_chunk,
+                "num_rows": self.num_rows, "nbytes": self.nbytes}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TeacherRows:
+        return cls(np.asarray(data["offsets"], dtype=np.int64), int(data["rows_per_chunk"]),
+                   int(data["num_rows"]), int(data["nbytes"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRecord:
+    """The commit record of one shard: what it holds and where."""
+
+    name: str  # shard name ("000007")
+    attempt: str  # token of the writer attempt whose data this commits
+    cut_ids: list[str]  # cuts in row order
+    teachers: dict[str, TeacherRows]  # per teacher present in the store's specs
+    failures: list[dict[str, Any]]  # {"cut_id", "teacher" (or None), "reason"}
+    created: str  # ISO time of the commit, UTC
+    writer: dict[str, Any]  # {"host", "pid"} of the committing process
+
+    @property
+    def path(self) -> str:
+        """The shard's data group, relative to the store root."""
+        return f"{SHARDS_DIR}/{self.name}.{self.attempt}"
+
+    @property
+    def num_cuts(self) -> int:
+        return len(self.cut_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shard": self.name, "attempt": self.attempt, "path": self.path, "num_cuts": self.num_cuts,
+                "cut_ids": self.cut_ids, "teachers": {t: r.to_dict() for t, r in self.teachers.items()},
+                "failures": self.failures, "created": self.created, "writer": self.writer}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShardRecord:
+        return cls(str(data["shard"]), str(data["attempt"]), [str(c) for c in data["cut_ids"]],
+                   {t: TeacherRows.from_dict(r) for t, r in data["teachers"].items()},
+                   list(data.get("failures", [])), str(data.get("created", "")), dict(data.get("writer", {})))
+
+
+def commit_path(name: str) -> str:
+    return f"{COMMITS_DIR}/{name}/{METADATA_FILE}"
+
+
+def read_record(loc: Location, name: str) -> ShardRecord | None:
+    """The commit record of shard ``name``; None when the shard is not committed."""
+    path = commit_path(name)
+    try:
+        raw = loc.read(path)
+    except FileNotFoundError:
+        return None
+    doc = parse_metadata(raw, f"{loc.url}/{path}")
+    try:
+        return ShardRecord.from_dict(doc["attributes"][COMMIT_KEY])
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoreFormatError(f"{loc.url}/{path} must hold a '{COMMIT_KEY}' record. Got {e!r}.") from e
+
+
+def committed_names(loc: Location) -> list[str]:
+    return [n for n in loc.listdir(COMMITS_DIR) if not n.startswith(TMP_PREFIX) and n != METADATA_FILE]
+
+
+def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None) -> dict[str, ShardRecord]:
+    """Every commit record, by shard name; records in ``known`` are reused, not re-read."""
+    records: dict[str, ShardRecord] = {}
+    for name in committed_names(loc):
+        record = (known or {}).get(name) or read_record(loc, name)
+        if record is not None:
+            records[name] = record
+    return records
+
+
+class StoreIndex:
+    """Cut ID -> (shard record, position), built once from the commit records.
+
+    Examples
+    --------
+    >>> index = StoreIndex({}, "memory://x")
+    >>> len(index)
+    0
+    """
+
+    def __init__(self, records: Mapping[str, ShardRecord], url: str) -> None:
+        self.url = url
+        self.records = dict(sorted(records.items()))
+        self.where: dict[str, tuple[ShardRecord, int]] = {}
+        for record in self.records.values():
+            self._add(record)
+
+    def _add(self, record: ShardRecord) -> None:
+        for position, cut_id in enumerate(record.cut_ids):
+            before = self.where.get(cut_id)
+            if before is not None:
+                raise DuplicateCutError(
+                    f"cut IDs must be unique within a store. Got {cut_id!r} twice in {self.url}: "
+                    f"shard {before[0].name} position {before[1]} and shard {record.name} position {position}.")
+            self.where[cut_id] = (record, position)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __contains__(self, cut_id: object) -> bool:
+        return cut_id in self.where
+
+    def cut_ids(self) -> list[str]:
+        """Every cut ID, shard by shard (sorted shard names), in row order."""
+        return [c for record in self.records.values() for c in record.cut_ids]
+
+    def failures(self) -> list[dict[str, Any]]:
+        return [{**f, "shard": r.name} for r in self.records.values() for f in r.failures]
+
+    def check_new(self, cut_ids: Iterable[str], shard: str) -> None:
+        """Refuse cuts of ``shard`` that another committed shard already holds."""
+        for position, cut_id in enumerate(cut_ids):
+            before = self.where.get(cut_id)
+            if before is not None and before[0].name != shard:
+                raise DuplicateCutError(
+                    f"cut IDs must be unique within a store. Got {cut_id!r} in shard {shard} position "
+                    f"{position}, already committed in shard {before[0].name} position {before[1]} of {self.url}.")

@@ -1,0 +1,249 @@
+"""``TeacherStore``: create, open, write shards into and read a teacher-label store."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mt2kd.errors import ConfigError, CutNotFoundError, StoreError, StoreFormatError, StoreNotFoundError
+from mt2kd.store._format import (
+    COMMITS_DIR,
+    FORMAT_VERSION,
+    LOCKS_DIR,
+    METADATA_FILE,
+    ROOT_KEY,
+    SHARDS_DIR,
+    group_metadata,
+    parse_metadata,
+    shard_name,
+)
+from mt2kd.store._fs import Location, open_location
+from mt2kd.store._index import ShardRecord, StoreIndex, load_records
+from mt2kd.store._reader import ChunkReader
+from mt2kd.store._spec import TeacherSpec
+from mt2kd.store._writer import ShardWriter
+
+MODES = ("r", "a")
+RESERVED = (SHARDS_DIR, COMMITS_DIR, LOCKS_DIR, METADATA_FILE)  # root entries mt2kd itself writes
+
+
+class TeacherStore:
+    """Teacher outputs of many cuts, keyed by cut ID, in a sharded Zarr v3 store.
+
+    Examples
+    --------
+    >>> spec = TeacherSpec("whisper", "frames", 4, frame_rate=25.0)
+    >>> store = TeacherStore.create("memory://doc-example", [spec], overwrite=True)
+    >>> with store.shard_writer(0) as writer:
+    ...     writer.put("cut-1", {"whisper": np.ones((3, 4), np.float32)})
+    >>> store.get("cut-1")["whisper"].shape
+    (3, 4)
+    """
+
+    def __init__(self, loc: Location, mode: str, root: Mapping[str, Any]) -> None:
+        self.loc, self.mode = loc, mode
+        self.format_version = int(root["format_version"])
+        self._specs = {s.name: s for s in (TeacherSpec.from_dict(d) for d in root["specs"])}
+        self.attrs: dict[str, Any] = dict(root.get("attrs", {}))
+        self._reader = ChunkReader(loc, self._specs)
+        self._index = StoreIndex(load_records(loc), loc.url)
+
+    # ------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(cls, path_or_url: str | os.PathLike[str], specs: Sequence[TeacherSpec],
+               attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> TeacherStore:
+        """Make an empty store for ``specs`` (opened in mode ``"a"``).
+
+        ``attrs`` are free JSON facts kept in the root attributes (e.g.
+        ``{"random_teachers": True}``). An existing store is an error unless
+        ``overwrite`` (which deletes it first).
+        """
+        specs = _checked_specs(specs)
+        try:
+            attrs_json = json.loads(json.dumps(dict(attrs or {}), allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"store attrs must be JSON-serialisable. Got {attrs!r}: {e}") from e
+        loc = open_location(path_or_url)
+        if loc.exists(METADATA_FILE) or loc.listdir(""):
+            if not overwrite:
+                raise StoreError(f"{loc.url} must not exist yet (pass overwrite=True to replace it). "
+                                 "Got an existing store or folder.")
+            loc.remove("")
+        root = {"format_version": FORMAT_VERSION, "specs": [s.to_dict() for s in specs], "attrs": attrs_json,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "layout": "docs/store-format.md of mt2kd"}
+        for group in (SHARDS_DIR, COMMITS_DIR):
+            loc.write(f"{group}/{METADATA_FILE}", group_metadata({}))
+        loc.write(METADATA_FILE, group_metadata({ROOT_KEY: root}))  # last: the store exists once this does
+        return cls(loc, "a", root)
+
+    @classmethod
+    def open(cls, path_or_url: str | os.PathLike[str], mode: str = "r") -> TeacherStore:
+        """Open an existing store: ``"r"`` to read, ``"a"`` to also write shards.
+
+        Raises StoreNotFoundError when nothing is there and StoreFormatError
+        for anything that is not a valid mt2kd store (including any array
+        with an object dtype or a pickle codec).
+        """
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {list(MODES)}. Got {mode!r}.")
+        loc = open_location(path_or_url)
+        try:
+            raw = loc.read(METADATA_FILE)
+        except (FileNotFoundError, IsADirectoryError) as e:
+            raise StoreNotFoundError(f"a teacher store must exist at {loc.url}. Got no {METADATA_FILE} there.") from e
+        doc = parse_metadata(raw, f"{loc.url}/{METADATA_FILE}")
+        root = doc.get("attributes", {}).get(ROOT_KEY)
+        if not isinstance(root, dict) or "specs" not in root:
+            raise StoreFormatError(f"{loc.url} must be an mt2kd store (root attribute {ROOT_KEY!r}). Got none.")
+        if int(root.get("format_version", -1)) > FORMAT_VERSION:
+            raise StoreFormatError(f"{loc.url}: format_version must be <= {FORMAT_VERSION} for this mt2kd. "
+                                   f"Got {root.get('format_version')}.")
+        _check_foreign_nodes(loc)
+        return cls(loc, mode, root)
+
+    # ------------------------------------------------------------ writing
+
+    def shard_writer(self, shard_id: int | str, replace: bool = False) -> ShardWriter:
+        """A context manager that writes shard ``shard_id`` and commits it when its block ends cleanly.
+
+        Raises ShardCommittedError (on entry) when the shard is committed and
+        ``replace`` is False, and ShardLockedError when another live writer holds it.
+        """
+        if self.mode != "a":
+            raise StoreError(f"{self.loc.url} is open read-only; open it with mode='a' to write shards.")
+        return ShardWriter(self.loc, self._specs, shard_name(shard_id), replace, self._index_for_commit,
+                           self._committed)
+
+    def _index_for_commit(self) -> StoreIndex:
+        """The index refreshed with shards other processes committed meanwhile (new ones are read)."""
+        self._index = StoreIndex(load_records(self.loc, self._index.records), self.loc.url)
+        return self._index
+
+    def _committed(self, record: ShardRecord) -> None:
+        records = {**self._index.records, record.name: record}
+        self._index = StoreIndex(records, self.loc.url)
+
+    def refresh(self) -> None:
+        """Re-read every commit record (to see shards committed or replaced since opening)."""
+        self._index = StoreIndex(load_records(self.loc), self.loc.url)
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def specs(self) -> dict[str, TeacherSpec]:
+        """Teacher name -> spec, in the order given at creation."""
+        return dict(self._specs)
+
+    @property
+    def url(self) -> str:
+        return self.loc.url
+
+    @property
+    def shards(self) -> dict[str, ShardRecord]:
+        """Commit records of the committed shards, by shard name."""
+        return dict(self._index.records)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, cut_id: object) -> bool:
+        return cut_id in self._index
+
+    def cut_ids(self) -> list[str]:
+        return self._index.cut_ids()
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every recorded failure: ``{"cut_id", "teacher", "reason", "shard"}``."""
+        return self._index.failures()
+
+    def get(self, cut_id: str) -> dict[str, np.ndarray]:
+        """Every stored teacher output of ``cut_id``: frames ``[T, dim]``, clip ``[dim]``."""
+        return self.get_many([cut_id])[0]
+
+    def get_many(self, cut_ids: Sequence[str], teachers: Iterable[str] | None = None
+                 ) -> list[dict[str, np.ndarray]]:
+        """``{teacher: array}`` of each cut, in the order of ``cut_ids`` (reads coalesced).
+
+        Examples
+        --------
+        >>> batch = store.get_many(["cut-1", "cut-2"], teachers=["whisper"])  # doctest: +SKIP
+        """
+        wanted = self._teachers(teachers)
+        index = self._index
+        jobs = []
+        for cut_id in cut_ids:
+            found = index.where.get(cut_id)
+            if found is None:
+                raise CutNotFoundError(f"cut {cut_id!r} must be in the store {self.loc.url}. "
+                                       f"Got no such cut among {len(index):,}.")
+            jobs.append(found)
+        return self._reader.read(jobs, wanted)
+
+    def _teachers(self, teachers: Iterable[str] | None) -> list[str]:
+        if teachers is None:
+            return list(self._specs)
+        chosen = list(teachers)
+        unknown = [t for t in chosen if t not in self._specs]
+        if unknown:
+            raise ConfigError(f"teachers must be among {list(self._specs)}. Got {unknown}.")
+        return chosen
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the store for people and ``mt2kd store info``."""
+        from mt2kd.store._verify import store_info
+
+        return store_info(self)
+
+    def verify(self, durations: Mapping[str, float] | None = None) -> list[str]:
+        """Problems found by reading everything; an empty list means the store is sound.
+
+        ``durations`` (cut ID -> seconds) adds: every cut must be present and
+        its frame counts must match ``duration x frame_rate`` within 1 frame.
+        """
+        from mt2kd.store._verify import verify_store
+
+        return verify_store(self, durations)
+
+    def leftovers(self) -> list[str]:
+        """Paths of data that interrupted writers left behind (invisible to readers)."""
+        from mt2kd.store._verify import find_leftovers
+
+        return [path for path, _ in find_leftovers(self)]
+
+    def clean(self) -> list[str]:
+        """Remove what :meth:`leftovers` lists whose writer is gone; the removed paths."""
+        from mt2kd.store._verify import clean_leftovers
+
+        if self.mode != "a":
+            raise StoreError(f"{self.loc.url} is open read-only; open it with mode='a' to clean it.")
+        return clean_leftovers(self)
+
+    def __repr__(self) -> str:
+        return f"TeacherStore({self.loc.url!r}, mode={self.mode!r}, teachers={list(self._specs)}, cuts={len(self)})"
+
+
+def _checked_specs(specs: Sequence[TeacherSpec]) -> list[TeacherSpec]:
+    specs = list(specs)
+    if not specs or not all(isinstance(s, TeacherSpec) for s in specs):
+        raise ConfigError(f"specs must be a non-empty list of TeacherSpec. Got {specs!r}.")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"teacher names must be unique. Got {names}.")
+    return specs
+
+
+def _check_foreign_nodes(loc: Location) -> None:
+    """Refuse object/pickle arrays that someone added next to mt2kd's own nodes."""
+    for entry in loc.listdir(""):
+        if entry in RESERVED or entry.startswith("."):
+            continue
+        for path, _ in loc.walk_files(entry):
+            if path.endswith(METADATA_FILE):
+                parse_metadata(loc.read(path), f"{loc.url}/{path}")

@@ -1,0 +1,169 @@
+"""Facts about a store (``info``), a full check (``verify``) and leftovers of dead writers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mt2kd.errors import MT2KDError
+from mt2kd.store._format import LOCKS_DIR, METADATA_FILE, SHARDS_DIR
+from mt2kd.store._fs import TMP_PREFIX, process_alive
+from mt2kd.store._index import ShardRecord
+
+if TYPE_CHECKING:
+    from mt2kd.store._store import TeacherStore
+
+SECONDS_PER_HOUR = 3600.0
+FLOAT32_BYTES = 4  # bytes of one float32 value
+FRAME_TOLERANCE = 1  # frames a cut may differ from duration x frame_rate
+VERIFY_BATCH = 64  # cuts per read while scanning for NaN/Inf
+
+
+def store_info(store: TeacherStore) -> dict[str, Any]:
+    """Per-teacher and whole-store facts; the CLI prints them as ``key : value`` lines."""
+    records = list(store.shards.values())
+    teachers = {name: _teacher_info(spec.to_dict(), name, records) for name, spec in store.specs.items()}
+    frames = [t for t in teachers.values() if t["kind"] == "frames"]
+    float32 = sum(t["float32_bytes"] for t in teachers.values())
+    on_disk = sum(t["bytes_on_disk"] for t in teachers.values())
+    return {
+        "url": store.url, "format_version": store.format_version, "attrs": dict(store.attrs),
+        "num_cuts": len(store), "num_shards": len(records), "num_failures": len(store.failures()),
+        "num_frames": frames[0]["num_frames"] if frames else None,
+        "audio_hours": frames[0]["audio_hours"] if frames else None,
+        "bytes_on_disk": sum(size for _, size in store.loc.walk_files("")),
+        "teacher_bytes_on_disk": on_disk, "float32_bytes": float32,
+        "storage_ratio": on_disk / float32 if float32 else None,
+        "teachers": teachers,
+    }
+
+
+def _teacher_info(spec: dict[str, Any], name: str, records: list[ShardRecord]) -> dict[str, Any]:
+    rows = [r.teachers[name] for r in records if name in r.teachers]
+    num_rows = sum(r.num_rows for r in rows)
+    num_present = sum(int(np.count_nonzero(np.diff(r.offsets))) for r in rows)
+    facts = {k: spec[k] for k in ("kind", "dim", "frame_rate", "dtype", "codec", "codec_level", "fingerprint")}
+    facts.update(num_cuts=num_present, num_rows=num_rows, bytes_on_disk=sum(r.nbytes for r in rows),
+                 float32_bytes=num_rows * spec["dim"] * FLOAT32_BYTES)
+    facts["storage_ratio"] = facts["bytes_on_disk"] / facts["float32_bytes"] if num_rows else None
+    facts["num_frames"] = num_rows if spec["kind"] == "frames" else None
+    facts["audio_hours"] = num_rows / spec["frame_rate"] / SECONDS_PER_HOUR if spec["kind"] == "frames" else None
+    return facts
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify_store(store: TeacherStore, durations: Mapping[str, float] | None) -> list[str]:
+    """Every problem found, as one readable line each (see ``TeacherStore.verify``)."""
+    problems: list[str] = []
+    for record in store.shards.values():
+        problems += _check_record(store, record)
+    if durations is not None:
+        problems += _check_durations(store, durations)
+    problems += [f"uncommitted leftover {path}: {why}" for path, why in find_leftovers(store) if why != "abandoned"]
+    return problems
+
+
+def _check_record(store: TeacherStore, record: ShardRecord) -> list[str]:
+    problems = []
+    for teacher, rows in record.teachers.items():
+        offsets = rows.offsets
+        if offsets.shape != (record.num_cuts + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
+                or offsets[-1] != rows.num_rows:
+            problems.append(f"shard {record.name}: offsets of teacher {teacher!r} must rise from 0 to "
+                            f"{rows.num_rows} over {record.num_cuts} cuts. Got {offsets.tolist()[:8]}...")
+    if problems:
+        return problems
+    for start in range(0, record.num_cuts, VERIFY_BATCH):
+        jobs = [(record, i) for i in range(start, min(start + VERIFY_BATCH, record.num_cuts))]
+        try:
+            got = store._reader.read(jobs, list(store.specs))
+        except (MT2KDError, OSError, ValueError, RuntimeError) as e:
+            return [f"shard {record.name} ({record.path}) is unreadable: {type(e).__name__}: {e}"]
+        for (_, i), arrays in zip(jobs, got):
+            for teacher, array in arrays.items():
+                num_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+                if num_bad:
+                    problems.append(f"cut {record.cut_ids[i]!r}, teacher {teacher!r} (shard {record.name}): "
+                                    f"{num_bad} NaN/Inf values")
+    return problems
+
+
+def _check_durations(store: TeacherStore, durations: Mapping[str, float]) -> list[str]:
+    problems = []
+    frames = {n: s for n, s in store.specs.items() if s.kind == "frames"}
+    for cut_id, duration in durations.items():
+        found = store._index.where.get(cut_id)
+        if found is None:
+            problems.append(f"cut {cut_id!r} is in the manifest but not in the store")
+            continue
+        record, position = found
+        for name, spec in frames.items():
+            rows = record.teachers.get(name)
+            if rows is None:
+                continue
+            num_frames = int(rows.offsets[position + 1] - rows.offsets[position])
+            expected = float(duration) * float(spec.frame_rate or 0.0)
+            if num_frames and abs(num_frames - expected) > FRAME_TOLERANCE:
+                problems.append(f"cut {cut_id!r}, teacher {name!r}: {num_frames} frames must match "
+                                f"{duration:g} s x {spec.frame_rate:g} Hz = {expected:.1f} +- {FRAME_TOLERANCE}")
+    return problems
+
+
+# ---------------------------------------------------------------- leftovers
+
+
+def find_leftovers(store: TeacherStore) -> Iterator[tuple[str, str]]:
+    """(path, why) of data no commit record points at.
+
+    ``why`` is ``"abandoned"`` for an attempt or lock of a writer that is
+    gone (harmless: invisible to readers, removed by the next writer of that
+    shard or by ``clean``), ``"in progress"`` for a live writer's attempt
+    (not reported by verify), and ``"complete-looking shard group without a
+    commit record"`` for a shard group a plain-zarr reader could mistake for
+    data (verify reports it).
+    """
+    store.refresh()
+    live = {r.path.split("/", 1)[1] for r in store.shards.values()}
+    holders = _lock_holders(store)
+    for entry in store.loc.listdir(SHARDS_DIR):
+        if entry in live or entry == METADATA_FILE or "." not in entry:
+            continue
+        shard, attempt = entry.split(".", 1)
+        path = f"{SHARDS_DIR}/{entry}"
+        if holders.get(shard, {}).get("attempt") == attempt and _alive(holders[shard]):
+            continue  # being written right now
+        if store.loc.exists(f"{path}/{METADATA_FILE}") and not entry.startswith(TMP_PREFIX):
+            yield path, "complete-looking shard group without a commit record"
+        else:
+            yield path, "abandoned"
+    for shard, holder in holders.items():
+        if not _alive(holder):
+            yield f"{LOCKS_DIR}/{shard}.lock", "abandoned"
+
+
+def _lock_holders(store: TeacherStore) -> dict[str, dict[str, Any]]:
+    holders = {}
+    for name in store.loc.listdir(LOCKS_DIR):
+        if name.endswith(".lock"):
+            try:
+                holders[name[:-len(".lock")]] = json.loads(store.loc.read(f"{LOCKS_DIR}/{name}"))
+            except (FileNotFoundError, ValueError):
+                continue  # released or being written just now
+    return holders
+
+
+def _alive(holder: Mapping[str, Any]) -> bool:
+    return process_alive(str(holder.get("host")), int(holder.get("pid", -1)))
+
+
+def clean_leftovers(store: TeacherStore) -> list[str]:
+    removed = []
+    for path, _ in list(find_leftovers(store)):
+        store.loc.remove(path)
+        removed.append(path)
+    return removed

@@ -1,0 +1,333 @@
+"""Writing one shard: validate, stream chunks to the shard files, commit atomically.
+
+A writer works under ``shards/<shard>.<attempt>/`` (a fresh attempt token
+each time) while holding ``locks/<shard>.lock``. Nothing there is part of the
+store until the commit record ``commits/<shard>/zarr.json`` is created,
+which is the last write and is atomic (``link`` of a complete temp file on
+local folders). A writer that dies leaves an attempt folder no reader looks
+at and a lock whose process is gone; the next writer of that shard removes
+both.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+
+from mt2kd.errors import DuplicateCutError, ShardCommittedError, ShardLockedError, ValidationError
+from mt2kd.store._format import (
+    CUT_ID_BYTES,
+    CUT_ID_OFFSETS,
+    DATA,
+    LOCKS_DIR,
+    METADATA_FILE,
+    OFFSETS,
+    SHARD_KEY,
+    SHARDS_DIR,
+    CHUNK_FILE,
+    CHUNK_FILE_1D,
+    COMMIT_KEY,
+    array_metadata,
+    chunk_rows,
+    encode_chunk,
+    encode_index,
+    group_metadata,
+    make_codec,
+)
+from mt2kd.store._fs import Location, process_alive
+from mt2kd.store._index import ShardRecord, StoreIndex, TeacherRows, commit_path, read_record
+from mt2kd.store._spec import TeacherSpec
+
+SMALL_CODEC = "zstd"  # offsets and cut ID bytes
+SMALL_CODEC_LEVEL = 3
+
+
+class _TeacherFile:
+    """The one shard file of a teacher's data array, written chunk by chunk."""
+
+    def __init__(self, loc: Location, path: str, spec: TeacherSpec) -> None:
+        self.loc, self.path, self.spec = loc, path, spec
+        self.rows_per_chunk = chunk_rows(spec)
+        self.codec = make_codec(spec.codec, spec.codec_level, np.dtype(spec.dtype).itemsize)
+        self.pending = np.zeros((self.rows_per_chunk, spec.dim), dtype=spec.dtype)
+        self.num_pending = 0
+        self.entries: list[tuple[int, int]] = []
+        self.position = 0  # bytes written so far
+        self.num_rows = 0
+        self.handle: IO[bytes] | None = None
+
+    def add(self, rows: np.ndarray) -> None:
+        start = 0
+        while start < rows.shape[0]:
+            take = min(self.rows_per_chunk - self.num_pending, rows.shape[0] - start)
+            self.pending[self.num_pending:self.num_pending + take] = rows[start:start + take]
+            self.num_pending += take
+            start += take
+            if self.num_pending == self.rows_per_chunk:
+                self._flush()
+        self.num_rows += rows.shape[0]
+
+    def _flush(self) -> None:
+        self.pending[self.num_pending:] = 0  # the edge chunk is stored whole, padded with the fill value
+        blob = encode_chunk(self.pending, self.codec)
+        if self.handle is None:
+            self.handle = self.loc.open_write(self.path)
+        self.handle.write(blob)
+        self.entries.append((self.position, len(blob)))
+        self.position += len(blob)
+        self.num_pending = 0
+
+    def finish(self) -> int:
+        """Write the last chunk and the index; the file's size in bytes (0: no rows, no file)."""
+        if self.num_pending:
+            self._flush()
+        if self.handle is None:
+            return 0
+        tail = encode_index(self.entries)
+        self.handle.write(tail)
+        self.handle.close()
+        self.handle = None
+        return self.position + len(tail)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+class ShardWriter:
+    """Collects one shard's cuts and commits them when its ``with`` block ends cleanly.
+
+    Get one from :meth:`TeacherStore.shard_writer`; do not build it directly.
+
+    Examples
+    --------
+    >>> with store.shard_writer(0) as writer:  # doctest: +SKIP
+    ...     writer.put("cut-1", {"whisper": frames, "beats": logits})
+    ...     writer.record_failure("cut-2", "audio file could not be decoded")
+    """
+
+    def __init__(self, loc: Location, specs: Mapping[str, TeacherSpec], name: str, replace: bool,
+                 load_index: Callable[[], StoreIndex], on_commit: Callable[[ShardRecord], None]) -> None:
+        self.loc, self.specs, self.name, self.replace = loc, dict(specs), name, replace
+        self._load_index, self._on_commit = load_index, on_commit
+        self.attempt = uuid.uuid4().hex[:12]
+        self.cut_ids: list[str] = []
+        self._positions: dict[str, int] = {}
+        self._offsets = {t: [0] for t in self.specs}
+        self._files: dict[str, _TeacherFile] = {}
+        self._failures: list[dict[str, Any]] = []
+        self._lock_path = f"{LOCKS_DIR}/{name}.lock"
+        self._locked = False
+        self._done = False
+
+    @property
+    def path(self) -> str:
+        return f"{SHARDS_DIR}/{self.name}.{self.attempt}"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> ShardWriter:
+        self._refuse_if_committed()
+        self._acquire_lock()
+        try:
+            self._refuse_if_committed()
+            self._remove_abandoned_attempts()
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is None:
+                self._commit()
+        finally:
+            if not self._done:
+                self._discard()
+            self._release_lock()
+
+    def _refuse_if_committed(self) -> None:
+        if not self.replace and self.loc.exists(commit_path(self.name)):
+            raise ShardCommittedError(f"shard {self.name} of {self.loc.url} must not be committed yet "
+                                      f"(pass replace=True to rewrite it). Got an existing commit record.")
+
+    def _acquire_lock(self) -> None:
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "attempt": self.attempt}).encode()
+        if not self.loc.create(self._lock_path, me):
+            holder = self._lock_holder()
+            if process_alive(str(holder.get("host")), int(holder.get("pid", -1))):
+                raise ShardLockedError(f"shard {self.name} of {self.loc.url} must have one writer at a time. "
+                                       f"Got a second one; the first is pid {holder.get('pid')} on {holder.get('host')}.")
+            self.loc.remove(self._lock_path)  # its writer died (killed): take over
+            if not self.loc.create(self._lock_path, me):
+                raise ShardLockedError(f"shard {self.name} of {self.loc.url} was taken by another writer just now.")
+        self._locked = True
+
+    def _lock_holder(self) -> dict[str, Any]:
+        try:
+            holder = json.loads(self.loc.read(self._lock_path))
+            return holder if isinstance(holder, dict) else {}
+        except (FileNotFoundError, ValueError):
+            return {"host": socket.gethostname(), "pid": os.getpid()}  # being written right now: alive
+
+    def _release_lock(self) -> None:
+        if self._locked:
+            self.loc.remove(self._lock_path)
+            self._locked = False
+
+    def _remove_abandoned_attempts(self) -> None:
+        """Attempt folders of this shard left by dead writers (we hold the lock, so none is live)."""
+        record = read_record(self.loc, self.name)
+        live = None if record is None else f"{self.name}.{record.attempt}"
+        for entry in self.loc.listdir(SHARDS_DIR):
+            if entry.startswith(f"{self.name}.") and entry != live:
+                self.loc.remove(f"{SHARDS_DIR}/{entry}")
+
+    def _discard(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self.loc.remove(self.path)
+        self._done = True
+
+    # ------------------------------------------------------------ writing
+
+    def put(self, cut_id: str, outputs: Mapping[str, Any]) -> None:
+        """Add one cut's teacher outputs (frames ``[T, dim]``, clip ``[dim]``); some teachers may be absent.
+
+        Raises ValidationError naming the cut and teacher when a shape, dtype or
+        value is wrong (non-finite values included, after the cast to the
+        store's dtype), and DuplicateCutError when the cut is already in the shard.
+        """
+        self._check_open()
+        _check_cut_id(cut_id)
+        if cut_id in self._positions:
+            raise DuplicateCutError(f"cut IDs must be unique within a store. Got {cut_id!r} put twice in shard "
+                                    f"{self.name} (positions {self._positions[cut_id]} and {len(self.cut_ids)}).")
+        if not isinstance(outputs, Mapping) or not outputs:
+            raise ValidationError(f"put({cut_id!r}) needs a non-empty {{teacher: array}} mapping; use "
+                                  f"record_failure for a cut without outputs. Got {outputs!r}.")
+        arrays = {t: self._validated(cut_id, t, a) for t, a in outputs.items()}
+        for name, offsets in self._offsets.items():
+            array = arrays.get(name)
+            if array is not None:
+                self._file(name).add(array.reshape(-1, self.specs[name].dim))
+            offsets.append(offsets[-1] + (0 if array is None else array.reshape(-1, self.specs[name].dim).shape[0]))
+        self._positions[cut_id] = len(self.cut_ids)
+        self.cut_ids.append(cut_id)
+
+    def record_failure(self, cut_id: str, reason: str, teacher: str | None = None) -> None:
+        """Record that ``cut_id`` (or only ``teacher``'s output of it) could not be produced, and why."""
+        self._check_open()
+        _check_cut_id(cut_id)
+        if teacher is not None and teacher not in self.specs:
+            raise ValidationError(f"failure of cut {cut_id!r}: teacher must be one of {list(self.specs)} or None. "
+                                  f"Got {teacher!r}.")
+        self._failures.append({"cut_id": cut_id, "teacher": teacher, "reason": str(reason)})
+
+    def _check_open(self) -> None:
+        if self._done or not self._locked:
+            raise ValidationError(f"shard {self.name}: put and record_failure work inside the writer's `with` "
+                                  "block only. Got a call outside it.")
+
+    def _file(self, teacher: str) -> _TeacherFile:
+        if teacher not in self._files:
+            self._files[teacher] = _TeacherFile(self.loc, f"{self.path}/{teacher}/{DATA}/{CHUNK_FILE}",
+                                                self.specs[teacher])
+        return self._files[teacher]
+
+    def _validated(self, cut_id: str, teacher: str, value: Any) -> np.ndarray:
+        spec = self.specs.get(teacher)
+        if spec is None:
+            raise ValidationError(f"cut {cut_id!r}: teacher must be one of {list(self.specs)}. Got {teacher!r}.")
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: output must be a real-number array. "
+                                  f"Got dtype {array.dtype}.")
+        expected = f"[num_frames >= 1, {spec.dim}]" if spec.kind == "frames" else f"[{spec.dim}]"
+        ok = (array.ndim == 2 and array.shape[0] >= 1 and array.shape[1] == spec.dim) if spec.kind == "frames" \
+            else array.shape == (spec.dim,)
+        if not ok:
+            raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: {spec.kind} output must have shape "
+                                  f"{expected}. Got {list(array.shape)}.")
+        with np.errstate(over="ignore"):
+            stored = array.astype(spec.dtype, copy=False)
+        num_bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
+        if num_bad:
+            raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: values must be finite in {spec.dtype}. "
+                                  f"Got {num_bad} NaN/Inf values (or values beyond the {spec.dtype} range).")
+        return stored
+
+    # ------------------------------------------------------------ commit
+
+    def _commit(self) -> None:
+        index = self._load_index()
+        index.check_new(self.cut_ids, self.name)
+        teachers = {t: self._write_teacher(t) for t in self.specs}
+        self._write_cut_ids()
+        record = ShardRecord(self.name, self.attempt, list(self.cut_ids), teachers, list(self._failures),
+                             datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                             {"host": socket.gethostname(), "pid": os.getpid()})
+        summary = {k: v for k, v in record.to_dict().items() if k not in ("cut_ids", "teachers")}
+        self.loc.write(f"{self.path}/{METADATA_FILE}", group_metadata({SHARD_KEY: summary}))
+        self._publish(record)
+
+    def _publish(self, record: ShardRecord) -> None:
+        document = group_metadata({COMMIT_KEY: record.to_dict()})
+        if self.replace:
+            old = read_record(self.loc, self.name)
+            self.loc.write(commit_path(self.name), document)
+            if old is not None and old.attempt != self.attempt:
+                self.loc.remove(old.path)
+        elif not self.loc.create(commit_path(self.name), document):
+            raise ShardCommittedError(f"shard {self.name} of {self.loc.url} must be committed once. "
+                                      "Got a commit record written by another writer meanwhile.")
+        self._done = True
+        self._on_commit(record)
+
+    def _write_teacher(self, teacher: str) -> TeacherRows:
+        spec = self.specs[teacher]
+        file = self._file(teacher)
+        nbytes = file.finish()
+        base = f"{self.path}/{teacher}"
+        self.loc.write(f"{base}/{DATA}/{METADATA_FILE}", array_metadata(
+            (file.num_rows, spec.dim), spec.dtype, file.rows_per_chunk, spec.codec, spec.codec_level))
+        offsets = np.asarray(self._offsets[teacher], dtype=np.int64)
+        _write_small_array(self.loc, f"{base}/{OFFSETS}", offsets)
+        self.loc.write(f"{base}/{METADATA_FILE}", group_metadata({"teacher": spec.to_dict()}))
+        return TeacherRows(offsets, file.rows_per_chunk, file.num_rows, nbytes)
+
+    def _write_cut_ids(self) -> None:
+        encoded = [c.encode("utf-8") for c in self.cut_ids]
+        offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        _write_small_array(self.loc, f"{self.path}/{CUT_ID_BYTES}", np.frombuffer(b"".join(encoded), np.uint8))
+        _write_small_array(self.loc, f"{self.path}/{CUT_ID_OFFSETS}", offsets)
+
+
+def _write_small_array(loc: Location, path: str, array: np.ndarray) -> None:
+    """A 1-D array as one shard holding one chunk (zstd)."""
+    rows = max(1, array.shape[0])
+    if array.shape[0]:
+        codec = make_codec(SMALL_CODEC, SMALL_CODEC_LEVEL, array.dtype.itemsize)
+        blob = encode_chunk(array, codec)
+        loc.write(f"{path}/{CHUNK_FILE_1D}", blob + encode_index([(0, len(blob))]))
+    loc.write(f"{path}/{METADATA_FILE}", array_metadata(array.shape, str(array.dtype), rows,
+                                                        SMALL_CODEC, SMALL_CODEC_LEVEL))
+
+
+def _check_cut_id(cut_id: Any) -> None:
+    if not isinstance(cut_id, str) or not cut_id:
+        raise ValidationError(f"a cut ID must be a non-empty str. Got {cut_id!r}.")
+    try:
+        cut_id.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValidationError(f"a cut ID must be valid unicode (UTF-8 encodable). Got {cut_id!r}.") from e
