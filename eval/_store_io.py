@@ -26,9 +26,7 @@ def open_store_view(paths: Sequence[str]) -> Any:
 
 def spec_dims(store: Any) -> dict[str, int]:
     """Teacher name -> output dimension, from the store's specs."""
-    specs = store.specs
-    items = specs.values() if isinstance(specs, dict) else specs
-    return {spec.name: int(spec.dim) for spec in items}
+    return {name: int(spec.dim) for name, spec in store.specs.items()}
 
 
 def iter_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -40,7 +38,7 @@ def iter_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> Iterator[t
     present = [cut_id for cut_id in cut_ids if cut_id in store]
     for start in range(0, len(present), READ_BATCH):
         chunk = present[start:start + READ_BATCH]
-        for cut_id, outputs in zip(chunk, _get_many(store, chunk, teacher)):
+        for cut_id, outputs in zip(chunk, store.get_many(chunk, teachers=[teacher])):
             if teacher in outputs:
                 yield cut_id, np.asarray(outputs[teacher])
 
@@ -51,9 +49,3 @@ def clip_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> dict[str, 
         return {}
     return {cut_id: array.astype(np.float64) for cut_id, array in iter_outputs(store, cut_ids, teacher)}
 
-
-def _get_many(store: Any, cut_ids: list[str], teacher: str) -> list[dict[str, np.ndarray]]:
-    got = store.get_many(cut_ids, teachers=[teacher])
-    if isinstance(got, dict):  # keyed by cut ID rather than in request order
-        return [got.get(cut_id, {}) for cut_id in cut_ids]
-    return list(got)

@@ -1,0 +1,81 @@
+"""``mt2kd eval kd`` with a tiny random student saved as a real checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mt2kd.cli import main
+from mt2kd.eval._config import EvalConfig
+from mt2kd.eval._run import evaluate
+from mt2kd.eval._student import load_waveform
+
+
+@pytest.fixture(scope="module")
+def checkpoint(corpus, tmp_path_factory):
+    from mt2kd.train import Student, StudentConfig
+    from mt2kd.train._checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(StudentConfig.preset("tiny"), teacher_frame_dim=corpus.frames_dim,
+                                 num_classes=len(corpus.labels), embedding_dim=corpus.embedding_dim, sv_block=2)
+    model = Student(config)
+    return save_checkpoint({"step": 0, "student_config": config.to_dict(), "model": model.state_dict()},
+                           tmp_path_factory.mktemp("exp"), keep_last=1)
+
+
+def _expected_l1(checkpoint, corpus) -> float:
+    """Frame L1 computed one cut at a time, independently of the batched evaluation."""
+    from mt2kd.train import compute_fbank, load_student
+
+    from lhotse import CutSet
+
+    model, _ = load_student(checkpoint)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for cut, target in zip(CutSet.from_file(corpus.manifest), corpus.frames):
+            fbank = compute_fbank(load_waveform(cut))
+            frames = model(fbank[None], torch.tensor([len(fbank)])).frames[0].numpy()
+            num_frames = min(len(frames), len(target))
+            total += np.abs(frames[:num_frames] - target[:num_frames]).sum()
+            count += num_frames * corpus.frames_dim
+    return total / count
+
+
+def test_student_report(checkpoint, corpus, store, tmp_path):
+    out, plots = tmp_path / "report.json", tmp_path / "plots"
+    result = CliRunner().invoke(main, [
+        "eval", "kd", "--checkpoint", str(checkpoint), "--cuts", str(corpus.manifest), "--store", str(store),
+        "--labels", str(corpus.labels_file), "--batch-size", "5", "--out", str(out), "--plots", str(plots),
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    student = report["student"]
+    assert 0.0 <= student["map"]["map"] <= 1.0
+    assert student["map"]["num_cuts"] == len(corpus.cut_ids)
+    assert 0.0 <= student["eer"]["eer"] <= 1.0
+    assert student["kd_l1"]["num_cuts"] == len(corpus.cut_ids)
+    # batches of 5 padded cuts must give the same L1 as scoring each cut alone
+    assert student["kd_l1"]["l1"] == pytest.approx(_expected_l1(checkpoint, corpus), rel=1e-5)
+    # the teacher ceiling is reported next to the student, on the same targets
+    assert report["teachers"]["beats"]["map"]["map"] == pytest.approx(1.0)
+    assert report["student"]["model"]["student_config"]["num_classes"] == len(corpus.labels)
+    assert sorted(p.name for p in plots.iterdir()) == ["det.png", "per_class_ap.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.iterdir())
+    assert "student.kd_l1.l1" in result.output
+
+
+def test_student_scores_do_not_depend_on_batch_size(checkpoint, corpus, store):
+    def run(batch_size):
+        return evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), checkpoint=str(checkpoint),
+                                   labels=str(corpus.labels_file), batch_size=batch_size)).report["student"]
+
+    one, many = run(1), run(12)
+    assert many["map"]["map"] == pytest.approx(one["map"]["map"], abs=1e-6)
+    assert many["eer"]["eer"] == pytest.approx(one["eer"]["eer"], abs=1e-6)
+    assert many["kd_l1"]["l1"] == pytest.approx(one["kd_l1"]["l1"], rel=1e-5)

@@ -1,0 +1,110 @@
+"""End to end: ``mt2kd eval teachers`` on a synthetic corpus whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mt2kd.cli import main
+from mt2kd.eval._config import EvalConfig
+from mt2kd.eval._run import evaluate
+from mt2kd.eval._trials import write_trials
+
+
+def _run_cli(*args: str) -> dict:
+    result = CliRunner().invoke(main, ["eval", *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_perfect_teachers_score_map_1_and_eer_0(corpus, store, tmp_path):
+    out = tmp_path / "report.json"
+    report = _run_cli("teachers", "--cuts", str(corpus.manifest), "--store", str(store),
+                      "--labels", str(corpus.labels_file), "--out", str(out))
+    # logits rank every positive above every negative -> AP 1 in every class
+    assert report["teachers"]["beats"]["map"]["map"] == pytest.approx(1.0)
+    assert report["teachers"]["beats"]["map"]["num_classes_scored"] == len(corpus.targets[0])
+    # embeddings sit 0.01 from their speaker's centre -> every target trial outscores every non-target
+    assert report["teachers"]["ecapa"]["eer"]["eer"] == 0.0
+    assert report["labels"]["source"] == "events"
+    assert report["counts"]["num_cuts"] == len(corpus.cut_ids)
+    assert json.loads(out.read_text()) == report
+
+
+def test_shuffled_teachers_score_clearly_worse(corpus, shuffled_store):
+    config = EvalConfig(cuts=(str(corpus.manifest),), stores=(str(shuffled_store),), labels=str(corpus.labels_file))
+    report = evaluate(config).report
+    # outputs of other cuts: ranking of labels and speakers is broken
+    assert report["teachers"]["beats"]["map"]["map"] < 0.9
+    assert report["teachers"]["ecapa"]["eer"]["eer"] > 0.15
+
+
+def test_map_equals_metric_on_the_constructed_arrays(corpus, shuffled_store):
+    from mt2kd.eval._tagging import mean_average_precision
+
+    config = EvalConfig(cuts=(str(corpus.manifest),), stores=(str(shuffled_store),), labels=str(corpus.labels_file))
+    report = evaluate(config).report
+    permutation = np.random.default_rng(5).permutation(len(corpus.cut_ids))  # as in the fixture
+    expected, _ = mean_average_precision(corpus.targets, corpus.logits[permutation])
+    assert report["teachers"]["beats"]["map"]["map"] == pytest.approx(expected)
+
+
+def test_generated_trials_cover_all_pairs_of_tiny_corpus(corpus, store):
+    report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),),
+                                 labels=str(corpus.labels_file))).report
+    # 4 speakers x C(3, 2) = 12 target pairs; C(12, 2) - 12 = 54 non-target pairs (fewer than asked)
+    assert (report["trials"]["num_target"], report["trials"]["num_nontarget"]) == (12, 54)
+    assert report["trials"]["source"] == "generated"
+
+
+def test_trials_file_and_class_indices(corpus, store, tmp_path):
+    trials = tmp_path / "trials"
+    ids = corpus.cut_ids
+    # one target trial scored above one non-target trial -> EER 0
+    write_trials([(ids[0], ids[1], True), (ids[0], ids[3], False)], trials)
+    report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), trials=str(trials),
+                                 labels=str(corpus.labels_file))).report
+    assert report["trials"] == {"source": "file", "trials_file": str(trials), "num_target": 1, "num_nontarget": 1}
+    assert report["teachers"]["ecapa"]["eer"]["eer"] == 0.0
+
+
+def test_no_events_uses_teacher_pseudo_labels(unlabelled_corpus, make_store, tmp_path):
+    store = make_store(tmp_path / "s.zarr", unlabelled_corpus)
+    report = evaluate(EvalConfig(cuts=(str(unlabelled_corpus.manifest),), stores=(str(store),))).report
+    assert report["labels"]["source"] == "teacher_pseudo_labels"
+    # sigmoid(logit) > 0.5 is exactly the constructed positives, so the labels are the events
+    assert report["labels"]["num_positive_labels"] == int(unlabelled_corpus.targets.sum())
+    assert report["teachers"]["beats"]["map"]["map"] == pytest.approx(1.0)
+
+
+def test_cuts_missing_from_store_are_counted(corpus, make_store, tmp_path):
+    missing = tuple(corpus.cut_ids[:2])
+    store = make_store(tmp_path / "partial.zarr", corpus, skip=missing)
+    report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),),
+                                 labels=str(corpus.labels_file))).report
+    assert report["counts"]["num_cuts_in_store"] == len(corpus.cut_ids) - 2
+    assert report["teachers"]["beats"]["map"]["num_cuts_missing"] == 2
+    assert report["teachers"]["ecapa"]["eer"]["num_trials_skipped"] > 0
+
+
+def test_unknown_event_name_is_a_clean_cli_error(corpus, store, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("dog\n")
+    result = CliRunner().invoke(main, ["eval", "teachers", "--cuts", str(corpus.manifest), "--store", str(store),
+                                       "--labels", str(labels)])
+    assert result.exit_code == 1
+    assert "must be in the label list" in result.output
+
+
+def test_table_output(corpus, store):
+    result = CliRunner().invoke(main, ["eval", "teachers", "--cuts", str(corpus.manifest), "--store", str(store),
+                                       "--labels", str(corpus.labels_file)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = {line.split(" : ")[0].strip(): line.split(" : ")[1] for line in result.output.splitlines()}
+    assert lines["teachers.beats.map.map"] == "1.0000"
+    assert lines["labels.source"] == "events"
+    # all separators in one column
+    assert len({line.index(" : ") for line in result.output.splitlines()}) == 1
