@@ -79,3 +79,31 @@ def test_student_scores_do_not_depend_on_batch_size(checkpoint, corpus, store):
     assert many["map"]["map"] == pytest.approx(one["map"]["map"], abs=1e-6)
     assert many["eer"]["eer"] == pytest.approx(one["eer"]["eer"], abs=1e-6)
     assert many["kd_l1"]["l1"] == pytest.approx(one["kd_l1"]["l1"], rel=1e-5)
+
+
+def test_unreadable_cut_is_skipped_and_recorded(checkpoint, corpus, store, tmp_path):
+    from lhotse import CutSet, Recording
+    from lhotse.audio import AudioSource
+
+    cuts = list(CutSet.from_file(corpus.manifest))
+    broken = cuts[0].recording
+    cuts[0].recording = Recording(broken.id, [AudioSource("file", [0], str(tmp_path / "gone.wav"))],
+                                  broken.sampling_rate, broken.num_samples, broken.duration)
+    manifest = tmp_path / "cuts.jsonl.gz"
+    CutSet.from_cuts(cuts).to_file(manifest)
+    report = evaluate(EvalConfig(cuts=(str(manifest),), stores=(str(store),), checkpoint=str(checkpoint),
+                                 labels=str(corpus.labels_file))).report["student"]
+    assert list(report["kd_l1"]["failures"]) == [cuts[0].id]
+    assert report["kd_l1"]["num_cuts"] == len(cuts) - 1
+    assert report["map"]["num_cuts_missing"] == 1
+
+
+@pytest.mark.gpu
+def test_student_on_cuda_matches_cpu(checkpoint, corpus, store):
+    def run(device):
+        return evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), checkpoint=str(checkpoint),
+                                   labels=str(corpus.labels_file), device=device)).report["student"]
+
+    cpu, cuda = run("cpu"), run("cuda")
+    assert cuda["kd_l1"]["l1"] == pytest.approx(cpu["kd_l1"]["l1"], rel=1e-3)
+    assert cuda["map"]["map"] == pytest.approx(cpu["map"]["map"], abs=1e-3)

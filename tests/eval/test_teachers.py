@@ -108,3 +108,27 @@ def test_table_output(corpus, store):
     assert lines["labels.source"] == "events"
     # all separators in one column
     assert len({line.index(" : ") for line in result.output.splitlines()}) == 1
+
+
+def test_two_stores_read_as_one(corpus, make_store, tmp_path):
+    half = tuple(corpus.cut_ids[:6])
+    first = make_store(tmp_path / "a.zarr", corpus, skip=tuple(corpus.cut_ids[6:]))
+    second = make_store(tmp_path / "b.zarr", corpus, skip=half)
+    report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(first), str(second)),
+                                 labels=str(corpus.labels_file))).report
+    assert report["counts"]["num_cuts_in_store"] == len(corpus.cut_ids)
+    assert report["teachers"]["beats"]["map"]["map"] == pytest.approx(1.0)
+    assert report["teachers"]["ecapa"]["eer"]["eer"] == 0.0
+
+
+def test_max_cuts_limits_the_set(corpus, store):
+    report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), max_cuts=6,
+                                 labels=str(corpus.labels_file))).report
+    assert report["counts"]["num_cuts"] == 6
+    # first 6 cuts = 2 speakers x 3: C(3,2) * 2 = 6 target pairs, 3 * 3 = 9 non-target pairs
+    assert (report["trials"]["num_target"], report["trials"]["num_nontarget"]) == (6, 9)
+
+
+def test_config_travels_in_the_report(corpus, store):
+    config = EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), labels=str(corpus.labels_file), seed=7)
+    assert EvalConfig.from_dict(evaluate(config).report["config"]) == config
