@@ -9,9 +9,8 @@ import numpy as np
 
 from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._cuts import load_cuts, speakers
+from mt2kd.eval._inputs import clip_outputs, load_cuts, open_store_view, spec_dims, speakers
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
-from mt2kd.eval._store_io import clip_outputs, open_store_view, spec_dims
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mt2kd.eval._cuts import event_targets, has_events, sigmoid, speakers
+from mt2kd.eval._inputs import event_targets, has_events, sigmoid, speakers
 from mt2kd.eval._speaker import DetCurve, cosine_scores, det_curve, eer
 from mt2kd.eval._tagging import load_label_list, mean_average_precision
 from mt2kd.eval._trials import Trial, make_trials, read_trials
@@ -44,12 +44,12 @@ class Scores:
 
 
 def build_labels(cuts: Sequence[Any], num_classes: int, label_file: str | None,
-                 teacher_logits: Mapping[str, np.ndarray], threshold: float) -> tuple[list[str], np.ndarray, dict]:
+                 teacher_logits: Mapping[str, np.ndarray], threshold: float) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """Labels from the cuts' events when any cut has them, else the teacher's thresholded outputs."""
     if any(has_events(cut) for cut in cuts):
         label_index = load_label_list(label_file) if label_file else None
         cut_ids, labels = event_targets(cuts, num_classes, label_index)
-        info = {"source": LABELS_FROM_EVENTS, "label_file": label_file}
+        info: dict[str, Any] = {"source": LABELS_FROM_EVENTS, "label_file": label_file}
     else:
         cut_ids = [cut.id for cut in cuts if cut.id in teacher_logits]
         logits = np.stack([teacher_logits[c] for c in cut_ids]) if cut_ids else np.zeros((0, num_classes))

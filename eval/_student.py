@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._store_io import iter_outputs, spec_dims
+from mt2kd.eval._inputs import iter_outputs, spec_dims
 
 SAMPLE_RATE = 16_000  # Hz, the student's input rate
 

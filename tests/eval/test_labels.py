@@ -49,7 +49,7 @@ def test_config_round_trip_and_validation():
 
 
 def test_sigmoid_is_stable_for_large_logits():
-    from mt2kd.eval._cuts import sigmoid
+    from mt2kd.eval._inputs import sigmoid
 
     values = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
     np.testing.assert_allclose(values, [0.0, 0.5, 1.0])

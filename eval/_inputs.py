@@ -1,14 +1,17 @@
-"""What the cuts themselves say: which cuts to score, their speakers and their event labels.
+"""What a run reads: the cuts (which to score, their speakers and event labels) and the teachers' outputs.
 
 Speakers come from the supervisions (the first supervision that names one);
 event labels from ``cut.custom["events"]``, a list of label names or class
 indices. A cut without an ``events`` field is unlabelled and left out of mAP;
-a cut whose ``events`` is an empty list is labelled "no event".
+a cut whose ``events`` is an empty list is labelled "no event". Teacher
+outputs are read from one store or several opened as one view; cuts missing
+from the store, or stored without a given teacher, are passed over and
+counted by the callers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,7 @@ from mt2kd.errors import DuplicateCutError
 from mt2kd.eval._tagging import events_to_multi_hot
 
 EVENTS_FIELD = "events"  # key in cut.custom holding a cut's event labels
+READ_BATCH = 64  # cuts per get_many call: enough to coalesce reads, small enough for frame data
 
 
 def load_cuts(paths: Sequence[str], max_cuts: int | None = None) -> list[Any]:
@@ -73,3 +77,40 @@ def event_targets(cuts: Sequence[Any], num_classes: int,
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     # written via tanh so that large negative logits do not overflow exp()
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+
+
+def open_store_view(paths: Sequence[str]) -> Any:
+    """Open one or several teacher stores as a single read-only view.
+
+    Examples
+    --------
+    >>> store = open_store_view(["train.zarr", "dev.zarr"])  # doctest: +SKIP
+    """
+    from mt2kd.store import TeacherStore, open_stores
+
+    if len(paths) == 1:
+        return TeacherStore.open(paths[0])
+    return open_stores(list(paths))
+
+
+def spec_dims(store: Any) -> dict[str, int]:
+    """Teacher name -> output dimension, from the store's specs."""
+    return {name: int(spec.dim) for name, spec in store.specs.items()}
+
+
+def iter_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(cut ID, array) for each cut the store holds an output of ``teacher`` for, in order."""
+    present = [cut_id for cut_id in cut_ids if cut_id in store]
+    for start in range(0, len(present), READ_BATCH):
+        chunk = present[start:start + READ_BATCH]
+        for cut_id, outputs in zip(chunk, store.get_many(chunk, teachers=[teacher])):
+            if teacher in outputs:
+                yield cut_id, np.asarray(outputs[teacher])
+
+
+def clip_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> dict[str, np.ndarray]:
+    """Clip-level outputs (logits, embeddings) of one teacher, keyed by cut ID."""
+    if teacher not in spec_dims(store):
+        return {}
+    return {cut_id: array.astype(np.float64) for cut_id, array in iter_outputs(store, cut_ids, teacher)}
+
