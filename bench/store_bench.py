@@ -1,0 +1,351 @@
+"""Teacher-store benchmark: mt2kd's Zarr store against lhotse's feature formats.
+
+Identical synthetic whisper-like frames (ragged cuts, LibriSpeech-like
+durations, 25 Hz x 2560-D; see ``_common.py``) are written to
+
+- the mt2kd store with TeacherSpec's storage defaults (float16 frames and
+  the default codec) and the same with float32,
+- lhotse ``NumpyHdf5Writer`` at float32 (the format the MT2KD authors used)
+  and float16,
+- lhotse ``LilcomChunkyWriter`` (lossy, lhotse's default feature format),
+
+then read back by cut ID in random order: one ``get`` at a time, in batches
+of ``--batch-size`` (``get_many`` for mt2kd, a loop of reads for lhotse,
+which has no batched read), and through a torch DataLoader whose workers
+each read whole batches. The table gives absolute numbers and ratios against
+float16 HDF5 (the anchor) and, for bytes, float32 HDF5.
+
+Reads are warm-cache for every format: the files were just written and the
+page cache cannot be dropped without root. Times are the best of
+``--repeat`` passes over the same random order.
+
+Usage::
+
+    python bench/store_bench.py --hours 0.5
+    python bench/store_bench.py --quick       # seconds; a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    MIB,
+    WHISPER_DIM,
+    WHISPER_FRAME_RATE,
+    SyntheticCorpus,
+    batches,
+    dir_bytes,
+    format_table,
+    human_bytes,
+    make_whisper_corpus,
+    ratio,
+    timed,
+)
+
+LATEST_TABLE = Path("/tmp/store_bench_latest.txt")  # where the last table is copied
+ANCHOR = "hdf5-f16"  # reads and bytes are compared to this format
+BYTES_ANCHOR = "hdf5-f32"  # the MT2KD authors' format
+TEACHER = "whisper"  # the one teacher the benchmark stores
+QUICK_HOURS = 0.03  # about 9 cuts
+QUICK_DIM = 256  # smaller frames so --quick finishes in seconds
+FORMAT_NAMES = ("mt2kd-f16", "mt2kd-f32", BYTES_ANCHOR, ANCHOR, "lilcom")
+
+
+# ---------------------------------------------------------------- formats
+# A format writes the corpus into a folder and returns a picklable "reader
+# recipe"; ``open_reader`` turns it into a function reading a list of cut IDs.
+# Readers open lazily so DataLoader workers open their own handles after fork.
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    name: str  # column title
+    write: Callable[[SyntheticCorpus, Path], Any]  # -> reader recipe
+    open_reader: Callable[[Any], Callable[[list[str]], list[np.ndarray]]]  # recipe -> read(ids)
+    read_one: Callable[[Any], Callable[[str], np.ndarray]]  # recipe -> get(id)
+
+
+def _mt2kd_write(dtype: str | None, cuts_per_shard: int) -> Callable[[SyntheticCorpus, Path], Any]:
+    """Writer into an mt2kd store; ``dtype=None`` keeps every storage default of TeacherSpec."""
+
+    def write(corpus: SyntheticCorpus, folder: Path) -> Any:
+        from mt2kd.store import TeacherSpec, TeacherStore
+
+        dim = corpus.frames[0].shape[1]
+        spec = TeacherSpec(TEACHER, "frames", dim, frame_rate=WHISPER_FRAME_RATE)
+        if dtype is not None:
+            spec = spec.with_storage(dtype=dtype)
+        path = folder / "store.zarr"
+        store = TeacherStore.create(str(path), [spec])
+        for shard_id, start in enumerate(range(0, len(corpus.cut_ids), cuts_per_shard)):
+            with store.shard_writer(shard_id) as writer:
+                for i in range(start, min(start + cuts_per_shard, len(corpus.cut_ids))):
+                    writer.put(corpus.cut_ids[i], {TEACHER: corpus.frames[i]})
+        return str(path)
+
+    return write
+
+
+def _mt2kd_open(path: str) -> Callable[[list[str]], list[np.ndarray]]:
+    from mt2kd.store import TeacherStore
+
+    store = TeacherStore.open(path)
+
+    def read(cut_ids: list[str]) -> list[np.ndarray]:
+        got = store.get_many(cut_ids, teachers=[TEACHER])
+        return _frames_of(got, cut_ids)
+
+    return read
+
+
+def _mt2kd_open_one(path: str) -> Callable[[str], np.ndarray]:
+    from mt2kd.store import TeacherStore
+
+    store = TeacherStore.open(path)
+    return lambda cut_id: store.get(cut_id)[TEACHER]
+
+
+def _frames_of(got: Any, cut_ids: list[str]) -> list[np.ndarray]:
+    """The whisper arrays of a ``get_many`` result, in ``cut_ids`` order."""
+    if isinstance(got, dict) and TEACHER in got and not isinstance(got[TEACHER], dict):
+        value = got[TEACHER]  # {teacher: [arrays]}
+        return list(value)
+    if isinstance(got, dict):
+        return [got[c][TEACHER] for c in cut_ids]  # {cut_id: {teacher: array}}
+    return [item[TEACHER] for item in got]  # [{teacher: array}] in order
+
+
+def _lhotse_write(writer_name: str, dtype: str | None) -> Callable[[SyntheticCorpus, Path], Any]:
+    def write(corpus: SyntheticCorpus, folder: Path) -> Any:
+        from lhotse.features.io import get_writer
+
+        keys: dict[str, str] = {}
+        with get_writer(writer_name)(folder / f"{writer_name}-{dtype or 'lossy'}") as writer:
+            for cut_id, frames in zip(corpus.cut_ids, corpus.frames):
+                # lilcom quantises its input in place: hand every writer its own copy
+                keys[cut_id] = writer.write(cut_id, frames.astype(dtype or frames.dtype))
+            storage_path = writer.storage_path
+        return (writer_name, storage_path, keys)
+
+    return write
+
+
+def _lhotse_open(recipe: Any) -> Callable[[list[str]], list[np.ndarray]]:
+    one = _lhotse_open_one(recipe)
+    return lambda cut_ids: [one(c) for c in cut_ids]
+
+
+def _lhotse_open_one(recipe: Any) -> Callable[[str], np.ndarray]:
+    from lhotse.features.io import get_reader
+
+    writer_name, storage_path, keys = recipe
+    reader = get_reader(writer_name)(storage_path)
+    return lambda cut_id: reader.read(keys[cut_id])
+
+
+def make_formats(cuts_per_shard: int) -> list[Format]:
+    return [
+        Format("mt2kd-f16", _mt2kd_write(None, cuts_per_shard), _mt2kd_open, _mt2kd_open_one),
+        Format("mt2kd-f32", _mt2kd_write("float32", cuts_per_shard), _mt2kd_open, _mt2kd_open_one),
+        Format(BYTES_ANCHOR, _lhotse_write("numpy_hdf5", "float32"), _lhotse_open, _lhotse_open_one),
+        Format(ANCHOR, _lhotse_write("numpy_hdf5", "float16"), _lhotse_open, _lhotse_open_one),
+        Format("lilcom", _lhotse_write("lilcom_chunky", None), _lhotse_open, _lhotse_open_one),
+    ]
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclasses.dataclass
+class Result:
+    bytes_on_disk: int = 0
+    write_s: float = 0.0
+    get_s: float = 0.0
+    get_many_s: float = 0.0
+    loader_s: float | None = None
+    read_bytes: int = 0  # bytes of the arrays one pass returns
+    max_abs_err: float = 0.0
+
+
+class BatchDataset:
+    """Map-style dataset whose items are whole batches: index i = batch i of cut IDs."""
+
+    def __init__(self, fmt: Format, recipe: Any, id_batches: list[list[str]]) -> None:
+        self.fmt, self.recipe, self.id_batches = fmt, recipe, id_batches
+        self._read: Callable[[list[str]], list[np.ndarray]] | None = None  # opened in the worker
+
+    def __len__(self) -> int:
+        return len(self.id_batches)
+
+    def __getitem__(self, index: int) -> list[Any]:
+        import torch
+
+        if self._read is None:
+            self._read = self.fmt.open_reader(self.recipe)
+        return [torch.from_numpy(np.ascontiguousarray(a)) for a in self._read(self.id_batches[index])]
+
+
+def time_loader(fmt: Format, recipe: Any, id_batches: list[list[str]], num_workers: int) -> float:
+    import torch.utils.data
+
+    _close_lhotse_handles()  # workers must not inherit an HDF5 handle opened here
+    dataset = BatchDataset(fmt, recipe, id_batches)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
+                                         num_workers=num_workers, multiprocessing_context="fork")
+    _, seconds = timed(lambda: sum(len(b) for b in loader))
+    return seconds
+
+
+def _close_lhotse_handles() -> None:
+    from lhotse.features.io import close_cached_file_handles
+
+    close_cached_file_handles()
+
+
+def best_of(repeat: int, fn: Callable[[], Any]) -> float:
+    return min(timed(fn)[1] for _ in range(repeat))
+
+
+def measure(fmt: Format, corpus: SyntheticCorpus, folder: Path, order: list[str],
+            args: argparse.Namespace) -> Result:
+    result = Result()
+    folder = folder / fmt.name
+    folder.mkdir()
+    recipe, result.write_s = timed(lambda: fmt.write(corpus, folder))
+    result.bytes_on_disk = dir_bytes(folder)
+    get = fmt.read_one(recipe)
+    result.read_bytes = sum(get(c).nbytes for c in order)  # also warms the cache
+    result.get_s = best_of(args.repeat, lambda: [get(c) for c in order])
+    read_many = fmt.open_reader(recipe)
+    id_batches = list(batches(order, args.batch_size))
+    result.get_many_s = best_of(args.repeat, lambda: [read_many(b) for b in id_batches])
+    result.max_abs_err = _max_abs_err(corpus, read_many)
+    if args.workers > 0:
+        result.loader_s = best_of(args.repeat, lambda: time_loader(fmt, recipe, id_batches, args.workers))
+    _close_lhotse_handles()
+    return result
+
+
+def _max_abs_err(corpus: SyntheticCorpus, read_many: Callable[[list[str]], list[np.ndarray]]) -> float:
+    """Largest |stored - source| over every cut: what the on-disk format loses."""
+    worst = 0.0
+    for ids in batches(corpus.cut_ids, 32):
+        for cut_id, got in zip(ids, read_many(ids)):
+            source = corpus.frames[corpus.cut_ids.index(cut_id)]
+            if got.shape != source.shape:
+                raise RuntimeError(f"cut {cut_id!r} read back as {got.shape}; expected {source.shape}.")
+            worst = max(worst, float(np.abs(got.astype(np.float32) - source).max()))
+    return worst
+
+
+# ---------------------------------------------------------------- report
+
+
+def build_table(results: dict[str, Result], corpus: SyntheticCorpus, num_reads: int) -> str:
+    names = list(results)
+    anchor, bytes_anchor = results[ANCHOR], results[BYTES_ANCHOR]
+    hours, mib_in = corpus.hours, corpus.float32_bytes / MIB
+
+    def row(label: str, value: Callable[[Result], Any]) -> list[Any]:
+        return [label, *(value(results[n]) for n in names)]
+
+    def speed(seconds: float | None) -> float | None:
+        return None if not seconds else num_reads / seconds
+
+    def mib_s(r: Result, seconds: float | None) -> float | None:
+        return None if not seconds else r.read_bytes / MIB / seconds
+
+    rows = [
+        row("bytes / audio hour", lambda r: human_bytes(r.bytes_on_disk / hours)),
+        row(f"bytes vs {BYTES_ANCHOR}", lambda r: ratio(r.bytes_on_disk, bytes_anchor.bytes_on_disk)),
+        row(f"bytes vs {ANCHOR}", lambda r: ratio(r.bytes_on_disk, anchor.bytes_on_disk)),
+        row("write MiB/s (f32 in)", lambda r: mib_in / r.write_s),
+        row("get cuts/s", lambda r: speed(r.get_s)),
+        row("get MiB/s", lambda r: mib_s(r, r.get_s)),
+        row(f"get vs {ANCHOR}", lambda r: ratio(anchor.get_s, r.get_s)),
+        row("get_many cuts/s", lambda r: speed(r.get_many_s)),
+        row("get_many MiB/s", lambda r: mib_s(r, r.get_many_s)),
+        row(f"get_many vs {ANCHOR}", lambda r: ratio(anchor.get_many_s, r.get_many_s)),
+        row("loader cuts/s", lambda r: speed(r.loader_s)),
+        row("loader MiB/s", lambda r: mib_s(r, r.loader_s)),
+        row(f"loader vs {ANCHOR}", lambda r: ratio(anchor.loader_s, r.loader_s)),
+        row("max |stored - f32|", lambda r: f"{r.max_abs_err:.2g}"),
+    ]
+    return format_table(["metric", *names], rows)
+
+
+def describe(corpus: SyntheticCorpus, args: argparse.Namespace) -> str:
+    dim = corpus.frames[0].shape[1]
+    return "\n".join([
+        f"store benchmark: {len(corpus.cut_ids)} cuts, {corpus.hours:.3f} audio hours, "
+        f"{corpus.num_frames} frames x {dim}-D at {WHISPER_FRAME_RATE:g} Hz, "
+        f"{human_bytes(corpus.float32_bytes)} as float32; seed {args.seed}",
+        f"cut durations: mean {corpus.durations.mean():.1f} s, "
+        f"min {corpus.durations.min():.1f} s, max {corpus.durations.max():.1f} s",
+        f"reads: every cut once in random order, best of {args.repeat}; batches of {args.batch_size}; "
+        f"DataLoader with {args.workers} workers (fork, one batch per item); "
+        f"warm page cache for every format (no root to drop it); cpus: {os.cpu_count()}",
+        "MiB/s of reads = bytes of the arrays returned (float16 formats return half the bytes of float32)",
+    ])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hours", type=float, default=0.5, help="audio hours of synthetic frames")
+    parser.add_argument("--seed", type=int, default=0, help="seed of durations, values and read order")
+    parser.add_argument("--quick", action="store_true", help=f"tiny run ({QUICK_HOURS} h, {QUICK_DIM}-D)")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (0 skips the loader)")
+    parser.add_argument("--batch-size", type=int, default=32, help="cut IDs per get_many / loader batch")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes; the best is reported")
+    parser.add_argument("--cuts-per-shard", type=int, default=256, help="cuts per mt2kd shard")
+    parser.add_argument("--formats", default=",".join(FORMAT_NAMES),
+                        help=f"comma-separated subset of {','.join(FORMAT_NAMES)} (the anchors are always run)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.hours, args.repeat = QUICK_HOURS, 1
+        args.workers = min(args.workers, 2)
+    return args
+
+
+def _import_libraries() -> None:
+    """Import every format's library up front so no write time includes an import."""
+    import h5py  # noqa: F401
+    import lhotse.features.io  # noqa: F401
+    import torch.utils.data  # noqa: F401
+
+    import mt2kd.store  # noqa: F401
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    args = parse_args(argv)
+    _import_libraries()
+    dim = QUICK_DIM if args.quick else WHISPER_DIM
+    corpus = make_whisper_corpus(args.hours, args.seed, dim=dim)
+    order = list(np.random.default_rng(args.seed + 7).permutation(corpus.cut_ids))
+    results: dict[str, Result] = {}
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="store_bench_") as tmp:
+        wanted = set(args.formats.split(",")) | {ANCHOR, BYTES_ANCHOR}
+        for fmt in [f for f in make_formats(args.cuts_per_shard) if f.name in wanted]:
+            print(f"... {fmt.name}", file=sys.stderr, flush=True)
+            results[fmt.name] = measure(fmt, corpus, Path(tmp), order, args)
+    report = describe(corpus, args) + "\n\n" + build_table(results, corpus, len(order))
+    print(report)
+    LATEST_TABLE.write_text(report + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

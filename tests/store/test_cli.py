@@ -1,0 +1,335 @@
+"""`mt2kd store ...` on real small stores written through the store API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from mt2kd.cli import main
+from mt2kd.store import TeacherSpec, TeacherStore
+
+FRAME_RATE = 25.0  # Hz, stacked whisper frames
+DURATIONS = {"spk1-ch1-0001": 2.0, "spk1-ch1-0002": 3.52, "spk2 ch/7 ü": 1.24, "spk3-ch9-0100": 4.0}  # s
+SPECS = [
+    TeacherSpec("whisper", "frames", 8, frame_rate=FRAME_RATE, dtype="float32"),
+    TeacherSpec("beats", "clip", 527),
+    TeacherSpec("ecapa", "clip", 6),
+]
+
+
+def num_frames(duration: float) -> int:
+    """The stacked-whisper frame count of a cut (ARCHITECTURE.md)."""
+    return ((int(round(duration * 16_000)) // 160 + 1) // 2) // 2
+
+
+def make_outputs(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return {
+        cut_id: {
+            "whisper": rng.standard_normal((num_frames(d), 8)).astype(np.float32),
+            "beats": (rng.standard_normal(527) * 3 - 4).astype(np.float32),
+            "ecapa": rng.standard_normal(6).astype(np.float32),
+        }
+        for cut_id, d in DURATIONS.items()
+    }
+
+
+def write_store(path: Path, outputs: dict[str, dict[str, np.ndarray]], cuts_per_shard: int = 2) -> str:
+    ts = TeacherStore.create(str(path), SPECS)
+    cut_ids = list(outputs)
+    for shard_id, start in enumerate(range(0, len(cut_ids), cuts_per_shard)):
+        with ts.shard_writer(shard_id) as writer:
+            for cut_id in cut_ids[start:start + cuts_per_shard]:
+                writer.put(cut_id, outputs[cut_id])
+    return str(path)
+
+
+def write_manifest(path: Path, durations: dict[str, float]) -> str:
+    from lhotse import AudioSource, CutSet, MonoCut, Recording
+
+    cuts = []
+    for cut_id, d in durations.items():
+        rec = Recording(id=f"rec-{len(cuts)}", sources=[AudioSource("file", [0], f"/audio/{len(cuts)}.flac")],
+                        sampling_rate=16_000, num_samples=int(d * 16_000), duration=d)
+        cuts.append(MonoCut(id=cut_id, start=0.0, duration=d, channel=0, recording=rec))
+    CutSet.from_cuts(cuts).to_file(path)
+    return str(path)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["store", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def run_json(*args: str) -> dict:
+    code, out = run(*args, "--json")
+    assert code == 0, out
+    return json.loads(out)
+
+
+def text_facts(output: str) -> dict[str, str]:
+    """The ``key : value`` lines of a text output (first occurrence of each key)."""
+    facts: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key.strip() not in facts:
+            facts[key.strip()] = value.strip()
+    return facts
+
+
+@pytest.fixture(scope="module")
+def outputs() -> dict[str, dict[str, np.ndarray]]:
+    return make_outputs()
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory, outputs: dict) -> str:
+    return write_store(tmp_path_factory.mktemp("a") / "a.zarr", outputs)
+
+
+# ---------------------------------------------------------------- info
+
+
+def test_info_counts_cuts_shards_frames_and_hours(store_path: str, outputs: dict) -> None:
+    facts = run_json("info", store_path)
+    num_whisper_frames = sum(a["whisper"].shape[0] for a in outputs.values())
+    assert facts["num_cuts"] == len(outputs)
+    assert facts["num_shards"] == 2 and facts["num_failures"] == 0
+    assert facts["teachers"]["whisper"]["num_frames"] == num_whisper_frames
+    assert facts["audio_hours"] == pytest.approx(num_whisper_frames / FRAME_RATE / 3600)
+    assert list(facts["teachers"]) == [s.name for s in SPECS]
+    for spec in SPECS:
+        t = facts["teachers"][spec.name]
+        assert (t["kind"], t["dim"], t["dtype"], t["codec"]) == (spec.kind, spec.dim, spec.dtype, spec.codec)
+        num_rows = sum(a[spec.name].size for a in outputs.values()) // spec.dim
+        assert t["float32_bytes"] == num_rows * spec.dim * 4 and t["num_cuts"] == len(outputs)
+        assert t["bytes_on_disk"] > 0 and t["storage_ratio"] == pytest.approx(t["bytes_on_disk"] / t["float32_bytes"])
+    disk = sum(f.stat().st_size for f in Path(store_path).rglob("*") if f.is_file())
+    assert facts["bytes_on_disk"] == disk
+    assert facts["teacher_bytes_on_disk"] == sum(t["bytes_on_disk"] for t in facts["teachers"].values()) < disk
+
+
+def test_info_text_shows_the_json_facts(store_path: str) -> None:
+    facts = run_json("info", store_path)
+    code, out = run("info", store_path)
+    assert code == 0
+    text = text_facts(out)
+    assert text["Cuts"] == str(facts["num_cuts"])
+    assert text["Committed shards"] == str(facts["num_shards"])
+    assert text["Audio hours"] == f"{facts['audio_hours']:,.3f}"
+    assert text["Bytes on disk"].startswith(f"{facts['bytes_on_disk']:,} (")
+    assert text["Storage ratio"].startswith(f"{facts['storage_ratio']:.2f}")
+    assert text["Frames"] == f"{facts['teachers']['whisper']['num_frames']:,}"
+    teacher_lines = [line.split(": ") for line in out.splitlines() if line.split(":")[0].strip() == "Teacher"]
+    assert [value for _, value in teacher_lines] == list(facts["teachers"])
+    assert len({line.index(":") for line in out.splitlines() if ":" in line}) == 1  # one aligned column
+
+
+def test_info_counts_recorded_failures(tmp_path: Path, outputs: dict) -> None:
+    ts = TeacherStore.create(str(tmp_path / "f.zarr"), SPECS)
+    with ts.shard_writer(0) as writer:
+        writer.put("spk1-ch1-0001", outputs["spk1-ch1-0001"])
+        writer.record_failure("broken-cut", "audio file could not be decoded")
+    facts = run_json("info", str(tmp_path / "f.zarr"))
+    assert facts["num_cuts"] == 1 and facts["num_failures"] == 1
+
+
+# ---------------------------------------------------------------- ls, show
+
+
+def test_ls_lists_every_cut_with_its_shapes(store_path: str, outputs: dict) -> None:
+    code, out = run("ls", store_path, "--limit", "0")
+    assert code == 0, out
+    listed = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert set(listed) == set(outputs)
+    for cut_id, arrays in outputs.items():
+        assert f"whisper=[{arrays['whisper'].shape[0]}, 8]" in listed[cut_id]
+        assert "beats=[527]" in listed[cut_id] and "ecapa=[6]" in listed[cut_id]
+    facts = run_json("ls", store_path, "--limit", "0")
+    assert facts["num_cuts"] == len(outputs)
+    shapes = {c["cut_id"]: c["shapes"] for c in facts["cuts"]}
+    assert shapes == {c: {t: list(a.shape) for t, a in arrays.items()} for c, arrays in outputs.items()}
+
+
+def test_ls_limit_says_how_many_are_left(store_path: str) -> None:
+    code, out = run("ls", store_path, "--limit", "1")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"... {len(DURATIONS) - 1} more of {len(DURATIONS)}")
+    assert len(run_json("ls", store_path, "--limit", "1")["cuts"]) == 1
+
+
+def test_show_top_logits_are_the_largest_stored_logits(store_path: str) -> None:
+    cut_id = "spk2 ch/7 ü"  # an ID with a space, a slash and unicode
+    stored = TeacherStore.open(store_path).get(cut_id)
+    facts = run_json("show", store_path, cut_id)["teachers"]
+    top = [t["index"] for t in facts["beats"]["top_logits"]]
+    assert len(top) == 10 and top[0] == int(np.argmax(stored["beats"]))
+    assert top == [int(i) for i in np.argsort(-stored["beats"], kind="stable")[:10]]
+    assert [t["logit"] for t in facts["beats"]["top_logits"]] == pytest.approx(np.sort(stored["beats"])[::-1][:10])
+    whisper = facts["whisper"]
+    assert whisper["shape"] == list(stored["whisper"].shape)
+    assert whisper["mean"] == pytest.approx(float(stored["whisper"].astype(np.float64).mean()))
+    assert whisper["std"] == pytest.approx(float(stored["whisper"].astype(np.float64).std()))
+    assert facts["ecapa"]["norm"] == pytest.approx(float(np.linalg.norm(stored["ecapa"])), rel=1e-6)
+    assert "top_logits" not in facts["ecapa"]
+
+    code, out = run("show", store_path, cut_id)
+    assert code == 0
+    text = text_facts(out)
+    assert text["Logit #1"].endswith(f"(class {top[0]})") and text["Logit #10"].endswith(f"(class {top[9]})")
+    assert text["Shape"] == f"[{stored['whisper'].shape[0]}, 8]"
+
+
+def test_show_unknown_cut_is_a_one_line_error(store_path: str) -> None:
+    code, out = run("show", store_path, "no-such-cut")
+    assert code != 0
+    assert "no-such-cut" in out and "Traceback" not in out
+
+
+# ---------------------------------------------------------------- verify
+
+
+def test_verify_clean_store_with_its_manifest(store_path: str, tmp_path: Path) -> None:
+    code, out = run("verify", store_path)
+    assert code == 0 and out.strip().endswith("OK"), out
+    manifest = write_manifest(tmp_path / "cuts.jsonl.gz", DURATIONS)
+    code, out = run("verify", store_path, "--cuts", manifest)
+    assert code == 0, out
+    facts = run_json("verify", store_path, "--cuts", manifest)
+    assert facts["ok"] and facts["problems"] == [] and facts["num_cuts"] == len(DURATIONS)
+
+
+def test_verify_reports_a_manifest_cut_missing_from_the_store(store_path: str, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "cuts.jsonl", {**DURATIONS, "spk9-ch9-0009": 5.0})
+    code, out = run("verify", store_path, "--cuts", manifest)
+    assert code == 1
+    assert "spk9-ch9-0009" in out and out.strip().endswith("FAILED")
+    code, out = run("verify", store_path, "--cuts", manifest, "--json")
+    facts = json.loads(out)
+    assert code == 1 and not facts["ok"] and facts["num_problems"] == len(facts["problems"]) >= 1
+    assert any("spk9-ch9-0009" in p for p in facts["problems"])
+
+
+def test_verify_reports_frame_counts_that_disagree_with_durations(store_path: str, tmp_path: Path) -> None:
+    longer = {**DURATIONS, "spk1-ch1-0001": DURATIONS["spk1-ch1-0001"] + 1.0}  # 25 frames too few
+    code, out = run("verify", store_path, "--cuts", write_manifest(tmp_path / "cuts.jsonl", longer))
+    assert code == 1 and "spk1-ch1-0001" in out
+
+
+def test_verify_finds_a_nan_written_with_plain_zarr(tmp_path: Path, outputs: dict) -> None:
+    # put() refuses NaN, so the NaN goes in afterwards through zarr itself; raw (codec "none")
+    # float32 keeps the rewritten shard file byte-for-byte the same size, as the commit record says
+    specs = [SPECS[0].with_storage(codec="none"), *SPECS[1:]]
+    ts = TeacherStore.create(str(tmp_path / "nan.zarr"), specs)
+    with ts.shard_writer(0) as writer:
+        for cut_id, arrays in outputs.items():
+            writer.put(cut_id, arrays)
+    assert run("verify", str(tmp_path / "nan.zarr"))[0] == 0
+    record = zarr.open_group(str(tmp_path / "nan.zarr" / "commits" / "000000"), mode="r").attrs["mt2kd_commit"]
+    data = zarr.open_array(str(tmp_path / "nan.zarr" / record["path"] / "whisper" / "data"), mode="r+")
+    row = int(record["teachers"]["whisper"]["offsets"][2]) + 3  # the fourth frame of the third cut
+    data[row, 5] = np.nan
+    code, out = run("verify", str(tmp_path / "nan.zarr"))
+    assert code == 1
+    nan_cut = list(outputs)[2]
+    problems = [line for line in out.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 1 and repr(nan_cut) in problems[0] and "NaN" in problems[0]
+    assert np.isnan(TeacherStore.open(str(tmp_path / "nan.zarr")).get(nan_cut)["whisper"][3, 5])
+
+
+def test_load_durations_reads_lhotse_manifests(tmp_path: Path) -> None:
+    from mt2kd.store._cli import load_durations
+
+    for name in ("cuts.jsonl", "cuts.jsonl.gz"):
+        assert load_durations(write_manifest(tmp_path / name, DURATIONS)) == pytest.approx(DURATIONS)
+
+
+# ---------------------------------------------------------------- plot
+
+
+def test_plot_writes_a_png(store_path: str, tmp_path: Path) -> None:
+    png = tmp_path / "cut.png"
+    code, out = run("plot", store_path, "spk1-ch1-0002", "-o", str(png))
+    assert code == 0, out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 20_000  # three drawn panels, not an empty canvas
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert height > width / 2  # one panel per teacher, stacked
+
+
+# ---------------------------------------------------------------- diff
+
+
+def test_diff_of_identical_stores_is_zero(store_path: str, tmp_path: Path, outputs: dict) -> None:
+    other = write_store(tmp_path / "b.zarr", outputs, cuts_per_shard=3)
+    facts = run_json("diff", store_path, other)
+    assert facts["num_shared_cuts"] == len(outputs) and facts["num_only_a"] == facts["num_only_b"] == 0
+    for name, d in facts["teachers"].items():
+        assert d["max_abs_diff"] == 0.0 and d["mean_abs_diff"] == 0.0, name
+        assert d["mean_cosine"] == pytest.approx(1.0) and d["num_cuts"] == len(outputs)
+    code, _ = run("diff", store_path, other, "--atol", "0")
+    assert code == 0
+
+
+def test_diff_finds_one_changed_value_and_one_sided_cuts(store_path: str, tmp_path: Path, outputs: dict) -> None:
+    changed = {c: {t: a.copy() for t, a in arrays.items()} for c, arrays in outputs.items()}
+    changed["spk3-ch9-0100"]["whisper"][5, 3] += 0.75
+    del changed["spk1-ch1-0001"]
+    changed["extra-cut"] = outputs["spk1-ch1-0001"]
+    other = write_store(tmp_path / "b.zarr", changed)
+    facts = run_json("diff", store_path, other)
+    assert facts["num_shared_cuts"] == len(outputs) - 1
+    assert facts["num_only_a"] == 1 and facts["num_only_b"] == 1
+    whisper = facts["teachers"]["whisper"]
+    assert whisper["max_abs_diff"] == pytest.approx(0.75)
+    num_values = sum(outputs[c]["whisper"].size for c in outputs if c != "spk1-ch1-0001")
+    assert whisper["mean_abs_diff"] == pytest.approx(0.75 / num_values)
+    assert 0.9 < whisper["mean_cosine"] < 1.0
+    assert facts["teachers"]["beats"]["max_abs_diff"] == 0.0
+
+    code, out = run("diff", store_path, other)
+    assert code == 0
+    assert text_facts(out)["Max abs diff"] == "0.75"
+    assert text_facts(out)["Only in A"] == "1"
+    assert run("diff", store_path, other, "--atol", "0.5")[0] == 1
+    assert run("diff", store_path, other, "--atol", "1.0")[0] == 0
+
+
+# ---------------------------------------------------------------- errors, start-up
+
+
+@pytest.mark.parametrize("command", ["info", "ls", "verify"])
+def test_a_path_that_is_not_a_store_is_a_one_line_error(command: str, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "missing", tmp_path / "empty"):
+        code, out = run(command, str(path))
+        assert code != 0
+        assert "Traceback" not in out and out.startswith("Error: ") and len(out.strip().splitlines()) == 1
+
+
+def test_store_commands_do_not_import_torch(store_path: str) -> None:
+    script = (
+        "import sys\n"
+        "from mt2kd.cli import main\n"
+        "for args in (['info', sys.argv[1]], ['ls', sys.argv[1]], ['verify', sys.argv[1]],\n"
+        "             ['diff', sys.argv[1], sys.argv[1]]):\n"
+        "    try:\n"
+        "        main(['store', *args])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (args, e.code)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, store_path], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False"
