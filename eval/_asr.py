@@ -61,8 +61,10 @@ class WerResult:
 def edit_counts(ref: Sequence[Any], hyp: Sequence[Any]) -> WerResult:
     """Levenshtein alignment of two unit sequences, counted by operation.
 
-    Among alignments with the fewest edits, substitutions are preferred over
-    a deletion plus an insertion, as sclite and kaldi's compute-wer do.
+    The total is the edit distance; for its split into operations, the
+    backtrace takes a match or substitution whenever one lies on a cheapest
+    path, so a swapped word counts as one substitution, not a deletion plus
+    an insertion.
 
     Examples
     --------
@@ -70,16 +72,31 @@ def edit_counts(ref: Sequence[Any], hyp: Sequence[Any]) -> WerResult:
     >>> (r.num_substitutions, r.num_deletions, r.num_insertions)
     (1, 0, 1)
     """
-    n, m = len(ref), len(hyp)
-    # cost[i, j]: edits to turn ref[:i] into hyp[:j]
-    cost = np.zeros((n + 1, m + 1), dtype=np.int64)
-    cost[:, 0] = np.arange(n + 1)
-    cost[0, :] = np.arange(m + 1)
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            diag = cost[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1])
-            cost[i, j] = min(diag, cost[i - 1, j] + 1, cost[i, j - 1] + 1)
+    cost = _cost_matrix(*_as_ids(ref, hyp))
     return _backtrace(cost, ref, hyp)
+
+
+def _as_ids(ref: Sequence[Any], hyp: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    vocab: dict[Any, int] = {}
+    ref_ids = np.array([vocab.setdefault(unit, len(vocab)) for unit in ref], dtype=np.int64)
+    hyp_ids = np.array([vocab.setdefault(unit, len(vocab)) for unit in hyp], dtype=np.int64)
+    return ref_ids, hyp_ids
+
+
+def _cost_matrix(ref: np.ndarray, hyp: np.ndarray) -> np.ndarray:
+    """cost[i, j]: fewest edits turning ref[:i] into hyp[:j], one numpy row at a time."""
+    n, m = len(ref), len(hyp)
+    steps = np.arange(m + 1)
+    cost = np.zeros((n + 1, m + 1), dtype=np.int64)
+    cost[0] = steps
+    for i in range(1, n + 1):
+        prev = cost[i - 1]
+        best = np.empty(m + 1, dtype=np.int64)
+        best[0] = i
+        best[1:] = np.minimum(prev[:-1] + (hyp != ref[i - 1]), prev[1:] + 1)  # substitute/match, delete
+        # insertions chain left to right: cost[i, j] = min_k (best[k] + j - k), a running minimum
+        cost[i] = np.minimum.accumulate(best - steps) + steps
+    return cost
 
 
 def _backtrace(cost: np.ndarray, ref: Sequence[Any], hyp: Sequence[Any]) -> WerResult:

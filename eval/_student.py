@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mt2kd.eval._config import EvalConfig
 from mt2kd.eval._inputs import iter_outputs, spec_dims
@@ -57,11 +58,16 @@ def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentR
     has_frames = config.frames_teacher in spec_dims(store)
     results = StudentResults(num_classes=int(getattr(student_config, "num_classes", 0) or 0),
                              info=_model_info(config, model, student_config))
+    progress = tqdm(total=sum(cut.duration for cut in cuts) / 3600.0, unit="h", desc="student",
+                    bar_format="{desc}: {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]",
+                    disable=None)  # None: shown on a terminal only
     for start in range(0, len(cuts), config.batch_size):
         batch = cuts[start:start + config.batch_size]
         fbanks = _features(batch, results.failures)
         if fbanks:
             _score_batch(model, fbanks, config, store if has_frames else None, results)
+        progress.update(sum(cut.duration for cut in batch) / 3600.0)
+    progress.close()
     return results
 
 
