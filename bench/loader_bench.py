@@ -105,16 +105,36 @@ def lazy(cuts, path: Path):
 class CustomFieldDataset:
     """The authors' way: fbank on the fly, targets via ``collate_custom_field``."""
 
+    def __init__(self, with_audio: bool = True) -> None:
+        self.with_audio = with_audio
+
     def __getitem__(self, cuts):
         from lhotse.dataset.collation import collate_custom_field
 
         from mt2kd.train._data import _load_audio, _pad_fbank
         from mt2kd.train._features import compute_fbank
 
-        fbank, num_frames = _pad_fbank([compute_fbank(_load_audio(c)) for c in cuts])
-        whisper, whisper_lens = collate_custom_field(cuts, "whisper", pad_value=0)
-        return {"fbank": fbank, "num_frames": num_frames, "whisper": whisper, "whisper_lens": whisper_lens,
-                "beats": collate_custom_field(cuts, "beats"), "ecapa": collate_custom_field(cuts, "ecapa")}
+        batch = {}
+        if self.with_audio:
+            batch["fbank"], batch["num_frames"] = _pad_fbank([compute_fbank(_load_audio(c)) for c in cuts])
+        batch["whisper"], batch["whisper_lens"] = collate_custom_field(cuts, "whisper", pad_value=0)
+        batch["beats"] = collate_custom_field(cuts, "beats")
+        batch["ecapa"] = collate_custom_field(cuts, "ecapa")
+        return batch
+
+
+class StoreTargetsDataset:
+    """mt2kd's target join alone (no audio), to compare with ``CustomFieldDataset(with_audio=False)``."""
+
+    def __init__(self, store_path: str) -> None:
+        from mt2kd.train._data import LazyStores
+
+        self.stores = LazyStores([store_path])
+
+    def __getitem__(self, cuts):
+        from mt2kd.train._data import fetch_targets
+
+        return fetch_targets(list(cuts), self.stores.get())
 
 
 def measure(cuts, dataset, num_workers: int, max_duration: float, step_s: float) -> tuple[float, float, int]:
@@ -148,6 +168,8 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=300.0, help="simulated training step per batch (ms)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets-only", action="store_true",
+                        help="skip audio and fbank in both loaders: time the target reads alone")
     args = parser.parse_args()
     hours, workers = (0.6, [0, 2]) if args.quick else (args.hours, args.workers)
 
@@ -161,12 +183,17 @@ def main() -> None:
         cuts = make_cuts(folder, hours * 3600.0, args.seed)
         store_path, custom_cuts = write_both(cuts, folder, args.seed)
         cuts, custom_cuts = lazy(cuts, folder / "cuts.jsonl.gz"), lazy(custom_cuts, folder / "custom.jsonl.gz")
+        what = "targets only" if args.targets_only else "audio + fbank + targets"
         print(f"{len(cuts)} cuts, {hours:.2f} h audio, max-duration {args.max_duration:.0f} s, "
-              f"step {args.step_ms:.0f} ms")
+              f"step {args.step_ms:.0f} ms, {what}")
         rows = []
         for num_workers in workers:
-            anchor = measure(custom_cuts, CustomFieldDataset(), num_workers, args.max_duration, args.step_ms / 1e3)
-            ours = measure(cuts, KDDataset([str(store_path)]), num_workers, args.max_duration, args.step_ms / 1e3)
+            if args.targets_only:
+                anchor_set, ours_set = CustomFieldDataset(with_audio=False), StoreTargetsDataset(str(store_path))
+            else:
+                anchor_set, ours_set = CustomFieldDataset(), KDDataset([str(store_path)])
+            anchor = measure(custom_cuts, anchor_set, num_workers, args.max_duration, args.step_ms / 1e3)
+            ours = measure(cuts, ours_set, num_workers, args.max_duration, args.step_ms / 1e3)
             rows.append((num_workers, anchor, ours))
     print(f"{'workers':>7} | {'batches':>7} | {'hdf5 b/s':>8} | {'mt2kd b/s':>9} | {'b/s ratio':>9} | "
           f"{'hdf5 wait':>9} | {'mt2kd wait':>10} | {'wait ratio':>10}")

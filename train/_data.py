@@ -124,11 +124,13 @@ def _pad_fbank(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _collate_frames(rows: list[np.ndarray | None], dim: int) -> dict[str, torch.Tensor]:
+    """Pad to ``[B, T, dim]`` in the stored dtype (float16 frames stay float16: half the copy and transfer)."""
     lengths = torch.tensor([0 if r is None else r.shape[0] for r in rows], dtype=torch.long)
-    values = torch.zeros(len(rows), max(1, int(lengths.max())), dim)
+    stored = next((r.dtype for r in rows if r is not None), np.dtype(np.float32))
+    values = torch.zeros(len(rows), max(1, int(lengths.max())), dim, dtype=torch.from_numpy(np.zeros(0, stored)).dtype)
     for i, r in enumerate(rows):
         if r is not None:
-            values[i, : r.shape[0]] = torch.from_numpy(np.asarray(r, dtype=np.float32))
+            values[i, : r.shape[0]] = torch.from_numpy(np.ascontiguousarray(r, dtype=stored))
     return {"values": values, "lengths": lengths, "present": lengths > 0}
 
 
