@@ -18,10 +18,13 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
+import numcodecs
 import numpy as np
 from numcodecs.abc import Codec
+from numcodecs.blosc import decompress as blosc_decompress
 
 from mt2kd.errors import StoreFormatError
 from mt2kd.store._format import (
@@ -38,8 +41,11 @@ from mt2kd.store._fs import Location
 from mt2kd.store._index import ShardRecord
 from mt2kd.store._spec import TeacherSpec
 
-MAX_THREADS = 4  # files read in parallel by one get_many
+MAX_THREADS = 4  # threads decoding chunks for one get / get_many
+MIN_CHUNKS_PER_THREAD = 4  # fewer chunks than this per thread: decode in the calling thread
 Request = tuple[int, int, int]  # (output slot, first row, end row) within one file
+Decode = tuple[Any, "Codec | None", np.ndarray]  # (encoded chunk, codec, array to decode it into)
+Copy = tuple[np.ndarray, np.ndarray]  # (rows of a decoded chunk, where they go)
 
 
 class ChunkReader:
@@ -50,6 +56,7 @@ class ChunkReader:
         self.codecs: dict[str, Codec | None] = {
             t: make_codec(s.codec, s.codec_level, np.dtype(s.dtype).itemsize) for t, s in self.specs.items()}
         self._indexes: dict[str, np.ndarray] = {}
+        self.num_threads = min(MAX_THREADS, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
@@ -86,55 +93,63 @@ class ChunkReader:
                 start, end = int(rows.offsets[position]), int(rows.offsets[position + 1])
                 if end > start:
                     by_file[(record.name, teacher)].append((slot, start, end))
-        work = [(records[name], teacher, reqs) for (name, teacher), reqs in by_file.items()]
-        if len(work) > 1 and sum(len(w[2]) for w in work) > 2:
-            list(self._executor().map(lambda w: self._read_file(*w, outputs), work))
-        else:
-            for record, teacher, reqs in work:
-                self._read_file(record, teacher, reqs, outputs)
+        decodes: list[Decode] = []
+        copies: list[Copy] = []
+        for (name, teacher), requests in by_file.items():
+            self._plan_file(records[name], teacher, requests, outputs, decodes, copies)
+        self._decode_all(decodes)
+        for source, target in copies:
+            target[...] = source
         return outputs
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pid != os.getpid():  # threads do not survive fork
-            self._pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, os.cpu_count() or 1),
-                                            thread_name_prefix="mt2kd-read")
+            self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="mt2kd-read")
             self._pid = os.getpid()
         return self._pool
 
-    def _read_file(self, record: ShardRecord, teacher: str, requests: list[Request],
-                   outputs: list[dict[str, np.ndarray]]) -> None:
+    def _decode_all(self, decodes: list[Decode]) -> None:
+        """Decode every chunk; big batches in a few groups on the pool (the codecs release the GIL)."""
+        num_groups = min(self.num_threads, len(decodes) // MIN_CHUNKS_PER_THREAD)
+        if num_groups <= 1:
+            _decode_group(decodes)
+            return
+        bounds = np.linspace(0, len(decodes), num_groups + 1).astype(int)
+        groups = [decodes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        list(self._executor().map(_decode_group, groups))
+
+    def _plan_file(self, record: ShardRecord, teacher: str, requests: list[Request],
+                   outputs: list[dict[str, np.ndarray]], decodes: list[Decode], copies: list[Copy]) -> None:
+        """Fetch the chunks ``requests`` need from one file; queue their decoding and row copies."""
         spec = self.specs[teacher]
         step = record.teachers[teacher].rows_per_chunk
         index = self._chunk_index(record, teacher)
         dtype = np.dtype(spec.dtype)
+        frames: dict[int, np.ndarray] = {}
+        owners: dict[int, list[int]] = defaultdict(list)  # chunk -> slots whose rows it holds
         for slot, start, end in requests:
             out = np.empty((end - start, spec.dim), dtype=dtype)
+            frames[slot] = out
             outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
-        needed = sorted({c for _, start, end in requests for c in range(start // step, (end - 1) // step + 1)})
-        blobs = self._fetch(f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}", index, needed)
-        whole = {}  # chunk -> (slot, row in output) when the chunk lies inside one output only
-        shared = set()
-        for slot, start, end in requests:
             for c in range(start // step, (end - 1) // step + 1):
-                if c * step >= start and (c + 1) * step <= end and c not in whole:
-                    whole[c] = (slot, c * step - start)
-                else:
-                    shared.add(c)
+                owners[c].append(slot)
+        blobs = self._fetch(f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}", index, sorted(owners))
         codec = self.codecs[teacher]
-        decoded: dict[int, np.ndarray] = {}
-        for c in needed:
-            if c in whole and c not in shared:
-                slot, row = whole[c]
-                target = _frames(outputs[slot][teacher], spec.dim)[row:row + step]
-                _decode_into(blobs[c], codec, target)
-            else:
-                decoded[c] = _decode(blobs[c], codec, dtype, (step, spec.dim))
-        for slot, start, end in requests:
-            out = _frames(outputs[slot][teacher], spec.dim)
+        for (slot, start, end) in requests:
             for c in range(start // step, (end - 1) // step + 1):
-                if c in decoded:
-                    lo, hi = max(start, c * step), min(end, (c + 1) * step)
-                    out[lo - start:hi - start] = decoded[c][lo - c * step:hi - c * step]
+                inside = c * step >= start and (c + 1) * step <= end and len(owners[c]) == 1
+                if inside:  # decode straight into the output
+                    decodes.append((blobs[c], codec, frames[slot][c * step - start:(c + 1) * step - start]))
+        scratch: dict[int, np.ndarray] = {}
+        for slot, start, end in requests:
+            for c in range(start // step, (end - 1) // step + 1):
+                if c * step >= start and (c + 1) * step <= end and len(owners[c]) == 1:
+                    continue
+                if c not in scratch:
+                    scratch[c] = np.empty((step, spec.dim), dtype=dtype)
+                    decodes.append((blobs[c], codec, scratch[c]))
+                lo, hi = max(start, c * step), min(end, (c + 1) * step)
+                copies.append((scratch[c][lo - c * step:hi - c * step], frames[slot][lo - start:hi - start]))
 
     def _fetch(self, path: str, index: np.ndarray, chunks: list[int]) -> dict[int, bytes]:
         """Encoded bytes of each chunk, reading runs of adjacent chunks with one range each."""
@@ -154,17 +169,11 @@ class ChunkReader:
         return blobs
 
 
-def _frames(array: np.ndarray, dim: int) -> np.ndarray:
-    return array.reshape(-1, dim)
-
-
-def _decode(raw: bytes, codec: Codec | None, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
-    data = raw if codec is None else codec.decode(raw)
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
-
-
-def _decode_into(raw: bytes, codec: Codec | None, target: np.ndarray) -> None:
-    if codec is None:
-        target[...] = np.frombuffer(raw, dtype=target.dtype).reshape(target.shape)
-    else:
-        codec.decode(raw, out=target)
+def _decode_group(decodes: list[Decode]) -> None:
+    for raw, codec, target in decodes:
+        if codec is None:
+            target[...] = np.frombuffer(raw, dtype=target.dtype).reshape(target.shape)
+        elif isinstance(codec, numcodecs.Blosc):
+            blosc_decompress(raw, target)  # the codec object's decode adds checks costing ~10 us a chunk
+        else:
+            codec.decode(raw, out=target)

@@ -87,6 +87,10 @@ class _TeacherFile:
 
     def finish(self) -> int:
         """Write the last chunk and the index; the file's size in bytes (0: no rows, no file)."""
+        if self.num_pending and not self.entries:
+            # everything fits in one chunk: make the chunk exactly that big (no padding on disk)
+            self.rows_per_chunk = self.num_pending
+            self.pending = self.pending[:self.num_pending]
         if self.num_pending:
             self._flush()
         if self.handle is None:
