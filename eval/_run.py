@@ -65,18 +65,17 @@ def _run_student(config: EvalConfig, cuts: list[Any], store: Any) -> Any:
     return run_student(config, cuts, store)
 
 
-def _num_classes(config: EvalConfig, store: Any, student: Any) -> int:
+def _num_classes(config: EvalConfig, store: Any, student: Any) -> int | None:
+    """Width of the tagging output; None when neither the store nor a student has one (mAP is skipped)."""
     dims = spec_dims(store)
     if config.tagging_teacher in dims:
         return dims[config.tagging_teacher]
     if student is not None and student.num_classes:
-        return student.num_classes
-    raise ConfigError(
-        f"the number of classes comes from the {config.tagging_teacher!r} teacher or the student. "
-        f"Got neither (store teachers: {sorted(dims)}).")
+        return int(student.num_classes)
+    return None
 
 
-def _targets(config: EvalConfig, cuts: list[Any], num_classes: int,
+def _targets(config: EvalConfig, cuts: list[Any], num_classes: int | None,
              teacher_logits: dict[str, np.ndarray]) -> Targets:
     label_cut_ids, labels, label_info = build_labels(
         cuts, num_classes, config.labels, teacher_logits, config.pseudo_label_threshold)

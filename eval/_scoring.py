@@ -43,9 +43,12 @@ class Scores:
     det: DetCurve | None = None  # DET curve of the trials
 
 
-def build_labels(cuts: Sequence[Any], num_classes: int, label_file: str | None,
+def build_labels(cuts: Sequence[Any], num_classes: int | None, label_file: str | None,
                  teacher_logits: Mapping[str, np.ndarray], threshold: float) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """Labels from the cuts' events when any cut has them, else the teacher's thresholded outputs."""
+    if num_classes is None:  # no tagging teacher in the store and no student: nothing to score
+        return [], np.zeros((0, 0), dtype=bool), {"source": None, "num_cuts_labelled": 0,
+                                                   "reason": "neither the store nor a student has tagging outputs"}
     if any(has_events(cut) for cut in cuts):
         label_index = load_label_list(label_file) if label_file else None
         cut_ids, labels = event_targets(cuts, num_classes, label_index)

@@ -132,3 +132,12 @@ def test_max_cuts_limits_the_set(corpus, store):
 def test_config_travels_in_the_report(corpus, store):
     config = EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), labels=str(corpus.labels_file), seed=7)
     assert EvalConfig.from_dict(evaluate(config).report["config"]) == config
+
+
+def test_store_without_tagging_teacher_still_scores_speakers(corpus, make_store, tmp_path):
+    store = make_store(tmp_path / "no_beats.zarr", corpus, teachers=("whisper", "ecapa"))
+    report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),),
+                                 labels=str(corpus.labels_file))).report
+    assert report["labels"]["source"] is None
+    assert report["teachers"]["beats"]["map"]["map"] is None
+    assert report["teachers"]["ecapa"]["eer"]["eer"] == 0.0
