@@ -1,10 +1,10 @@
 """``mt2kd store``: inspect, check, plot and compare teacher stores from a shell.
 
 Every command prints aligned ``key : value`` lines for people and, with
-``--json``, the same facts as one JSON document for machines. Only numpy,
-zarr and click are imported at start; matplotlib (``plot``) and lhotse
+``--json``, the same facts as one JSON document for machines. Start-up
+imports the store and click only; matplotlib (``plot``) and lhotse
 (``verify --cuts`` on manifests without durations) load inside the command
-that needs them, and torch never does.
+that needs them, and torch never loads: ``mt2kd store info`` answers fast.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import numpy as np
 
 from mt2kd.errors import MT2KDError
+
+if TYPE_CHECKING:
+    from mt2kd.store import TeacherSpec, TeacherStore
 
 AUDIOSET_CLASSES = 527  # a clip teacher of this size emits AudioSet logits
 TOP_K = 10  # logits listed by `show` and drawn by `plot`
@@ -46,7 +49,7 @@ def _friendly(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _open(path: str) -> Any:
+def _open(path: str) -> TeacherStore:
     from mt2kd.store import TeacherStore
 
     return TeacherStore.open(path)
@@ -84,24 +87,12 @@ def human_bytes(num_bytes: float) -> str:
     return f"{value:.1f}P"
 
 
-def _spec_by_name(store: Any) -> dict[str, Any]:
-    specs = store.specs
-    return dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
-
-
-def _get_many(store: Any, cut_ids: Sequence[str], teachers: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
-    """``store.get_many`` as one ``{teacher: array}`` per cut, in ``cut_ids`` order."""
-    got = store.get_many(list(cut_ids), teachers=None if teachers is None else list(teachers))
-    if isinstance(got, Mapping):
-        return [got[c] for c in cut_ids]
-    return list(got)
-
-
-def _scan(store: Any, cut_ids: Sequence[str], teachers: Sequence[str] | None = None
+def _scan(ts: TeacherStore, cut_ids: Sequence[str], teachers: Sequence[str] | None = None
           ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """(cut ID, {teacher: array}) of every cut, read in batches so reads are coalesced."""
     for start in range(0, len(cut_ids), READ_BATCH):
         chunk = cut_ids[start:start + READ_BATCH]
-        yield from zip(chunk, _get_many(store, chunk, teachers))
+        yield from zip(chunk, ts.get_many(chunk, teachers=teachers))
 
 
 @click.group()
@@ -192,7 +183,7 @@ def _shape(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(n) for n in shape) + "]"
 
 
-def summarize(array: np.ndarray, spec: Any) -> dict[str, Any]:
+def summarize(array: np.ndarray, spec: TeacherSpec | None) -> dict[str, Any]:
     """Shape and value statistics of one teacher output, plus top logits or a norm for clip outputs."""
     values = np.asarray(array, dtype=np.float64)
     finite = values[np.isfinite(values)]
@@ -219,7 +210,7 @@ def summarize(array: np.ndarray, spec: Any) -> dict[str, Any]:
 def show(path: str, cut_id: str, as_json: bool) -> None:
     """Shapes and value summary of every teacher output of CUT_ID."""
     ts = _open(path)
-    specs = _spec_by_name(ts)
+    specs = ts.specs
     teachers = {t: summarize(a, specs.get(t)) for t, a in ts.get(cut_id).items()}
     if as_json:
         _emit_json({"store": path, "cut_id": cut_id, "teachers": teachers})
@@ -323,7 +314,7 @@ def plot(path: str, cut_id: str, output: str) -> None:
     import matplotlib.pyplot as plt
 
     ts = _open(path)
-    specs = _spec_by_name(ts)
+    specs = ts.specs
     arrays = ts.get(cut_id)
     fig, axes = plt.subplots(len(arrays), 1, figsize=(10, 3.2 * len(arrays)), squeeze=False)
     for ax, (name, array) in zip(axes[:, 0], arrays.items()):
@@ -335,7 +326,7 @@ def plot(path: str, cut_id: str, output: str) -> None:
     click.echo(f"wrote {output}")
 
 
-def _draw(ax: Any, name: str, array: np.ndarray, spec: Any) -> None:
+def _draw(ax: Any, name: str, array: np.ndarray, spec: TeacherSpec | None) -> None:
     if array.ndim == 2:
         rate = spec.frame_rate if spec is not None and spec.frame_rate else 1.0
         image = ax.imshow(array.T, aspect="auto", origin="lower", interpolation="nearest",
@@ -397,11 +388,11 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, dots / np.where(norms > 0, norms, 1.0))
 
 
-def diff_stores(a: Any, b: Any) -> dict[str, Any]:
+def diff_stores(a: TeacherStore, b: TeacherStore) -> dict[str, Any]:
     """Compare two stores over the cuts and teachers they share."""
     ids_a, ids_b = list(a.cut_ids()), set(b.cut_ids())
     shared = [c for c in ids_a if c in ids_b]
-    teachers = [t for t in _spec_by_name(a) if t in _spec_by_name(b)]
+    teachers = [t for t in a.specs if t in b.specs]
     diffs = {t: _TeacherDiff() for t in teachers}
     for (cut_id, got_a), (_, got_b) in zip(_scan(a, shared, teachers), _scan(b, shared, teachers)):
         for t in teachers:
@@ -411,8 +402,8 @@ def diff_stores(a: Any, b: Any) -> dict[str, Any]:
                 diffs[t].shape_mismatches.append(f"{cut_id}: present only in {'A' if t in got_a else 'B'}")
     return {"num_shared_cuts": len(shared), "num_only_a": len(ids_a) - len(shared),
             "num_only_b": len(ids_b) - len(shared),
-            "teachers_only_a": sorted(set(_spec_by_name(a)) - set(teachers)),
-            "teachers_only_b": sorted(set(_spec_by_name(b)) - set(teachers)),
+            "teachers_only_a": sorted(set(a.specs) - set(teachers)),
+            "teachers_only_b": sorted(set(b.specs) - set(teachers)),
             "teachers": {t: d.facts() for t, d in diffs.items()}}
 
 
