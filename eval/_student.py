@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
 from mt2kd.eval._inputs import iter_outputs, spec_dims
 
@@ -54,6 +55,7 @@ def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentR
     from mt2kd.train import load_student
 
     model, student_config = load_student(config.checkpoint)
+    _check_heads(config, student_config, spec_dims(store))
     model = model.to(config.device).eval()
     has_frames = config.frames_teacher in spec_dims(store)
     results = StudentResults(num_classes=int(getattr(student_config, "num_classes", 0) or 0),
@@ -69,6 +71,16 @@ def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentR
         progress.update(sum(cut.duration for cut in batch) / 3600.0)
     progress.close()
     return results
+
+
+def _check_heads(config: EvalConfig, student_config: Any, dims: dict[str, int]) -> None:
+    """Refuse a student whose heads cannot be compared with the store, before any audio is read."""
+    pairs = [(config.tagging_teacher, "num_classes"), (config.frames_teacher, "teacher_frame_dim")]
+    for teacher, field in pairs:
+        width = getattr(student_config, field, None)
+        if teacher in dims and width is not None and width != dims[teacher]:
+            raise ConfigError(f"student {field} must equal the {teacher!r} teacher's dim {dims[teacher]} "
+                              f"in {config.checkpoint}. Got {width}.")
 
 
 def _model_info(config: EvalConfig, model: torch.nn.Module, student_config: Any) -> dict[str, Any]:

@@ -107,3 +107,17 @@ def test_student_on_cuda_matches_cpu(checkpoint, corpus, store):
     cpu, cuda = run("cpu"), run("cuda")
     assert cuda["kd_l1"]["l1"] == pytest.approx(cpu["kd_l1"]["l1"], rel=1e-3)
     assert cuda["map"]["map"] == pytest.approx(cpu["map"]["map"], abs=1e-3)
+
+
+def test_student_with_other_class_count_is_refused(corpus, store, tmp_path):
+    from mt2kd.train import Student, StudentConfig
+    from mt2kd.train._checkpoint import save_checkpoint
+
+    config = dataclasses.replace(StudentConfig.preset("tiny"), teacher_frame_dim=corpus.frames_dim,
+                                 num_classes=len(corpus.labels) + 1, embedding_dim=corpus.embedding_dim, sv_block=2)
+    path = save_checkpoint({"step": 0, "student_config": config.to_dict(), "model": Student(config).state_dict()},
+                           tmp_path, keep_last=1)
+    result = CliRunner().invoke(main, ["eval", "kd", "--checkpoint", str(path), "--cuts", str(corpus.manifest),
+                                       "--store", str(store)])
+    assert result.exit_code == 1
+    assert f"num_classes must equal the 'beats' teacher's dim {len(corpus.labels)}" in result.output
