@@ -1,0 +1,151 @@
+"""Crashes and concurrency across real processes: SIGKILL mid-shard, parallel writers, one commit per shard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mt2kd.errors import ShardCommittedError, ShardLockedError
+from mt2kd.store import TeacherSpec, TeacherStore
+
+SPECS = [TeacherSpec("whisper", "frames", 32, frame_rate=25.0), TeacherSpec("ecapa", "clip", 6)]
+PROCESS_TIMEOUT = 120  # s, generous for a loaded 2-core machine
+
+# A child process writing shards; cut i of shard s has whisper frames filled with s * 1000 + i.
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from mt2kd.store import TeacherStore
+
+    path, shards, num_cuts, kill_at = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
+    store = TeacherStore.open(path, mode="a")
+    for shard in map(int, shards):
+        with store.shard_writer(shard) as writer:
+            for i in range(num_cuts):
+                if i == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind runs
+                value = np.full((40 + i, 32), shard * 1000 + i, np.float32)
+                writer.put(f"shard{shard}/cut{i}", {"whisper": value, "ecapa": np.full(6, i, np.float32)})
+""")
+
+
+def run_child(path: Path, shards: str, num_cuts: int, kill_at: int = -1) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(path), shards, str(num_cuts), str(kill_at)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(child: subprocess.Popen[str]) -> tuple[int, str]:
+    """Exit status and stderr of a child, once it has ended."""
+    _, stderr = child.communicate(timeout=PROCESS_TIMEOUT)
+    return child.returncode, stderr
+
+
+def expected_frames(shard: int, i: int) -> np.ndarray:
+    return np.full((40 + i, 32), shard * 1000 + i, np.float16)
+
+
+def test_sigkill_mid_shard_leaves_a_clean_store_and_a_rewritable_shard(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    TeacherStore.create(str(path), SPECS)
+    code, stderr = finish(run_child(path, "0,1", num_cuts=300))
+    assert code == 0, stderr
+    killed = run_child(path, "2", num_cuts=300, kill_at=150)  # 150 cuts into shard 2: many chunks on disk
+    assert finish(killed)[0] == -9
+    store = TeacherStore.open(str(path))
+    assert len(store) == 600 and "shard2/cut0" not in store
+    assert store.verify() == []
+    assert len(store.leftovers()) == 2  # the dead writer's attempt folder and lock, invisible to readers
+    code, stderr = finish(run_child(path, "2", num_cuts=5))  # the shard can be written again
+    assert code == 0, stderr
+    store = TeacherStore.open(str(path))
+    assert len(store) == 605 and store.verify() == [] and store.leftovers() == []
+    np.testing.assert_array_equal(store.get("shard2/cut4")["whisper"], expected_frames(2, 4))
+
+
+def test_kill_between_data_and_commit_record_is_reported_then_cleaned(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    TeacherStore.create(str(path), SPECS)
+    code = CHILD.replace("store = TeacherStore.open(path, mode=\"a\")", textwrap.dedent("""
+        from mt2kd.store._writer import ShardWriter
+        ShardWriter._publish = lambda self, record: os.kill(os.getpid(), signal.SIGKILL)
+        store = TeacherStore.open(path, mode="a")"""))
+    killed = subprocess.run([sys.executable, "-c", code, str(path), "0", "3", "-1"], timeout=PROCESS_TIMEOUT)
+    assert killed.returncode == -9
+    store = TeacherStore.open(str(path), mode="a")
+    assert len(store) == 0
+    problems = store.verify()
+    assert len(problems) == 1 and "complete-looking shard group without a commit record" in problems[0]
+    assert len(store.clean()) == 2 and store.verify() == []
+
+
+def test_processes_writing_different_shards_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    TeacherStore.create(str(path), SPECS)
+    children = [run_child(path, "0,2,4,6", num_cuts=12), run_child(path, "1,3,5,7", num_cuts=12)]
+    for child in children:
+        code, stderr = finish(child)
+        assert code == 0, stderr
+    store = TeacherStore.open(str(path))
+    assert len(store) == 8 * 12 and len(store.shards) == 8 and store.verify() == []
+    cut_ids = [f"shard{s}/cut{i}" for s in range(8) for i in range(12)]
+    for cut_id, got in zip(cut_ids, store.get_many(cut_ids)):
+        shard, i = int(cut_id[5]), int(cut_id.split("cut")[1])
+        np.testing.assert_array_equal(got["whisper"], expected_frames(shard, i))
+        np.testing.assert_array_equal(got["ecapa"], np.full(6, i, np.float32))
+
+
+HOLDER = textwrap.dedent("""
+    import pathlib, sys, time
+    import numpy as np
+    from mt2kd.store import TeacherStore
+
+    path, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+    with TeacherStore.open(path, mode="a").shard_writer(0) as writer:
+        writer.put("held", {"ecapa": np.ones(6, np.float32)})
+        ready.touch()
+        while not go.exists():
+            time.sleep(0.02)
+""")
+
+
+def test_a_second_process_cannot_write_a_held_or_committed_shard(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    TeacherStore.create(str(path), SPECS)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(ready), str(go)])
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while not ready.exists() and holder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    other = TeacherStore.open(str(path), mode="a")
+    with pytest.raises(ShardLockedError, match=f"pid {holder.pid}"):
+        with other.shard_writer(0) as writer:
+            writer.put("other", {"ecapa": np.zeros(6, np.float32)})
+    go.touch()
+    assert holder.wait(PROCESS_TIMEOUT) == 0
+    with pytest.raises(ShardCommittedError):
+        with other.shard_writer(0):
+            pass
+    assert TeacherStore.open(str(path)).cut_ids() == ["held"]
+
+
+def test_two_writers_past_the_lock_never_both_commit(store_url: str, outputs_of: Any) -> None:
+    """Even if a lock is lost (stolen, or an object store race), the commit record is created once."""
+    store = TeacherStore.create(store_url, SPECS)
+    first, second = store.shard_writer(0), store.shard_writer(0)
+    first.__enter__()
+    store.loc.remove("locks/000000.lock")  # as if the first writer's lock had vanished
+    second.__enter__()
+    first.put("from-first", {"ecapa": np.ones(6, np.float32)})
+    second.put("from-second", {"ecapa": np.zeros(6, np.float32)})
+    first.__exit__(None, None, None)
+    with pytest.raises(ShardCommittedError, match="another writer meanwhile"):
+        second.__exit__(None, None, None)
+    reopened = TeacherStore.open(store_url)
+    assert reopened.cut_ids() == ["from-first"] and reopened.verify() == []

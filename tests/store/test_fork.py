@@ -1,0 +1,49 @@
+"""A store opened (and read) in the parent works inside forked torch DataLoader workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from mt2kd.store import TeacherStore
+
+
+class CutDataset(torch.utils.data.Dataset):
+    """Item i: the whisper frames of cut i, read from a store the parent opened."""
+
+    def __init__(self, store: TeacherStore, cut_ids: list[str]) -> None:
+        self.store, self.cut_ids = store, cut_ids
+
+    def __len__(self) -> int:
+        return len(self.cut_ids)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
+        import os
+
+        got = self.store.get_many([self.cut_ids[index]], teachers=["whisper"])[0]["whisper"]
+        return index, torch.from_numpy(got.astype(np.float32)), os.getpid()
+
+
+def test_forked_dataloader_workers_read_a_store_opened_in_the_parent(store_url: str, specs_of: Any,
+                                                                     outputs_of: Any) -> None:
+    outputs = outputs_of([f"cut-{i}" for i in range(12)], seed=11)
+    store = TeacherStore.create(store_url, specs_of())
+    for shard in range(3):
+        with store.shard_writer(shard) as writer:
+            for cut_id in list(outputs)[shard * 4:(shard + 1) * 4]:
+                writer.put(cut_id, outputs[cut_id])
+    parent = TeacherStore.open(store_url)
+    parent.get_many(list(outputs))  # the parent has open file handles and a running thread pool
+    loader = torch.utils.data.DataLoader(CutDataset(parent, list(outputs)), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork")
+    seen, pids = set(), set()
+    for index, frames, pid in loader:
+        cut_id = list(outputs)[int(index)]
+        np.testing.assert_array_equal(frames.numpy(), outputs[cut_id]["whisper"].astype(np.float16))
+        seen.add(cut_id)
+        pids.add(int(pid))
+    assert seen == set(outputs) and len(pids) == 2
+    assert parent.get("cut-0")["whisper"].shape == outputs["cut-0"]["whisper"].shape  # the parent still reads
