@@ -171,10 +171,10 @@ def ls_(path: str, limit: int, as_json: bool) -> None:
     if as_json:
         _emit_json({"store": path, "num_cuts": len(all_ids), "cuts": cuts})
         return
-    width = max((len(c["cut_id"]) for c in cuts), default=0)
-    for cut in cuts:
-        shapes = "  ".join(f"{t}={_shape(s)}" for t, s in cut["shapes"].items())
-        click.echo(f"{cut['cut_id']:<{width}}  {shapes}")
+    rows = [[c["cut_id"], *(f"{t}={_shape(s)}" for t, s in c["shapes"].items())] for c in cuts]
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows), default=0))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     if len(shown) < len(all_ids):
         click.echo(f"... {len(all_ids) - len(shown)} more of {len(all_ids)} cuts (--limit 0 lists all)")
 
