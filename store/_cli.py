@@ -142,9 +142,9 @@ def _bytes_fmt(num_bytes: int | None) -> str:
 @_json_option
 @_friendly
 def info(path: str, as_json: bool) -> None:
-    """Teachers, cuts, shards, frames, audio hours and bytes on disk of the store at PATH.
+    """Teachers, cuts, shards, frames, hours and bytes of a store.
 
-    Example: ``mt2kd store info runs/librispeech.zarr --json``
+    Example: mt2kd store info runs/librispeech.zarr --json
     """
     facts = _open(path).info()
     if as_json:
@@ -162,7 +162,7 @@ def info(path: str, as_json: bool) -> None:
 @_json_option
 @_friendly
 def ls_(path: str, limit: int, as_json: bool) -> None:
-    """List the cut IDs of the store at PATH with each teacher's array shape."""
+    """List cut IDs with each teacher's array shape."""
     ts = _open(path)
     all_ids = list(ts.cut_ids())
     shown = all_ids if limit <= 0 else all_ids[:limit]
@@ -272,7 +272,7 @@ def _load_durations_with_lhotse(manifest: str) -> dict[str, float]:
 @_json_option
 @_friendly
 def verify(path: str, manifest: str | None, as_json: bool) -> None:
-    """Check the store at PATH; exit 0 when clean, 1 with the list of problems.
+    """Check a store: exit 0 when clean, 1 listing the problems.
 
     Problems are the store's own findings (NaN/Inf values, uncommitted
     leftovers, unreadable shards) plus, with --cuts, cuts of the manifest that
@@ -307,7 +307,7 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write")
 @_friendly
 def plot(path: str, cut_id: str, output: str) -> None:
-    """Draw CUT_ID: frames as a time x dim heatmap, top logits as bars, embeddings as lines."""
+    """Plot CUT_ID to a PNG: frames heatmap, top logits, embedding."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on cluster nodes
