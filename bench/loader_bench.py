@@ -173,7 +173,12 @@ def main() -> None:
     args = parser.parse_args()
     hours, workers = (0.6, [0, 2]) if args.quick else (args.hours, args.workers)
 
+    import warnings
+
     import torch
+
+    # torch warns when workers outnumber cores; oversubscribing is part of what this measures
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
 
     from mt2kd.train._data import KDDataset
 

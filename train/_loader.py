@@ -82,7 +82,7 @@ def make_loader(
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,  # no re-fork and store re-open every epoch
     )
 
 
