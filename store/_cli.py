@@ -29,6 +29,7 @@ AUDIOSET_CLASSES = 527  # a clip teacher of this size emits AudioSet logits
 TOP_K = 10  # logits listed by `show` and drawn by `plot`
 READ_BATCH = 64  # cuts per get_many while scanning a whole store
 KEY_WIDTH = 20  # column of the ':' in key : value output
+PLOT_PERCENTILE = 1.0  # %, heatmap colours span the 1st to 99th percentile of the values
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -329,13 +330,16 @@ def plot(path: str, cut_id: str, output: str) -> None:
 def _draw(ax: Any, name: str, array: np.ndarray, spec: TeacherSpec | None) -> None:
     if array.ndim == 2:
         rate = spec.frame_rate if spec is not None and spec.frame_rate else 1.0
-        image = ax.imshow(array.T, aspect="auto", origin="lower", interpolation="nearest",
+        # percentile limits: a few large-magnitude dimensions would otherwise wash out the rest
+        low, high = np.nanpercentile(array, [PLOT_PERCENTILE, 100 - PLOT_PERCENTILE])
+        image = ax.imshow(array.T, aspect="auto", origin="lower", interpolation="nearest", vmin=low, vmax=high,
                           extent=(0.0, array.shape[0] / rate, 0, array.shape[1]), cmap="viridis")
         ax.figure.colorbar(image, ax=ax)
         ax.set(title=f"{name}: {array.shape[0]} frames x {array.shape[1]}", xlabel="time (s)", ylabel="dim")
     elif array.shape[0] == AUDIOSET_CLASSES:
         top = np.argsort(-array, kind="stable")[:TOP_K]
-        ax.bar(range(len(top)), array[top])
+        bars = ax.bar(range(len(top)), array[top])
+        ax.bar_label(bars, [f"p={1 / (1 + np.exp(-v)):.2f}" for v in array[top]], fontsize=8)  # sigmoid
         ax.set_xticks(range(len(top)), [str(i) for i in top])
         ax.set(title=f"{name}: top {len(top)} logits", xlabel="class index", ylabel="logit")
     else:
