@@ -6,6 +6,7 @@ Public face used by evaluation and workflows:
 - :class:`Student` / :class:`StudentOutput` / :class:`StudentConfig`;
 - :func:`load_student` - model and config from a checkpoint;
 - :func:`average_checkpoints` - the mean weights of several checkpoints;
+- :func:`align_frames` - the one rule aligning student and teacher frames;
 - :class:`TrainConfig` and :func:`train` - one stage-1 KD run.
 
 Names resolve on first use, so ``mt2kd train --help`` does not import torch.
@@ -24,6 +25,7 @@ _WHERE = {
     "average_checkpoints": "_checkpoint",
     "load_student": "_checkpoint",
     "compute_fbank": "_features",
+    "align_frames": "_losses",
     "train": "_trainer",
 }
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _REPEAT_SUFFIX = re.compile(r"(_repeat\d+)+$")
 _TIME_ALTERING = ("speed", "tempo")  # lhotse transform names that change the time axis
 _warned_perturbed = False  # one warning per process, not one per cut
+_warned_length = False  # likewise for frame targets whose length does not fit the cut
+FRAME_TOLERANCE = 2.0  # frames; teacher front-ends round a cut's length to within a frame or so
 
 
 def _transform_name(transform: Any) -> str:
@@ -159,9 +161,34 @@ def fetch_targets(
     for name in names:
         spec = store.specs[name]
         rows = [fetched[i].get(name) if i in fetched else None for i in ids]
+        if spec.kind == "frames":
+            rows = [_checked_frames(r, c, spec.frame_rate) for r, c in zip(rows, cuts)]
         collate = _collate_frames if spec.kind == "frames" else _collate_clip
         targets[name] = collate(rows, spec.dim)
     return targets
+
+
+def _checked_frames(row: np.ndarray | None, cut: Any, frame_rate: float) -> np.ndarray | None:
+    """``row`` if its length fits the cut's duration, else None (masked, with a warning).
+
+    A cut cut out of a longer one (``truncate``, windows) keeps an ID whose
+    stored frames cover other audio; truncating those to the shorter length
+    would train on misaligned targets without anyone noticing.
+    """
+    if row is None:
+        return None
+    expected = _first_track_cut(cut).duration * frame_rate
+    if abs(row.shape[0] - expected) <= FRAME_TOLERANCE:
+        return row
+    global _warned_length
+    if not _warned_length:
+        _warned_length = True
+        log.warning(
+            "cut %s: stored frames must number about %.0f (duration x %g Hz). Got %d; masking its frame "
+            "targets (further such cuts are masked without this warning).",
+            cut.id, expected, frame_rate, row.shape[0],
+        )
+    return None
 
 
 class KDDataset(Dataset):

@@ -87,6 +87,19 @@ def test_mixed_cut_takes_targets_of_its_first_track(tmp_path, make_cuts, fill_st
     assert batch["num_frames"].tolist() == [num_fbank_frames(mixed.num_samples)]
 
 
+def test_frames_of_a_truncated_cut_are_masked_not_misaligned(tmp_path, make_cuts, fill_store, caplog,
+                                                             monkeypatch) -> None:
+    cuts = make_cuts("utt", [1.6, 0.8])
+    store = _open(fill_store(tmp_path / "s.zarr", cuts))
+    monkeypatch.setattr(_data, "_warned_length", False)
+    part = cuts[0].truncate(offset=0.4, duration=0.8, preserve_id=True)  # same ID, other audio
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train._data"):
+        targets = fetch_targets([part, cuts[1]], store)
+    assert targets["whisper"]["present"].tolist() == [False, True]
+    assert targets["beats"]["present"].tolist() == [True, True]  # clip targets carry no time axis to check
+    assert any(part.id in r.getMessage() for r in caplog.records)
+
+
 def test_mux_weights_corpora_by_size_and_repeats(tmp_path, make_cuts) -> None:
     paths = []
     for name, n in (("a", 4), ("b", 2)):
