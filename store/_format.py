@@ -94,9 +94,9 @@ def _zarr_compressors(codec: str, level: int, itemsize: int) -> Any:
         return None
     if codec == "zstd":
         return ZstdCodec(level=level)
-    shuffle = "bitshuffle" if itemsize == 2 else "shuffle"
-    return BloscCodec(cname=codec.split("-", 1)[1], clevel=min(level, BLOSC_MAX_LEVEL),
-                      shuffle=shuffle, typesize=itemsize)
+    shuffle: Any = "bitshuffle" if itemsize == 2 else "shuffle"
+    cname: Any = codec.split("-", 1)[1]
+    return BloscCodec(cname=cname, clevel=min(level, BLOSC_MAX_LEVEL), shuffle=shuffle, typesize=itemsize)
 
 
 def array_metadata(shape: tuple[int, ...], dtype: str, rows_per_chunk: int, codec: str, level: int) -> bytes:

@@ -31,8 +31,10 @@ class Location:
         """Bytes ``[start, end)`` of ``path`` for every range, in order."""
         raise NotImplementedError
 
-    def read_tail(self, path: str, num_bytes: int) -> bytes:
-        return self.read_ranges(path, [(self.size(path) - num_bytes, self.size(path))])[0]
+    def read_ranges_into(self, path: str, ranges: Sequence[tuple[int, int]],
+                         buffers: Sequence[memoryview]) -> Sequence[Any]:
+        """Like :meth:`read_ranges`, filling ``buffers`` (one per range) where the backend can."""
+        return self.read_ranges(path, ranges)
 
     def size(self, path: str) -> int:
         raise NotImplementedError
@@ -100,6 +102,14 @@ class LocalLocation(Location):
                 raise OSError(f"{self._abs(path)}: expected {end - start} bytes at {start}. Got {len(data)}.")
             out.append(data)
         return out
+
+    def read_ranges_into(self, path: str, ranges: Sequence[tuple[int, int]],
+                         buffers: Sequence[memoryview]) -> Sequence[Any]:
+        fd = self._fd(path)
+        for (start, end), buffer in zip(ranges, buffers):
+            if os.preadv(fd, [buffer], start) != end - start:
+                raise OSError(f"{self._abs(path)}: expected {end - start} bytes at {start}. Got fewer.")
+        return buffers
 
     def size(self, path: str) -> int:
         return os.path.getsize(self._abs(path))

@@ -1,25 +1,27 @@
 """The read hot path: byte ranges of shard files, decoded with numcodecs, no zarr calls.
 
-A cut's rows of one teacher lie in a run of consecutive inner chunks of one
-shard file. ``get_many`` groups every requested (cut, teacher) by file,
-reads each file's needed chunks with as few range reads as possible
-(adjacent chunks merged into one read), decodes each chunk once, and copies
-rows into the outputs; chunks that lie wholly inside one output are decoded
-straight into it. Files of different shards are read on a small thread pool
-(numcodecs releases the GIL while decompressing).
+A cut's rows of one teacher lie in consecutive inner chunks of one shard
+file. ``get_many`` groups every requested (cut, teacher) by file, finds the
+chunks they need (each once, even when two cuts share it), and cuts them
+into *runs*: adjacent chunks read with one range read of at most
+``MAX_RUN_BYTES``. A run is read into a reused per-thread buffer small
+enough to stay in the CPU cache and decoded at once, straight into the
+output arrays when a chunk belongs to one output only. Runs are spread over
+a small thread pool (numcodecs releases the GIL while decompressing).
 
-Fork safety: nothing here holds zarr's event loop. File descriptors and the
-thread pool belong to the process that made them; after ``fork`` (torch
-DataLoader workers) both are rebuilt on first use in the child.
+Fork safety: nothing here uses zarr (so no event-loop thread is involved).
+File descriptors and the thread pool belong to the process that made them;
+after ``fork`` (torch DataLoader workers) both are rebuilt on first use.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -37,30 +39,46 @@ from mt2kd.store._format import (
     num_chunks_of,
     parse_metadata,
 )
-from mt2kd.store._fs import Location
+from mt2kd.store._fs import LocalLocation, Location
 from mt2kd.store._index import ShardRecord
 from mt2kd.store._spec import TeacherSpec
 
-MAX_THREADS = 4  # threads decoding chunks for one get / get_many
-MIN_CHUNKS_PER_THREAD = 4  # fewer chunks than this per thread: decode in the calling thread
+MAX_THREADS = 4  # threads decoding runs for one get / get_many
+MAX_RUN_BYTES = 256 * 1024  # one range read: big enough to amortise a call, small enough for the L2 cache
+MIN_RUNS_PER_THREAD = 2  # fewer runs than this per thread: decode in the calling thread
 Request = tuple[int, int, int]  # (output slot, first row, end row) within one file
-Decode = tuple[Any, "Codec | None", np.ndarray]  # (encoded chunk, codec, array to decode it into)
+Item = tuple[int, int, "Codec | None", np.ndarray]  # (offset in run, nbytes, codec, array to decode into)
 Copy = tuple[np.ndarray, np.ndarray]  # (rows of a decoded chunk, where they go)
+
+
+class Run:
+    """Adjacent chunks of one file, read with one range read and decoded together."""
+
+    def __init__(self, path: str, start: int) -> None:
+        self.path, self.start, self.end = path, start, start
+        self.items: list[Item] = []
+
+    def add(self, offset: int, nbytes: int, codec: Codec | None, target: np.ndarray) -> None:
+        self.items.append((offset - self.start, nbytes, codec, target))
+        self.end = offset + nbytes
 
 
 class ChunkReader:
     """Reads row ranges of teacher data arrays, caching each file's chunk index."""
 
-    def __init__(self, loc: Location, specs: Mapping[str, TeacherSpec]) -> None:
+    def __init__(self, loc: Location, specs: Mapping[str, TeacherSpec], num_threads: int | None = None) -> None:
         self.loc, self.specs = loc, dict(specs)
         self.codecs: dict[str, Codec | None] = {
             t: make_codec(s.codec, s.codec_level, np.dtype(s.dtype).itemsize) for t, s in self.specs.items()}
-        self._indexes: dict[str, np.ndarray] = {}
-        self.num_threads = min(MAX_THREADS, os.cpu_count() or 1)
+        self.num_threads = num_threads or min(MAX_THREADS, os.cpu_count() or 1)
+        self._indexes: dict[str, list[tuple[int, int]]] = {}
+        self._buffers = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
-    def _chunk_index(self, record: ShardRecord, teacher: str) -> np.ndarray:
+    # ------------------------------------------------------------ per-file facts
+
+    def _chunk_index(self, record: ShardRecord, teacher: str) -> list[tuple[int, int]]:
         path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
         index = self._indexes.get(path)
         if index is None:
@@ -68,7 +86,8 @@ class ChunkReader:
             self._check_metadata(record, teacher)
             num_chunks = num_chunks_of(rows.num_rows, rows.rows_per_chunk)
             tail = self.loc.read_ranges(path, [(rows.nbytes - index_nbytes(num_chunks), rows.nbytes)])[0]
-            index = self._indexes[path] = decode_index(tail, num_chunks, f"{self.loc.url}/{path}")
+            table = decode_index(tail, num_chunks, f"{self.loc.url}/{path}")
+            index = self._indexes[path] = [(int(o), int(n)) for o, n in table]  # plain ints: fast to use
         return index
 
     def _check_metadata(self, record: ShardRecord, teacher: str) -> None:
@@ -77,6 +96,8 @@ class ChunkReader:
         if doc.get("data_type") != self.specs[teacher].dtype:
             raise StoreFormatError(f"{self.loc.url}/{path}: data_type must be {self.specs[teacher].dtype!r} "
                                    f"as the spec says. Got {doc.get('data_type')!r}.")
+
+    # ------------------------------------------------------------ reading
 
     def read(self, jobs: Sequence[tuple[ShardRecord, int]], teachers: Sequence[str]
              ) -> list[dict[str, np.ndarray]]:
@@ -93,14 +114,88 @@ class ChunkReader:
                 start, end = int(rows.offsets[position]), int(rows.offsets[position + 1])
                 if end > start:
                     by_file[(record.name, teacher)].append((slot, start, end))
-        decodes: list[Decode] = []
+        runs: list[Run] = []
         copies: list[Copy] = []
         for (name, teacher), requests in by_file.items():
-            self._plan_file(records[name], teacher, requests, outputs, decodes, copies)
-        self._decode_all(decodes)
+            self._plan_file(records[name], teacher, requests, outputs, runs, copies)
+        self._run_all(runs)
         for source, target in copies:
             target[...] = source
         return outputs
+
+    def _plan_file(self, record: ShardRecord, teacher: str, requests: list[Request],
+                   outputs: list[dict[str, np.ndarray]], runs: list[Run], copies: list[Copy]) -> None:
+        """Allocate the outputs of ``requests`` and plan the runs and copies that fill them."""
+        spec = self.specs[teacher]
+        step = record.teachers[teacher].rows_per_chunk
+        index = self._chunk_index(record, teacher)
+        dtype = np.dtype(spec.dtype)
+        frames: dict[int, np.ndarray] = {}
+        owners: dict[int, list[Request]] = defaultdict(list)  # chunk -> requests it holds rows of
+        for slot, start, end in requests:
+            out = np.empty((end - start, spec.dim), dtype=dtype)
+            frames[slot] = out
+            outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
+            for c in range(start // step, (end - 1) // step + 1):
+                owners[c].append((slot, start, end))
+        targets: dict[int, np.ndarray] = {}
+        for c, holders in owners.items():
+            slot, start, end = holders[0]
+            if len(holders) == 1 and c * step >= start and (c + 1) * step <= end:
+                targets[c] = frames[slot][c * step - start:(c + 1) * step - start]  # decode in place
+                continue
+            targets[c] = scratch = np.empty((step, spec.dim), dtype=dtype)
+            for slot, start, end in holders:
+                lo, hi = max(start, c * step), min(end, (c + 1) * step)
+                copies.append((scratch[lo - c * step:hi - c * step], frames[slot][lo - start:hi - start]))
+        path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
+        codec = self.codecs[teacher]
+        run: Run | None = None
+        for c in sorted(targets):
+            offset, nbytes = index[c]
+            if run is None or offset != run.end or offset + nbytes - run.start > MAX_RUN_BYTES:
+                run = Run(path, offset)
+                runs.append(run)
+            run.add(offset, nbytes, codec, targets[c])
+
+    def _run_all(self, runs: list[Run]) -> None:
+        if not isinstance(self.loc, LocalLocation):
+            self._run_remote(runs)
+            return
+        num_groups = min(self.num_threads, len(runs) // MIN_RUNS_PER_THREAD)
+        if num_groups <= 1:
+            for run in runs:
+                self._run_local(run)
+            return
+        bounds = np.linspace(0, len(runs), num_groups + 1).astype(int)
+        groups = [runs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        list(self._executor().map(self._run_group, groups))
+
+    def _run_group(self, runs: list[Run]) -> None:
+        for run in runs:
+            self._run_local(run)
+
+    def _run_local(self, run: Run) -> None:
+        view = self._buffer(run.end - run.start)
+        self.loc.read_ranges_into(run.path, [(run.start, run.end)], [view])
+        _decode(view, run.items)
+
+    def _run_remote(self, runs: list[Run]) -> None:
+        """Object stores: every range of a file in one ``cat_ranges`` call (concurrent when async)."""
+        by_path: dict[str, list[Run]] = defaultdict(list)
+        for run in runs:
+            by_path[run.path].append(run)
+        for path, mine in by_path.items():
+            for run, raw in zip(mine, self.loc.read_ranges(path, [(r.start, r.end) for r in mine])):
+                _decode(memoryview(raw), run.items)
+
+    def _buffer(self, num_bytes: int) -> memoryview:
+        """This thread's read buffer, grown (and touched: first-touch page faults are slow) as needed."""
+        buffer = getattr(self._buffers, "buffer", None)
+        if buffer is None or buffer.size < num_bytes:
+            buffer = self._buffers.buffer = np.zeros(max(num_bytes, MAX_RUN_BYTES), dtype=np.uint8)
+            buffer.fill(1)
+        return memoryview(buffer)[:num_bytes]  # type: ignore[arg-type]
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pid != os.getpid():  # threads do not survive fork
@@ -108,72 +203,13 @@ class ChunkReader:
             self._pid = os.getpid()
         return self._pool
 
-    def _decode_all(self, decodes: list[Decode]) -> None:
-        """Decode every chunk; big batches in a few groups on the pool (the codecs release the GIL)."""
-        num_groups = min(self.num_threads, len(decodes) // MIN_CHUNKS_PER_THREAD)
-        if num_groups <= 1:
-            _decode_group(decodes)
-            return
-        bounds = np.linspace(0, len(decodes), num_groups + 1).astype(int)
-        groups = [decodes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        list(self._executor().map(_decode_group, groups))
 
-    def _plan_file(self, record: ShardRecord, teacher: str, requests: list[Request],
-                   outputs: list[dict[str, np.ndarray]], decodes: list[Decode], copies: list[Copy]) -> None:
-        """Fetch the chunks ``requests`` need from one file; queue their decoding and row copies."""
-        spec = self.specs[teacher]
-        step = record.teachers[teacher].rows_per_chunk
-        index = self._chunk_index(record, teacher)
-        dtype = np.dtype(spec.dtype)
-        frames: dict[int, np.ndarray] = {}
-        owners: dict[int, list[int]] = defaultdict(list)  # chunk -> slots whose rows it holds
-        for slot, start, end in requests:
-            out = np.empty((end - start, spec.dim), dtype=dtype)
-            frames[slot] = out
-            outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
-            for c in range(start // step, (end - 1) // step + 1):
-                owners[c].append(slot)
-        blobs = self._fetch(f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}", index, sorted(owners))
-        codec = self.codecs[teacher]
-        for (slot, start, end) in requests:
-            for c in range(start // step, (end - 1) // step + 1):
-                inside = c * step >= start and (c + 1) * step <= end and len(owners[c]) == 1
-                if inside:  # decode straight into the output
-                    decodes.append((blobs[c], codec, frames[slot][c * step - start:(c + 1) * step - start]))
-        scratch: dict[int, np.ndarray] = {}
-        for slot, start, end in requests:
-            for c in range(start // step, (end - 1) // step + 1):
-                if c * step >= start and (c + 1) * step <= end and len(owners[c]) == 1:
-                    continue
-                if c not in scratch:
-                    scratch[c] = np.empty((step, spec.dim), dtype=dtype)
-                    decodes.append((blobs[c], codec, scratch[c]))
-                lo, hi = max(start, c * step), min(end, (c + 1) * step)
-                copies.append((scratch[c][lo - c * step:hi - c * step], frames[slot][lo - start:hi - start]))
-
-    def _fetch(self, path: str, index: np.ndarray, chunks: list[int]) -> dict[int, bytes]:
-        """Encoded bytes of each chunk, reading runs of adjacent chunks with one range each."""
-        runs: list[list[int]] = []
-        for c in chunks:
-            if runs and runs[-1][-1] == c - 1 and int(index[c - 1].sum()) == int(index[c, 0]):
-                runs[-1].append(c)
-            else:
-                runs.append([c])
-        ranges = [(int(index[r[0], 0]), int(index[r[-1], 0] + index[r[-1], 1])) for r in runs]
-        blobs: dict[int, bytes] = {}
-        for run, (base, _), raw in zip(runs, ranges, self.loc.read_ranges(path, ranges)):
-            view = memoryview(raw)
-            for c in run:
-                offset = int(index[c, 0]) - base
-                blobs[c] = view[offset:offset + int(index[c, 1])]  # type: ignore[assignment]
-        return blobs
-
-
-def _decode_group(decodes: list[Decode]) -> None:
-    for raw, codec, target in decodes:
+def _decode(raw: memoryview, items: list[Item]) -> None:
+    for offset, nbytes, codec, target in items:
+        blob = raw[offset:offset + nbytes]
         if codec is None:
-            target[...] = np.frombuffer(raw, dtype=target.dtype).reshape(target.shape)
+            target[...] = np.frombuffer(blob, dtype=target.dtype).reshape(target.shape)
         elif isinstance(codec, numcodecs.Blosc):
-            blosc_decompress(raw, target)  # the codec object's decode adds checks costing ~10 us a chunk
+            blosc_decompress(blob, target)  # the codec object's decode adds checks costing ~10 us a chunk
         else:
-            codec.decode(raw, out=target)
+            codec.decode(blob, out=target)
