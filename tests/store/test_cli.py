@@ -106,6 +106,7 @@ def test_info_counts_cuts_shards_frames_and_hours(store_path: str, outputs: dict
     assert facts["num_shards"] == 2 and facts["num_failures"] == 0
     assert facts["teachers"]["whisper"]["num_frames"] == num_whisper_frames
     assert facts["audio_hours"] == pytest.approx(num_whisper_frames / FRAME_RATE / 3600)
+    assert facts["audio_hours"] == pytest.approx(sum(DURATIONS.values()) / 3600)  # whole frames for these cuts
     assert list(facts["teachers"]) == [s.name for s in SPECS]
     for spec in SPECS:
         t = facts["teachers"][spec.name]
