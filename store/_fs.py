@@ -152,8 +152,19 @@ class LocalLocation(Location):
             return True
         except FileExistsError:
             return False
+        except OSError:  # no hard links here (some FUSE/SMB mounts): exclusive create, then write
+            return self._create_exclusive(path, data)
         finally:
             os.unlink(temp)
+
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        try:
+            fd = os.open(self._abs(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
 
     def remove(self, path: str) -> None:
         full = self._abs(path)

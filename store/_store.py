@@ -74,6 +74,9 @@ class TeacherStore:
             if not overwrite:
                 raise StoreError(f"{loc.url} must not exist yet (pass overwrite=True to replace it). "
                                  "Got an existing store or folder.")
+            if not _is_store(loc):  # never delete a folder of something else
+                raise StoreError(f"overwrite=True replaces an mt2kd store only. Got a non-empty {loc.url} "
+                                 "that is not one; remove it yourself if that is what you want.")
             loc.remove("")
         root = {"format_version": FORMAT_VERSION, "specs": [s.to_dict() for s in specs], "attrs": attrs_json,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -237,6 +240,14 @@ def _checked_specs(specs: Sequence[TeacherSpec]) -> list[TeacherSpec]:
     if len(set(names)) != len(names):
         raise ConfigError(f"teacher names must be unique. Got {names}.")
     return specs
+
+
+def _is_store(loc: Location) -> bool:
+    try:
+        doc = json.loads(loc.read(METADATA_FILE))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and ROOT_KEY in (doc.get("attributes") or {})
 
 
 def _check_foreign_nodes(loc: Location) -> None:

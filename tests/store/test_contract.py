@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,6 +253,15 @@ def test_open_and_create_errors(store_url: str, specs_of: Any) -> None:
         TeacherStore.open(store_url).shard_writer(0)
     fresh = TeacherStore.create(store_url, specs_of("float32")[:1], overwrite=True)
     assert list(fresh.specs) == ["whisper"] and fresh.specs["whisper"].dtype == "float32"
+
+
+def test_overwrite_never_deletes_something_that_is_not_a_store(tmp_path: Path, specs_of: Any) -> None:
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("...")
+    with pytest.raises(StoreError, match="replaces an mt2kd store only"):
+        TeacherStore.create(str(precious), specs_of(), overwrite=True)
+    assert (precious / "chapter1.tex").read_text() == "..."
 
 
 def test_specs_and_attrs_travel_with_the_store(store_url: str) -> None:
