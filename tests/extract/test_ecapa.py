@@ -199,6 +199,18 @@ def test_weights_that_do_not_fit_the_yaml_are_refused(tiny_folder: Path, tmp_pat
         load_teacher("ecapa", fewer)
 
 
+def test_checkpoint_without_batchnorm_counters_loads(tiny_folder: Path, tmp_path: Path) -> None:
+    """Step counters never change eval-mode outputs, so checkpoints saved without them still load."""
+    folder = copy_folder(tiny_folder, tmp_path / "no_counters")
+    state = torch.load(folder / "embedding_model.ckpt", weights_only=True)
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    assert len(counters) >= 10
+    torch.save({k: v for k, v in state.items() if k not in counters}, folder / "embedding_model.ckpt")
+    wavs = waveforms([9_000])
+    with_counters = load_teacher("ecapa", tiny_folder).extract(wavs)[0]
+    assert np.array_equal(load_teacher("ecapa", folder).extract(wavs)[0], with_counters)
+
+
 RELEASED_YAML = """\
 n_mels: 80
 pretrained_path: speechbrain/spkrec-ecapa-voxceleb
