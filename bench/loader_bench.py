@@ -162,7 +162,8 @@ def measure(cuts, dataset, num_workers: int, max_duration: float, step_s: float)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="0.5 h of audio, workers 0/2 only (about 30 s on an idle 2-core machine)")
+    parser.add_argument("--quick", action="store_true",
+                        help="0.5 h of audio, workers 0/2 only (about 30 s on an idle 2-core machine)")
     parser.add_argument("--hours", type=float, default=1.2, help="audio hours of synthetic data")
     parser.add_argument("--max-duration", type=float, default=1000.0, help="s of audio per batch")
     parser.add_argument("--step-ms", type=float, default=300.0, help="simulated training step per batch (ms)")

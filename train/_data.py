@@ -129,7 +129,8 @@ def _collate_frames(rows: list[np.ndarray | None], dim: int) -> dict[str, torch.
     """Pad to ``[B, T, dim]`` in the stored dtype (float16 frames stay float16: half the copy and transfer)."""
     lengths = torch.tensor([0 if r is None else r.shape[0] for r in rows], dtype=torch.long)
     stored = next((r.dtype for r in rows if r is not None), np.dtype(np.float32))
-    values = torch.zeros(len(rows), max(1, int(lengths.max())), dim, dtype=torch.from_numpy(np.zeros(0, stored)).dtype)
+    dtype = torch.from_numpy(np.zeros(0, stored)).dtype
+    values = torch.zeros(len(rows), max(1, int(lengths.max())), dim, dtype=dtype)
     for i, r in enumerate(rows):
         if r is not None:
             values[i, : r.shape[0]] = torch.from_numpy(np.ascontiguousarray(r, dtype=stored))
