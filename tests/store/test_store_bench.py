@@ -28,3 +28,38 @@ def test_quick_bench_prints_a_table_with_every_format(tmp_path: Path) -> None:
     assert ratios[FORMATS.index("hdf5-f32")] == "1.00x"
     assert abs(float(ratios[FORMATS.index("hdf5-f16")].rstrip("x")) - 0.5) < 0.03
     assert list(tmp_path.iterdir()) == []  # the benchmark cleans up after itself
+
+
+def load_common():  # bench/ is scripts, not a package: load its helper module by path
+    import importlib.util
+
+    if "bench_common" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_common", BENCH.parent / "_common.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_common"] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules["bench_common"]
+
+
+def test_synthetic_durations_are_librispeech_like() -> None:
+    common = load_common()
+    durations = common.sample_durations(200.0, seed=3)
+    assert durations.min() >= 1.0 and durations.max() <= 35.0
+    assert abs(durations.mean() - 12.3) < 0.2
+    assert abs(durations.sum() / 3600 - 200.0) < 2.0
+    assert (durations > 30).any() and (durations < 3).any()  # both tails are there
+
+
+def test_synthetic_frames_are_correlated_gaussian_with_per_dim_scale() -> None:
+    import numpy as np
+
+    common = load_common()
+    assert common.num_stacked_frames(2.0) == 50 and common.num_stacked_frames(30.0) == 750
+    corpus = common.make_whisper_corpus(0.02, seed=1, dim=64)
+    assert [f.shape[0] for f in corpus.frames] == [common.num_stacked_frames(d) for d in corpus.durations]
+    frames = np.concatenate(corpus.frames)
+    assert frames.dtype == np.float32 and frames.shape[1] == 64
+    lag1 = np.mean([np.corrcoef(f[1:, 0], f[:-1, 0])[0, 1] for f in corpus.frames])
+    assert 0.7 < lag1 < 0.95  # neither white noise nor constant
+    stds = frames.std(axis=0)
+    assert stds.max() / np.median(stds) > 5  # a few loud dimensions, as real encoders have
