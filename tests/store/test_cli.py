@@ -249,10 +249,25 @@ def test_verify_finds_a_nan_written_with_plain_zarr(tmp_path: Path, outputs: dic
 
 
 def test_load_durations_reads_lhotse_manifests(tmp_path: Path) -> None:
+    from lhotse import CutSet
+
     from mt2kd.store._cli import load_durations
 
     for name in ("cuts.jsonl", "cuts.jsonl.gz"):
         assert load_durations(write_manifest(tmp_path / name, DURATIONS)) == pytest.approx(DURATIONS)
+    # a MixedCut line has no "duration" field: lhotse itself works it out from the tracks
+    cuts = list(CutSet.from_file(write_manifest(tmp_path / "mono.jsonl", DURATIONS)))
+    mixed = CutSet.from_cuts([cuts[0].append(cuts[1]), cuts[2]])
+    mixed.to_file(tmp_path / "mixed.jsonl.gz")
+    durations = load_durations(str(tmp_path / "mixed.jsonl.gz"))
+    assert durations == pytest.approx({c.id: c.duration for c in mixed})
+    assert durations[mixed[0].id] == pytest.approx(DURATIONS["spk1-ch1-0001"] + DURATIONS["spk1-ch1-0002"])
+
+
+def test_verify_refuses_a_manifest_that_is_not_a_cutset(store_path: str, tmp_path: Path) -> None:
+    (tmp_path / "notes.jsonl").write_text("this is not json\n")
+    code, out = run("verify", store_path, "--cuts", str(tmp_path / "notes.jsonl"))
+    assert code != 0 and "notes.jsonl" in out and "Traceback" not in out
 
 
 # ---------------------------------------------------------------- plot
