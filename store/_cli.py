@@ -118,6 +118,7 @@ def _info_lines(facts: Mapping[str, Any]) -> list[str]:
         ("Bytes on disk", _bytes_fmt(facts["bytes_on_disk"])),
         ("Teacher data", _bytes_fmt(facts["teacher_bytes_on_disk"])),
         ("Storage ratio", _fmt(facts["storage_ratio"], "{:.2f}") + " (teacher data / raw float32)"),
+        *((f"Attr {key}", json.dumps(value)) for key, value in sorted(facts.get("attrs", {}).items())),
     ])
     for name, t in facts["teachers"].items():
         shape = f"[frames, {t['dim']}] at {t['frame_rate']:g} Hz" if t["kind"] == "frames" else f"[{t['dim']}] per cut"
@@ -125,6 +126,7 @@ def _info_lines(facts: Mapping[str, Any]) -> list[str]:
         lines += kv_lines([
             ("Kind", f"{t['kind']} {shape}"), ("Dtype", t["dtype"]),
             ("Codec", f"{t['codec']} (level {t['codec_level']})"), ("Fingerprint", t["fingerprint"] or "-"),
+            ("Config", json.dumps(t.get("config", {}), sort_keys=True)),
             ("Cuts", _fmt(t["num_cuts"])),
             *([("Frames", _fmt(t["num_frames"])), ("Audio hours", _fmt(t["audio_hours"], "{:,.3f}"))]
               if t["kind"] == "frames" else []),
@@ -147,7 +149,10 @@ def info(path: str, as_json: bool) -> None:
 
     Example: mt2kd store info runs/librispeech.zarr --json
     """
-    facts = _open(path).info()
+    ts = _open(path)
+    facts = ts.info()
+    for name, spec in ts.specs.items():  # the teacher options (whisper mode, layer) belong in the summary
+        facts["teachers"][name].setdefault("config", spec.config)
     if as_json:
         _emit_json(facts)
     else:

@@ -18,7 +18,7 @@ from mt2kd.store import TeacherSpec, TeacherStore
 FRAME_RATE = 25.0  # Hz, stacked whisper frames
 DURATIONS = {"spk1-ch1-0001": 2.0, "spk1-ch1-0002": 3.52, "spk2 ch/7 ü": 1.24, "spk3-ch9-0100": 4.0}  # s
 SPECS = [
-    TeacherSpec("whisper", "frames", 8, frame_rate=FRAME_RATE, dtype="float32"),
+    TeacherSpec("whisper", "frames", 8, frame_rate=FRAME_RATE, dtype="float32", config={"mode": "trim", "layer": -1}),
     TeacherSpec("beats", "clip", 527),
     TeacherSpec("ecapa", "clip", 6),
 ]
@@ -42,7 +42,7 @@ def make_outputs(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
 
 
 def write_store(path: Path, outputs: dict[str, dict[str, np.ndarray]], cuts_per_shard: int = 2) -> str:
-    ts = TeacherStore.create(str(path), SPECS)
+    ts = TeacherStore.create(str(path), SPECS, attrs={"random_teachers": True})
     cut_ids = list(outputs)
     for shard_id, start in enumerate(range(0, len(cut_ids), cuts_per_shard)):
         with ts.shard_writer(shard_id) as writer:
@@ -133,6 +133,8 @@ def test_info_text_shows_the_json_facts(store_path: str) -> None:
     teacher_lines = [line.split(": ") for line in out.splitlines() if line.split(":")[0].strip() == "Teacher"]
     assert [value for _, value in teacher_lines] == list(facts["teachers"])
     assert len({line.index(":") for line in out.splitlines() if ":" in line}) == 1  # one aligned column
+    assert text["Attr random_teachers"] == "true" and facts["attrs"] == {"random_teachers": True}
+    assert json.loads(text["Config"]) == facts["teachers"]["whisper"]["config"] == {"mode": "trim", "layer": -1}
 
 
 def test_info_counts_recorded_failures(tmp_path: Path, outputs: dict) -> None:
