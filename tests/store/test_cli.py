@@ -324,6 +324,20 @@ def test_diff_finds_one_changed_value_and_one_sided_cuts(store_path: str, tmp_pa
     assert run("diff", store_path, other, "--atol", "1.0")[0] == 0
 
 
+def test_diff_against_a_float16_copy_measures_the_rounding(store_path: str, tmp_path: Path, outputs: dict) -> None:
+    specs = [SPECS[0].with_storage(dtype="float16"), *SPECS[1:]]
+    ts = TeacherStore.create(str(tmp_path / "f16.zarr"), specs)
+    with ts.shard_writer(0) as writer:
+        for cut_id, arrays in outputs.items():
+            writer.put(cut_id, arrays)
+    whisper = run_json("diff", store_path, str(tmp_path / "f16.zarr"))["teachers"]["whisper"]
+    source = np.concatenate([a["whisper"] for a in outputs.values()]).astype(np.float64)
+    rounding = np.abs(source - source.astype(np.float16).astype(np.float64))
+    assert whisper["max_abs_diff"] == pytest.approx(rounding.max())
+    assert whisper["mean_abs_diff"] == pytest.approx(rounding.mean())
+    assert 0.999 < whisper["mean_cosine"] < 1.0
+
+
 # ---------------------------------------------------------------- errors, start-up
 
 
