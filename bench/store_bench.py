@@ -109,8 +109,7 @@ def _mt2kd_open(path: str) -> Callable[[list[str]], list[np.ndarray]]:
     store = TeacherStore.open(path)
 
     def read(cut_ids: list[str]) -> list[np.ndarray]:
-        got = store.get_many(cut_ids, teachers=[TEACHER])
-        return _frames_of(got, cut_ids)
+        return [arrays[TEACHER] for arrays in store.get_many(cut_ids, teachers=[TEACHER])]
 
     return read
 
@@ -120,16 +119,6 @@ def _mt2kd_open_one(path: str) -> Callable[[str], np.ndarray]:
 
     store = TeacherStore.open(path)
     return lambda cut_id: store.get(cut_id)[TEACHER]
-
-
-def _frames_of(got: Any, cut_ids: list[str]) -> list[np.ndarray]:
-    """The whisper arrays of a ``get_many`` result, in ``cut_ids`` order."""
-    if isinstance(got, dict) and TEACHER in got and not isinstance(got[TEACHER], dict):
-        value = got[TEACHER]  # {teacher: [arrays]}
-        return list(value)
-    if isinstance(got, dict):
-        return [got[c][TEACHER] for c in cut_ids]  # {cut_id: {teacher: array}}
-    return [item[TEACHER] for item in got]  # [{teacher: array}] in order
 
 
 def _lhotse_write(writer_name: str, dtype: str | None) -> Callable[[SyntheticCorpus, Path], Any]:
