@@ -38,13 +38,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _friendly(command: F) -> F:
-    """Turn mt2kd errors into a one-line message and exit status 1, without a traceback."""
+    """Turn mt2kd and file-system errors into a one-line message and exit status 1, without a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except MT2KDError as e:
+        except (MT2KDError, OSError) as e:  # a vanished shard file or an unwritable -o path, say
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
 
     return wrapper  # type: ignore[return-value]

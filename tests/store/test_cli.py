@@ -284,6 +284,8 @@ def test_plot_writes_a_png(store_path: str, tmp_path: Path) -> None:
     assert len(data) > 20_000  # three drawn panels, not an empty canvas
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert height > width / 2  # one panel per teacher, stacked
+    code, out = run("plot", store_path, "spk1-ch1-0002", "-o", str(tmp_path / "no-such-dir" / "cut.png"))
+    assert code == 1 and out.startswith("Error: FileNotFoundError") and "Traceback" not in out
 
 
 # ---------------------------------------------------------------- diff
