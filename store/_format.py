@@ -12,6 +12,8 @@ array. See docs/store-format.md.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import re
@@ -102,21 +104,29 @@ def _zarr_compressors(codec: str, level: int, itemsize: int) -> Any:
 def array_metadata(shape: tuple[int, ...], dtype: str, rows_per_chunk: int, codec: str, level: int) -> bytes:
     """``zarr.json`` of a one-shard array, as zarr-python itself writes it.
 
-    The array is created in a throwaway in-memory zarr store (metadata only),
-    so the document is exactly what ``zarr.create_array(..., shards=...)`` makes.
+    The document comes from ``zarr.create_array(..., shards=...)`` in a
+    throwaway in-memory store (metadata only; once per kind of array), with
+    the shape and shard shape set for this array.
     """
+    doc = copy.deepcopy(_metadata_template(tuple(shape[1:]), dtype, rows_per_chunk, codec, level))
+    num_chunks = max(1, -(-shape[0] // rows_per_chunk))
+    doc["shape"] = list(shape)
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = [num_chunks * rows_per_chunk, *shape[1:]]
+    return json.dumps(doc, indent=2).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=256)
+def _metadata_template(rest: tuple[int, ...], dtype: str, rows_per_chunk: int, codec: str,
+                       level: int) -> dict[str, Any]:
     import zarr
 
-    itemsize = np.dtype(dtype).itemsize
-    num_chunks = max(1, -(-shape[0] // rows_per_chunk))
-    inner = (rows_per_chunk, *shape[1:])
+    inner = (rows_per_chunk, *rest)
     scratch = zarr.storage.MemoryStore()
-    zarr.create_array(scratch, shape=shape, dtype=dtype, chunks=inner,
-                      shards=(num_chunks * rows_per_chunk, *shape[1:]),
-                      compressors=_zarr_compressors(codec, level, itemsize), fill_value=0,
+    zarr.create_array(scratch, shape=inner, dtype=dtype, chunks=inner, shards=inner,
+                      compressors=_zarr_compressors(codec, level, np.dtype(dtype).itemsize), fill_value=0,
                       filters=None)
-    buffer = scratch._store_dict[METADATA_FILE]
-    return bytes(buffer.to_bytes())
+    doc: dict[str, Any] = json.loads(scratch._store_dict[METADATA_FILE].to_bytes())
+    return doc
 
 
 def group_metadata(attributes: dict[str, Any]) -> bytes:

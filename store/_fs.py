@@ -27,6 +27,16 @@ class Location:
     def read(self, path: str) -> bytes:
         raise NotImplementedError
 
+    def read_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        """Whole files by path; missing ones are left out."""
+        found = {}
+        for path in paths:
+            try:
+                found[path] = self.read(path)
+            except FileNotFoundError:
+                continue
+        return found
+
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Bytes ``[start, end)`` of ``path`` for every range, in order."""
         raise NotImplementedError
@@ -56,6 +66,11 @@ class Location:
     def write(self, path: str, data: bytes) -> None:
         """Write ``path`` whole; readers see the old content or the new, never a part."""
         raise NotImplementedError
+
+    def put(self, path: str, data: bytes) -> None:
+        """Write ``path`` whole, not atomically: for files nobody reads before a commit."""
+        with self.open_write(path) as f:
+            f.write(data)
 
     def create(self, path: str, data: bytes) -> bool:
         """Write ``path`` only if it does not exist yet; False when it did."""
@@ -199,6 +214,13 @@ class FsspecLocation(Location):
 
     def read(self, path: str) -> bytes:
         return bytes(self.fs.cat_file(self._abs(path)))
+
+    def read_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        # one call: async file systems (s3, gcs, http) fetch them concurrently
+        got = self.fs.cat([self._abs(p) for p in paths], on_error="omit") if paths else {}
+        by_full = {self.fs._strip_protocol(k): v for k, v in got.items()}
+        return {p: bytes(by_full[self.fs._strip_protocol(self._abs(p))])
+                for p in paths if self.fs._strip_protocol(self._abs(p)) in by_full}
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         full = self._abs(path)

@@ -83,11 +83,15 @@ def read_record(loc: Location, name: str) -> ShardRecord | None:
         raw = loc.read(path)
     except FileNotFoundError:
         return None
-    doc = parse_metadata(raw, f"{loc.url}/{path}")
+    return parse_record(raw, f"{loc.url}/{path}")
+
+
+def parse_record(raw: bytes, where: str) -> ShardRecord:
+    doc = parse_metadata(raw, where)
     try:
         return ShardRecord.from_dict(doc["attributes"][COMMIT_KEY])
     except (KeyError, TypeError, ValueError) as e:
-        raise StoreFormatError(f"{loc.url}/{path} must hold a '{COMMIT_KEY}' record. Got {e!r}.") from e
+        raise StoreFormatError(f"{where} must hold a '{COMMIT_KEY}' record. Got {e!r}.") from e
 
 
 def committed_names(loc: Location) -> list[str]:
@@ -96,9 +100,13 @@ def committed_names(loc: Location) -> list[str]:
 
 def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None) -> dict[str, ShardRecord]:
     """Every commit record, by shard name; records in ``known`` are reused, not re-read."""
+    known = known or {}
+    names = committed_names(loc)
+    fresh = loc.read_many([commit_path(n) for n in names if n not in known])
     records: dict[str, ShardRecord] = {}
-    for name in committed_names(loc):
-        record = (known or {}).get(name) or read_record(loc, name)
+    for name in names:
+        raw = fresh.get(commit_path(name))
+        record = known.get(name) or (None if raw is None else parse_record(raw, f"{loc.url}/{commit_path(name)}"))
         if record is not None:
             records[name] = record
     return records

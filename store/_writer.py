@@ -282,7 +282,7 @@ class ShardWriter:
                              datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                              {"host": socket.gethostname(), "pid": os.getpid()})
         summary = {k: v for k, v in record.to_dict().items() if k not in ("cut_ids", "teachers")}
-        self.loc.write(f"{self.path}/{METADATA_FILE}", group_metadata({SHARD_KEY: summary}))
+        self.loc.put(f"{self.path}/{METADATA_FILE}", group_metadata({SHARD_KEY: summary}))
         self._publish(record)
 
     def _publish(self, record: ShardRecord) -> None:
@@ -303,11 +303,11 @@ class ShardWriter:
         file = self._file(teacher)
         nbytes = file.finish()
         base = f"{self.path}/{teacher}"
-        self.loc.write(f"{base}/{DATA}/{METADATA_FILE}", array_metadata(
+        self.loc.put(f"{base}/{DATA}/{METADATA_FILE}", array_metadata(
             (file.num_rows, spec.dim), spec.dtype, file.rows_per_chunk, spec.codec, spec.codec_level))
         offsets = np.asarray(self._offsets[teacher], dtype=np.int64)
         _write_small_array(self.loc, f"{base}/{OFFSETS}", offsets)
-        self.loc.write(f"{base}/{METADATA_FILE}", group_metadata({"teacher": spec.to_dict()}))
+        self.loc.put(f"{base}/{METADATA_FILE}", group_metadata({"teacher": spec.to_dict()}))
         return TeacherRows(offsets, file.rows_per_chunk, file.num_rows, nbytes)
 
     def _write_cut_ids(self) -> None:
@@ -323,8 +323,8 @@ def _write_small_array(loc: Location, path: str, array: np.ndarray) -> None:
     if array.shape[0]:
         codec = make_codec(SMALL_CODEC, SMALL_CODEC_LEVEL, array.dtype.itemsize)
         blob = encode_chunk(array, codec)
-        loc.write(f"{path}/{CHUNK_FILE_1D}", blob + encode_index([(0, len(blob))]))
-    loc.write(f"{path}/{METADATA_FILE}", array_metadata(array.shape, str(array.dtype), rows,
+        loc.put(f"{path}/{CHUNK_FILE_1D}", blob + encode_index([(0, len(blob))]))
+    loc.put(f"{path}/{METADATA_FILE}", array_metadata(array.shape, str(array.dtype), rows,
                                                         SMALL_CODEC, SMALL_CODEC_LEVEL))
 
 
