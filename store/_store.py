@@ -228,6 +228,13 @@ class TeacherStore:
             raise StoreError(f"{self.loc.url} is open read-only; open it with mode='a' to clean it.")
         return clean_leftovers(self)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles as its URL and mode (DataLoader workers started with spawn reopen the store)."""
+        return {"url": self.loc.url, "mode": self.mode}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(TeacherStore.open(state["url"], state["mode"]).__dict__)
+
     def __repr__(self) -> str:
         return f"TeacherStore({self.loc.url!r}, mode={self.mode!r}, teachers={list(self._specs)}, cuts={len(self)})"
 

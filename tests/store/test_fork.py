@@ -47,3 +47,19 @@ def test_forked_dataloader_workers_read_a_store_opened_in_the_parent(store_url: 
         pids.add(int(pid))
     assert seen == set(outputs) and len(pids) == 2
     assert parent.get("cut-0")["whisper"].shape == outputs["cut-0"]["whisper"].shape  # the parent still reads
+
+
+def test_a_store_pickles_as_its_location(tmp_path: Any, specs_of: Any, outputs_of: Any) -> None:
+    """What spawn-started workers receive: the store reopens itself from its path."""
+    import pickle
+
+    outputs = outputs_of(["a", "b"], seed=12)
+    store = TeacherStore.create(str(tmp_path / "s.zarr"), specs_of())
+    with store.shard_writer(0) as writer:
+        for cut_id, arrays in outputs.items():
+            writer.put(cut_id, arrays)
+    parent = TeacherStore.open(str(tmp_path / "s.zarr"))
+    parent.get("a")
+    copy = pickle.loads(pickle.dumps(parent))
+    assert copy.mode == "r" and copy.cut_ids() == ["a", "b"]
+    np.testing.assert_array_equal(copy.get("b")["ecapa"], outputs["b"]["ecapa"])
