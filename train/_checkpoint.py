@@ -148,7 +148,7 @@ def write_average(exp_dir: str | Path, num_last: int, out_path: str | Path) -> l
     if not found:
         raise CheckpointNotFoundError(f"{str(exp_dir)!r} must hold checkpoint-*.pt files. Got none.")
     newest = read_checkpoint(found[-1])
-    state = {key: newest[key] for key in ("student_config", "train_config", "step") if key in newest}
+    state: dict[str, Any] = {k: newest[k] for k in ("student_config", "train_config", "step") if k in newest}
     state["model"] = average_checkpoints(list(found))
     state["averaged_from"] = [p.name for p in found]
     out_path = Path(out_path)

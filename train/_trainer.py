@@ -145,7 +145,7 @@ class Trainer:
         self.scheduler.step()
         values = {k: float(v.detach()) for k, v in losses.items()}
         values["grad_norm"] = float(grad_norm)
-        values["lr"] = self.scheduler.get_last_lr()[0]
+        values["lr"] = float(self.scheduler.get_last_lr()[0])
         return values
 
     def run(self) -> list[dict[str, float]]:
