@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from mt2kd.errors import ConfigError
 from mt2kd.train._config import TrainConfig
 
 _LIST_FLAGS = {"cuts": "--cuts", "stores": "--store", "repeats": "--repeat"}  # field -> flag
@@ -68,7 +69,10 @@ def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
 
     Example: mt2kd train kd --cuts a.jsonl.gz --store teachers.zarr --exp-dir exp --student tiny
     """
-    cfg = resolve_config(ctx, config_file, values)
+    try:
+        cfg = resolve_config(ctx, config_file, values)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from e
     if not cfg.cuts or not cfg.stores:
         raise click.UsageError("at least one --cuts and one --store are needed (flags or --config).")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -126,3 +126,12 @@ def test_bf16_autocast_on_gpu_trains(tmp_path, corpus) -> None:
     assert history[-1]["total"] < history[0]["total"]
     model, _ = load_student(list_checkpoints(tmp_path / "exp")[-1])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves weights in fp32
+
+
+def test_cli_rejects_a_bad_value_with_a_usage_error(tmp_path, corpus) -> None:
+    from mt2kd.cli import main
+
+    args = ["train", "kd", "--cuts", corpus["manifest"], "--store", corpus["store"], "--exp-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, [*args, "--student", "huge"])
+    assert result.exit_code == 2 and "student must be one of ['paper', 'tiny']. Got 'huge'." in result.output
+    assert not list(tmp_path.glob("checkpoint-*.pt"))
