@@ -71,14 +71,14 @@ class ChunkReader:
         self.codecs: dict[str, Codec | None] = {
             t: make_codec(s.codec, s.codec_level, np.dtype(s.dtype).itemsize) for t, s in self.specs.items()}
         self.num_threads = num_threads or min(MAX_THREADS, os.cpu_count() or 1)
-        self._indexes: dict[str, list[tuple[int, int]]] = {}
+        self._indexes: dict[str, np.ndarray] = {}  # path -> int64 [num_chunks, 2] (16 bytes a chunk)
         self._buffers = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
     # ------------------------------------------------------------ per-file facts
 
-    def _chunk_index(self, record: ShardRecord, teacher: str) -> list[tuple[int, int]]:
+    def _chunk_index(self, record: ShardRecord, teacher: str) -> np.ndarray:
         path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
         index = self._indexes.get(path)
         if index is None:
@@ -87,7 +87,7 @@ class ChunkReader:
             num_chunks = num_chunks_of(rows.num_rows, rows.rows_per_chunk)
             tail = self.loc.read_ranges(path, [(rows.nbytes - index_nbytes(num_chunks), rows.nbytes)])[0]
             table = decode_index(tail, num_chunks, f"{self.loc.url}/{path}")
-            index = self._indexes[path] = [(int(o), int(n)) for o, n in table]  # plain ints: fast to use
+            index = self._indexes[path] = table.astype(np.int64)
         return index
 
     def _check_metadata(self, record: ShardRecord, teacher: str) -> None:
@@ -151,8 +151,8 @@ class ChunkReader:
         path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
         codec = self.codecs[teacher]
         run: Run | None = None
-        for c in sorted(targets):
-            offset, nbytes = index[c]
+        chunks = sorted(targets)
+        for c, (offset, nbytes) in zip(chunks, index[chunks].tolist()):
             if run is None or offset != run.end or offset + nbytes - run.start > MAX_RUN_BYTES:
                 run = Run(path, offset)
                 runs.append(run)
