@@ -301,3 +301,15 @@ def test_verify_reports_missing_cuts_and_frame_counts(store_url: str, specs_of: 
     assert len(problems) == 2
     assert problems[0].startswith(f"cut 'b', teacher 'whisper': {frames_b} frames must match")
     assert problems[1] == "cut 'gone' is in the manifest but not in the store"
+
+
+def test_a_cut_committed_twice_by_racing_writers_is_refused_at_open(store_url: str, specs_of: Any,
+                                                                   outputs_of: Any) -> None:
+    """Two writers that checked for duplicates before either committed: readers name both shards."""
+    store = TeacherStore.create(store_url, specs_of())
+    with store.shard_writer(0) as writer:
+        writer.put("twice", outputs_of(["twice"])["twice"])
+    record = store.loc.read("commits/000000/zarr.json")
+    store.loc.write("commits/000001/zarr.json", record.replace(b'"shard": "000000"', b'"shard": "000001"'))
+    with pytest.raises(DuplicateCutError, match="'twice' twice in .*shard 000000 position 0 and shard 000001"):
+        TeacherStore.open(store_url)
