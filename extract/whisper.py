@@ -88,7 +88,8 @@ class WhisperTeacher(Teacher):
 
     def __init__(self, checkpoint: str | Path, options: dict[str, Any], precision: str = "fp32") -> None:
         self.config = WhisperOptions.from_dict(options)
-        super().__init__(checkpoint, self.config.to_dict(), precision)
+        # precision enters the fingerprint: bf16 frames are not fp32 frames
+        super().__init__(checkpoint, {**self.config.to_dict(), "precision": precision}, precision)
         self.encoder, self.dims, self.random_init = load_whisper(self.checkpoint)
         if self.config.layer >= self.dims["n_audio_layer"]:
             raise ConfigError(f"whisper layer must be -1 or in [0, {self.dims['n_audio_layer'] - 1}] for "
@@ -102,8 +103,8 @@ class WhisperTeacher(Teacher):
 
     @property
     def spec(self) -> TeacherSpec:
-        config = {**self.config.to_dict(), "n_mels": self.dims["n_mels"], "dims": dict(self.dims),
-                  "precision": self.precision, "random_init": self.random_init}
+        config = {**self.options, "n_mels": self.dims["n_mels"], "dims": dict(self.dims),
+                  "random_init": self.random_init}
         return TeacherSpec(self.name, "frames", self.dim, frame_rate=stacked_frame_rate(self.config.stack),
                            dtype=STORED_DTYPE, fingerprint=self.fingerprint, config=config)
 
@@ -147,8 +148,12 @@ class WhisperTeacher(Teacher):
         mel = log_mel_batch(mel_input, self.dims["n_mels"], self.device)  # float32 whatever the precision
         with self._autocast():
             states = encode(self._weights, mel, num_mel, self.config.layer)
-        states_np = states.float().cpu().numpy()
-        return [s[: num_encoder_frames(len(w))] for s, w in zip(states_np, windows)]
+        num_frames = [num_encoder_frames(len(w)) for w in windows]
+        # copy only the valid frames off the device: pad30 windows are mostly padding
+        valid = torch.arange(states.shape[1], device=states.device)[None, :] < torch.tensor(
+            num_frames, device=states.device)[:, None]
+        frames = states[valid].float().cpu().numpy()
+        return np.split(frames, np.cumsum(num_frames)[:-1])
 
     def _stack(self, parts: list[np.ndarray], num_frames: int) -> np.ndarray:
         if num_frames == 0:

@@ -155,6 +155,8 @@ def test_spec_records_options_and_dims(checkpoint: Path) -> None:
     assert spec.config["n_mels"] == spec.config["dims"]["n_mels"] and spec.config["random_init"] is True
     assert spec.fingerprint == teacher.fingerprint
     assert load_teacher("whisper", checkpoint, layer=0, stack=3).fingerprint != teacher.fingerprint
+    half = load_teacher("whisper", checkpoint, layer=1, stack=3, precision="bf16")
+    assert half.fingerprint != teacher.fingerprint and half.spec.config["precision"] == "bf16"
 
 
 def test_bad_options_are_refused(checkpoint: Path) -> None:
