@@ -17,6 +17,7 @@ after ``fork`` (torch DataLoader workers) both are rebuilt on first use.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -70,7 +71,8 @@ class ChunkReader:
         self.loc, self.specs = loc, dict(specs)
         self.codecs: dict[str, Codec | None] = {
             t: make_codec(s.codec, s.codec_level, np.dtype(s.dtype).itemsize) for t, s in self.specs.items()}
-        self.num_threads = num_threads or min(MAX_THREADS, os.cpu_count() or 1)
+        self._asked_threads = num_threads
+        self.num_threads = num_threads or _default_threads()
         self._indexes: dict[str, np.ndarray] = {}  # path -> int64 [num_chunks, 2] (16 bytes a chunk)
         self._buffers = threading.local()
         self._pool: ThreadPoolExecutor | None = None
@@ -159,6 +161,8 @@ class ChunkReader:
             run.add(offset, nbytes, codec, targets[c])
 
     def _run_all(self, runs: list[Run]) -> None:
+        if self._pid != os.getpid():  # forked: maybe a DataLoader worker, sharing the cores with its siblings
+            self.num_threads = self._asked_threads or _default_threads()
         if not isinstance(self.loc, LocalLocation):
             self._run_remote(runs)
             return
@@ -202,6 +206,16 @@ class ChunkReader:
             self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="mt2kd-read")
             self._pid = os.getpid()
         return self._pool
+
+
+def _default_threads() -> int:
+    """Up to MAX_THREADS, sharing the cores with sibling torch DataLoader workers when in one."""
+    num_cpus = os.cpu_count() or 1
+    data = sys.modules.get("torch.utils.data")  # only if torch is already in use: never import it here
+    info = data.get_worker_info() if data is not None else None
+    if info is not None:
+        num_cpus = max(1, num_cpus // max(1, int(info.num_workers)))
+    return max(1, min(MAX_THREADS, num_cpus))
 
 
 def _decode(raw: memoryview, items: list[Item]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,11 @@ class CutDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cut_ids)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int, int]:
         import os
 
         got = self.store.get_many([self.cut_ids[index]], teachers=["whisper"])[0]["whisper"]
-        return index, torch.from_numpy(got.astype(np.float32)), os.getpid()
+        return index, torch.from_numpy(got.astype(np.float32)), os.getpid(), self.store._reader.num_threads
 
 
 def test_forked_dataloader_workers_read_a_store_opened_in_the_parent(store_url: str, specs_of: Any,
@@ -40,7 +41,9 @@ def test_forked_dataloader_workers_read_a_store_opened_in_the_parent(store_url: 
     loader = torch.utils.data.DataLoader(CutDataset(parent, list(outputs)), batch_size=None, num_workers=2,
                                          multiprocessing_context="fork")
     seen, pids = set(), set()
-    for index, frames, pid in loader:
+    for index, frames, pid, num_threads in loader:
+        # the two workers share the cores instead of each starting a full decoding pool
+        assert int(num_threads) == max(1, min(4, (os.cpu_count() or 1) // 2))
         cut_id = list(outputs)[int(index)]
         np.testing.assert_array_equal(frames.numpy(), outputs[cut_id]["whisper"].astype(np.float16))
         seen.add(cut_id)
