@@ -222,7 +222,7 @@ def make_setting(args: argparse.Namespace) -> Setting:
     gpu = args.device.startswith("cuda")
     precision = args.precision or ("bf16" if gpu else "fp32")
     size = args.whisper_size or ("large-v3" if gpu else "tiny" if args.quick else "base")
-    default_audio = (30.0 if args.quick else 240.0) if not gpu else (600.0 if args.quick else 6000.0)
+    default_audio = (30.0 if args.quick else 120.0) if not gpu else (600.0 if args.quick else 12000.0)
     default_batch = 600.0 if gpu else 60.0
     repeat = args.repeat or (1 if args.quick else 2)
     return Setting(args.device, precision, size, args.audio_seconds or default_audio,

@@ -71,7 +71,10 @@ def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], boo
 
 def _has_random_flag(path: Path) -> bool:
     # mmap: only the small top-level dict is read, not the weights again
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be mapped; only our own writer sets the flag
+        return False
     return bool(checkpoint.get(RANDOM_INIT_KEY, False))
 
 

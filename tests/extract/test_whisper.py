@@ -118,6 +118,16 @@ def test_65s_cut_is_encoded_in_30s_windows(checkpoint: Path, mode: str) -> None:
     np.testing.assert_allclose(frames[2 * per_window:], tail, atol=1e-4, rtol=0)
 
 
+def test_a_tail_of_one_mel_frame_after_30s_adds_its_frame(checkpoint: Path) -> None:
+    # 30 s + 170 samples: 3,001 mel frames, 1,501 at 50 Hz; the last comes from a 170-sample window
+    x = audio(30.0, seed=17, extra_samples=170)
+    teacher = load_teacher("whisper", checkpoint, stack=1)
+    frames = teacher.extract([x])[0]
+    assert frames.shape == (num_encoder_frames(len(x)), STATE) == (1501, STATE)
+    np.testing.assert_allclose(frames[:1500], teacher.extract([x[:WINDOW_SAMPLES]])[0], atol=1e-4, rtol=0)
+    assert np.all(np.isfinite(frames[1500]))
+
+
 def test_stack_is_applied_after_joining_windows(checkpoint: Path) -> None:
     # 1,500 frames per window is not a multiple of 7: stacks must straddle window edges
     x = audio(31.0, seed=8, extra_samples=170)
