@@ -34,6 +34,7 @@ from mt2kd.errors import ConfigError
 from mt2kd.extract._frames import (
     num_encoder_frames,
     num_mel_frames,
+    num_stacked_frames,
     stacked_frame_rate,
     window_bounds,
 )
@@ -127,18 +128,16 @@ class WhisperTeacher(Teacher):
 
     @torch.inference_mode()
     def _extract(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
-        bounds = [window_bounds(len(w)) if self._num_frames(len(w)) > 0 else [] for w in waveforms]
+        counts = [num_stacked_frames(len(w), self.config.stack) for w in waveforms]
+        bounds = [window_bounds(len(w)) if n > 0 else [] for w, n in zip(waveforms, counts)]  # too short: empty
         windows = [np.asarray(w[s:e], dtype=np.float32) for w, b in zip(waveforms, bounds) for s, e in b]
         encoded = self._encode_windows(windows) if windows else []
         outputs, start = [], 0
-        for cut_bounds, w in zip(bounds, waveforms):
+        for cut_bounds, num_frames in zip(bounds, counts):
             parts = encoded[start: start + len(cut_bounds)]
             start += len(cut_bounds)
-            outputs.append(self._stack(parts, self._num_frames(len(w))))
+            outputs.append(self._stack(parts, num_frames))
         return outputs
-
-    def _num_frames(self, num_samples: int) -> int:
-        return num_encoder_frames(num_samples) // self.config.stack
 
     def _encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         """Valid 50 Hz frames of each window, float32 ``[(mel + 1) // 2, n_audio_state]``."""
