@@ -1,0 +1,119 @@
+"""Audio for the teachers: decode a cut to 16 kHz mono, ahead of the model, on background threads.
+
+A cut whose audio cannot be had becomes a :class:`CutFailure` with a reason
+the store records; it never raises out of the task. Other sample rates and
+channel counts are not failures: lhotse resamples, and channels are averaged.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16_000  # Hz, what every teacher takes
+
+
+@dataclasses.dataclass(frozen=True)
+class CutAudio:
+    """A decoded cut: its ID, duration (s) and 16 kHz mono float32 samples."""
+
+    cut_id: str
+    duration: float
+    samples: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class CutFailure:
+    """A cut that could not be decoded, and why (the reason the store keeps)."""
+
+    cut_id: str
+    reason: str
+
+
+def _missing_files(data: dict[str, Any]) -> list[str]:
+    sources = data.get("recording", {}).get("sources", [])
+    return [s["source"] for s in sources if s.get("type") == "file" and not os.path.exists(s["source"])]
+
+
+def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:
+    """Decode one cut dict; every way it can go wrong comes back as a CutFailure."""
+    from lhotse.serialization import deserialize_item
+
+    cut_id, duration = str(data["id"]), float(data["duration"])
+    missing = _missing_files(data)
+    if missing:
+        return CutFailure(cut_id, f"missing audio file: {missing[0]}")
+    if duration <= 0:
+        return CutFailure(cut_id, f"zero-length cut: duration must be > 0 s. Got {duration} s")
+    try:
+        cut = deserialize_item(data).resample(SAMPLE_RATE)
+        audio = np.asarray(cut.load_audio(), dtype=np.float32)
+    except Exception as e:  # noqa: BLE001 - any decoder error is this cut's failure, not the job's
+        return CutFailure(cut_id, f"audio could not be decoded: {type(e).__name__}: {_first_line(e)}")
+    samples = audio.mean(axis=0) if audio.ndim == 2 else audio.reshape(-1)
+    if samples.size == 0:
+        return CutFailure(cut_id, "zero-length cut: decoded audio has no samples")
+    if not np.all(np.isfinite(samples)):
+        return CutFailure(cut_id, f"non-finite samples: {int(np.sum(~np.isfinite(samples)))} NaN/Inf values")
+    return CutAudio(cut_id, duration, np.ascontiguousarray(samples, dtype=np.float32))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def prefetched(cuts: Sequence[dict[str, Any]], num_threads: int, depth: int
+               ) -> Iterator[CutAudio | CutFailure]:
+    """Decode ``cuts`` in order on ``num_threads`` threads, keeping at most ``depth`` decoded ahead.
+
+    The bounded window keeps memory flat on long shards while the consumer
+    (the teachers) works on what is already decoded.
+    """
+    with concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="mt2kd-decode") as pool:
+        pending: collections.deque[concurrent.futures.Future[CutAudio | CutFailure]] = collections.deque()
+        upcoming = iter(cuts)
+        for data in upcoming:
+            pending.append(pool.submit(load_cut_audio, data))
+            if len(pending) >= depth:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(upcoming, None)
+            if nxt is not None:
+                pending.append(pool.submit(load_cut_audio, nxt))
+            yield result
+
+
+def batches(items: Iterable[CutAudio | CutFailure], max_duration: float
+            ) -> Iterator[tuple[list[CutAudio], list[CutFailure]]]:
+    """Group decoded cuts into batches of at most ``max_duration`` seconds (a longer cut goes alone).
+
+    Failures travel with the batch in which they were met, so they are
+    recorded in order with the cuts around them.
+    """
+    batch: list[CutAudio] = []
+    failures: list[CutFailure] = []
+    seconds = 0.0
+    for item in items:
+        if isinstance(item, CutFailure):
+            failures.append(item)
+            continue
+        if batch and seconds + item.duration > max_duration:
+            yield batch, failures
+            batch, failures, seconds = [], [], 0.0
+        batch.append(item)
+        seconds += item.duration
+    if batch or failures:
+        yield batch, failures
+
+
+def by_duration(cuts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Longest first (ties by ID): similar lengths share a batch, and the big ones meet memory first."""
+    return sorted(cuts, key=lambda c: (-float(c["duration"]), str(c["id"])))

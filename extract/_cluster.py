@@ -1,0 +1,80 @@
+"""Where the tasks run: a LocalCluster here, a running scheduler, or SLURM jobs via dask-jobqueue."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from mt2kd.extract._config import ExtractConfig
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+GPU_RESOURCE = "GPU"  # the dask worker resource a shard task asks for on GPU clusters
+LOCAL_DASHBOARD = ":0"  # any free port: several runs (or tests) on one machine never collide
+
+
+def make_slurm_cluster(config: ExtractConfig) -> Any:
+    """A dask-jobqueue SLURMCluster: one job = one worker = ``slurm_gpus`` GPUs, declared as a resource.
+
+    Nothing is submitted until the cluster is scaled; ``cluster.job_script()``
+    shows the script SLURM would run.
+
+    Examples
+    --------
+    >>> print(make_slurm_cluster(config).job_script())  # doctest: +SKIP
+    """
+    from dask_jobqueue import SLURMCluster
+
+    directives = [f"--gres=gpu:{config.slurm_gpus}"] if config.device.startswith("cuda") else []
+    directives += list(config.slurm_job_extra)
+    worker_args = ["--resources", f"{GPU_RESOURCE}={config.slurm_gpus}"] if config.device.startswith("cuda") else []
+    return SLURMCluster(
+        queue=config.slurm_queue or None,
+        account=config.slurm_account or None,
+        walltime=config.slurm_walltime,
+        memory=config.slurm_memory,
+        cores=config.slurm_cores,
+        processes=1,  # one worker per job: teachers load once per GPU
+        job_extra_directives=directives,
+        worker_extra_args=worker_args,
+        job_name="mt2kd-extract",
+    )
+
+
+def declares_gpus(client: Client) -> bool:
+    """Whether any worker offers the GPU resource (only then do tasks ask for it)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers.values())
+
+
+@contextlib.contextmanager
+def open_client(config: ExtractConfig) -> Iterator[Client]:
+    """A client on the configured cluster, closed (and a cluster we started, stopped) on exit."""
+    from distributed import Client, LocalCluster
+
+    if config.scheduler == "local":
+        threads = max(1, (os.cpu_count() or 1) // config.workers)
+        resources = {GPU_RESOURCE: 1} if config.device.startswith("cuda") else None
+        cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=LOCAL_DASHBOARD, resources=resources,
+                               env={"OMP_NUM_THREADS": str(threads)})
+        with cluster, Client(cluster) as client:
+            yield client
+    elif config.scheduler == "slurm":
+        with make_slurm_cluster(config) as cluster, Client(cluster) as client:
+            cluster.scale(jobs=config.workers)
+            yield client
+    else:
+        with Client(config.scheduler) as client:
+            yield client
+
+
+def dashboard_link(client: Client) -> str | None:
+    try:
+        link = client.dashboard_link
+    except (KeyError, AttributeError):  # no dashboard (bokeh missing, or disabled)
+        return None
+    return str(link) if link else None

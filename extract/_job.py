@@ -1,0 +1,167 @@
+"""The extraction job: plan, prepare the store, run one dask task per shard that is not committed yet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mt2kd.errors import FingerprintMismatchError, ShardLockedError, TooManyFailuresError
+from mt2kd.extract._config import ExtractConfig
+from mt2kd.extract._plan import Plan, make_plan
+from mt2kd.extract._progress import ExtractSummary, Progress
+from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
+
+if TYPE_CHECKING:
+    from mt2kd.store import TeacherSpec, TeacherStore
+
+RUN_FORMAT = 1  # version of the run description kept in the store attrs
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """Hash of which cut IDs sit in which shard: a rerun may resume only the same plan."""
+    h = hashlib.sha256()
+    for shard in plan.shards:
+        h.update(json.dumps([shard.shard_id, shard.cut_ids]).encode())
+    return h.hexdigest()[:16]
+
+
+def teacher_specs(config: ExtractConfig) -> tuple[dict[str, TeacherSpec], bool]:
+    """Specs with fingerprints (teachers loaded once on CPU, then freed) and whether any is random."""
+    from mt2kd.extract._plugin import load_teachers
+    from mt2kd.extract._tiny import checkpoint_is_random
+
+    teachers = load_teachers(config.teachers, config.precision, "cpu")
+    specs = {name: t.spec for name, t in teachers.items()}
+    random = any(checkpoint_is_random(t.checkpoint) for t in config.teachers)
+    return specs, random
+
+
+def store_attrs(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSpec], random: bool
+                ) -> dict[str, Any]:
+    whisper = specs.get("whisper")
+    return {
+        "run_format": RUN_FORMAT,
+        "run": config.to_dict(),
+        "random_teachers": random,
+        "teachers": {n: {"fingerprint": s.fingerprint, "config": s.config} for n, s in specs.items()},
+        "whisper": None if whisper is None else {k: whisper.config.get(k) for k in ("mode", "layer", "stack")},
+        "plan": {"fingerprint": plan_fingerprint(plan), "num_shards": len(plan.shards), "num_cuts": plan.num_cuts,
+                 "audio_hours": plan.audio_hours, "shard_hours": config.shard_hours},
+    }
+
+
+def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSpec], random: bool
+                  ) -> TeacherStore:
+    """Create the store, or open the existing one and check it was made by the same teachers and plan."""
+    from mt2kd.errors import StoreNotFoundError
+    from mt2kd.store import TeacherStore
+
+    attrs = store_attrs(config, plan, specs, random)
+    if config.overwrite:
+        return TeacherStore.create(config.store, list(specs.values()), attrs=attrs, overwrite=True)
+    try:
+        store = TeacherStore.open(config.store, "a")
+    except StoreNotFoundError:
+        return TeacherStore.create(config.store, list(specs.values()), attrs=attrs)
+    check_resumable(store, specs, attrs["plan"]["fingerprint"])
+    return store
+
+
+def check_resumable(store: TeacherStore, specs: Mapping[str, TeacherSpec], fingerprint: str) -> None:
+    have = {n: s.fingerprint for n, s in store.specs.items()}
+    want = {n: s.fingerprint for n, s in specs.items()}
+    if have != want:
+        raise FingerprintMismatchError(f"{store.url} was written by teachers {have}; this run must use the same "
+                                       f"teachers and options to resume (or pass --overwrite). Got {want}.")
+    old = store.attrs.get("plan", {}).get("fingerprint")
+    if old != fingerprint:
+        raise FingerprintMismatchError(f"{store.url} was planned from other cuts or --shard-hours (plan {old}); "
+                                       f"resuming needs the same inputs (or --overwrite). Got plan {fingerprint}.")
+
+
+def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, progress: bool = True
+            ) -> ExtractSummary:
+    """Run the extraction job that ``mt2kd extract`` runs; returns what it did.
+
+    Examples
+    --------
+    >>> from mt2kd.extract import ExtractConfig, TeacherConfig, extract  # doctest: +SKIP
+    >>> config = ExtractConfig(cuts=("cuts.jsonl.gz",), store="labels.zarr",
+    ...                        teachers=(TeacherConfig.parse("beats=beats.pt"),), workers=2)
+    >>> extract(config).num_failures
+    0
+    """
+    say = echo or (lambda text: print(text, file=sys.stderr))
+    start = time.monotonic()
+    plan = make_plan(config.cuts, config.shard_hours)
+    specs, random = teacher_specs(config)
+    if random:
+        say("NOTE: random-weight teacher checkpoints: the outputs are for tests and demos, not real labels.")
+    summary = dict(store=config.store, num_cuts=plan.num_cuts, num_shards=len(plan.shards),
+                   audio_hours=plan.audio_hours, random_teachers=random)
+    if config.dry_run:
+        say("\n".join(f"{k:<16}: {v}" for k, v in plan.describe(specs)))
+        return ExtractSummary(**summary, num_shards_skipped=0, num_shards_written=0, num_failures=0,
+                              seconds=time.monotonic() - start, dry_run=True)
+    store = prepare_store(config, plan, specs, random)
+    committed = set(store.shards)
+    from mt2kd.store._format import shard_name
+
+    todo = [s for s in plan.shards if shard_name(s.shard_id) not in committed]
+    results = run_tasks(config, plan, todo, say, progress) if todo else []
+    return ExtractSummary(**summary, num_shards_skipped=len(plan.shards) - len(todo),
+                          num_shards_written=sum(r.status != ALREADY_COMMITTED for r in results),
+                          num_failures=len({f[0] for r in results for f in r.failures}),
+                          seconds=time.monotonic() - start)
+
+
+def run_tasks(config: ExtractConfig, plan: Plan, todo: list[Any], say: Callable[[str], None], progress: bool
+              ) -> list[ShardResult]:
+    """Submit one task per shard in ``todo`` and collect them, stopping past ``max_failures``."""
+    from distributed import as_completed
+
+    from mt2kd.extract._cluster import GPU_RESOURCE, dashboard_link, declares_gpus, open_client
+    from mt2kd.extract._plugin import TeacherPlugin
+    from mt2kd.extract._shard import run_shard
+
+    settings = ShardSettings(config.store, config.max_duration, config.decode_threads, config.prefetch_cuts,
+                             config.events_log)
+    done_hours = plan.audio_hours - sum(s.audio_seconds for s in todo) / 3600
+    with open_client(config) as client:
+        link = dashboard_link(client)
+        if link:
+            say(f"dask dashboard: {link}")
+        threads = max(1, int(client.ncores() and min(client.ncores().values()) or 1))
+        client.register_plugin(TeacherPlugin(config.teachers, config.precision, config.device, threads))
+        resources = {GPU_RESOURCE: 1} if declares_gpus(client) else None
+        futures = [client.submit(run_shard, s, settings, key=f"mt2kd-shard-{s.shard_id}", resources=resources,
+                                 pure=False) for s in todo]
+        bar = Progress(plan.audio_hours, len(plan.shards), done_hours, len(plan.shards) - len(todo), progress)
+        try:
+            results = collect(as_completed(futures), bar, config.max_failures, client, futures)
+        finally:
+            bar.close()
+    locked = [r for r in results if r.status == LOCKED]
+    if locked:
+        raise ShardLockedError(f"{len(locked)} shard(s) were being written by another extraction process and were "
+                               f"left to it; rerun this command once it has finished. First: {locked[0].message}")
+    return results
+
+
+def collect(completed: Any, bar: Progress, max_failures: int, client: Any, futures: list[Any]) -> list[ShardResult]:
+    results: list[ShardResult] = []
+    failed: set[str] = set()
+    for future in completed:
+        result: ShardResult = future.result()
+        results.append(result)
+        failed.update(f[0] for f in result.failures)
+        bar.shard_done(result.audio_seconds, len(failed))
+        if 0 <= max_failures < len(failed):
+            client.cancel(futures)
+            raise TooManyFailuresError(f"at most {max_failures} failed cuts are allowed (--max-failures). Got "
+                                       f"{len(failed)}, e.g. {sorted(failed)[:3]}; committed shards stay committed.")
+    return results

@@ -1,0 +1,149 @@
+"""The extraction plan: which cut goes into which shard, and how much it will produce.
+
+Cuts are read lazily from the manifests in the order given, and a shard is
+closed once adding the next cut would take it over ``shard_hours`` of audio.
+The same inputs always give the same shards (shard IDs are their position in
+the plan), which is what lets a rerun skip the shards already committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from mt2kd.errors import ConfigError, DuplicateCutError
+from mt2kd.store import TeacherSpec
+
+SECONDS_PER_HOUR = 3600.0
+BYTES_PER_VALUE = {"float16": 2, "float32": 4}  # on-disk bytes of one value, before compression
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One task of the job: a shard ID and the cuts it holds (lhotse cut dicts, absolute audio paths)."""
+
+    shard_id: int  # position in the plan; the store names it by this number
+    cuts: tuple[dict[str, Any], ...]  # cut dicts as lhotse writes them, recording paths made absolute
+    audio_seconds: float  # s of audio in the shard (sum of cut durations)
+
+    @property
+    def cut_ids(self) -> list[str]:
+        return [c["id"] for c in self.cuts]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """All shards of a run, with totals; ``describe`` gives the dry-run text."""
+
+    shards: tuple[ShardTask, ...]  # in plan order
+    num_cuts: int  # cuts over all manifests
+    audio_seconds: float  # s of audio over all manifests
+
+    @property
+    def audio_hours(self) -> float:
+        return self.audio_seconds / SECONDS_PER_HOUR
+
+    def expected_bytes(self, specs: Mapping[str, TeacherSpec]) -> dict[str, int]:
+        """Uncompressed bytes each teacher will write (frames from each cut's duration)."""
+        return {name: expected_teacher_bytes(spec, self.durations()) for name, spec in specs.items()}
+
+    def durations(self) -> Iterator[float]:
+        return (float(c["duration"]) for s in self.shards for c in s.cuts)
+
+    def describe(self, specs: Mapping[str, TeacherSpec]) -> list[tuple[str, str]]:
+        """``key : value`` lines of the dry-run output."""
+        lines = [("Cuts", f"{self.num_cuts:,}"), ("Audio", f"{self.audio_hours:.3f} h"),
+                 ("Shards", f"{len(self.shards):,}")]
+        for name, num_bytes in self.expected_bytes(specs).items():
+            spec = specs[name]
+            shape = f"[T, {spec.dim}] at {spec.frame_rate:g} Hz" if spec.kind == "frames" else f"[{spec.dim}]"
+            lines.append((f"Teacher {name}", f"{shape} {spec.dtype}, {_human(num_bytes)} before compression"))
+        return lines
+
+
+def expected_frames(spec: TeacherSpec, duration: float) -> int:
+    """Frames (or 1 for a clip output) a teacher should give a cut of ``duration`` seconds."""
+    if spec.kind == "clip":
+        return 1
+    stack = int(spec.config.get("stack", 0) or 0)
+    if spec.name == "whisper" and stack:
+        from mt2kd.extract._frames import num_stacked_frames_for_duration
+
+        return num_stacked_frames_for_duration(duration, stack)
+    return int(duration * float(spec.frame_rate or 0))
+
+
+def expected_teacher_bytes(spec: TeacherSpec, durations: Iterator[float]) -> int:
+    rows = sum(expected_frames(spec, d) for d in durations)
+    return rows * spec.dim * BYTES_PER_VALUE[spec.dtype]
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if num_bytes < 1024 or unit == "TiB":
+            return f"{num_bytes:,.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:,.1f} TiB"
+
+
+# ---------------------------------------------------------------- reading manifests
+
+
+def iter_cut_dicts(manifest: str) -> Iterator[dict[str, Any]]:
+    """Cut dicts of a manifest, read lazily through lhotse, with audio paths made absolute.
+
+    A relative recording path is looked up next to the manifest first (so a
+    corpus folder works from anywhere) and then in the working directory.
+    """
+    from lhotse import CutSet
+
+    if not os.path.isfile(manifest):
+        raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {manifest!r}.")
+    folder = os.path.dirname(os.path.abspath(manifest))
+    for cut in CutSet.from_jsonl_lazy(manifest):
+        data = cut.to_dict()
+        _absolute_sources(data, folder)
+        yield data
+
+
+def _absolute_sources(data: dict[str, Any], folder: str) -> None:
+    for source in data.get("recording", {}).get("sources", []):
+        path = source.get("source")
+        if source.get("type") != "file" or not isinstance(path, str) or os.path.isabs(path) or "://" in path:
+            continue
+        beside = os.path.join(folder, path)
+        source["source"] = beside if os.path.exists(beside) else os.path.abspath(path)
+
+
+def make_plan(manifests: Sequence[str], shard_hours: float) -> Plan:
+    """Assign every cut of ``manifests`` to a shard; duplicate cut IDs are an error naming both manifests.
+
+    Examples
+    --------
+    >>> plan = make_plan(["speech_cuts.jsonl.gz"], shard_hours=0.01)  # doctest: +SKIP
+    >>> len(plan.shards), plan.num_cuts
+    (2, 24)
+    """
+    limit = shard_hours * SECONDS_PER_HOUR
+    seen: dict[str, str] = {}
+    shards: list[ShardTask] = []
+    current: list[dict[str, Any]] = []
+    seconds = total = 0.0
+    for manifest in manifests:
+        for data in iter_cut_dicts(manifest):
+            cut_id, duration = data["id"], float(data["duration"])
+            if cut_id in seen:
+                raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} in both "
+                                        f"{seen[cut_id]} and {manifest}.")
+            seen[cut_id] = manifest
+            if current and seconds + duration > limit:
+                shards.append(ShardTask(len(shards), tuple(current), seconds))
+                current, seconds = [], 0.0
+            current.append(data)
+            seconds += duration
+            total += duration
+    if current:
+        shards.append(ShardTask(len(shards), tuple(current), seconds))
+    return Plan(tuple(shards), len(seen), total)

@@ -1,0 +1,86 @@
+"""Teachers that live on a dask worker: loaded once when the worker starts, freed when it stops."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from distributed import WorkerPlugin
+
+from mt2kd.extract._config import TeacherConfig
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+    from mt2kd.extract._teacher import Teacher
+
+PLUGIN_NAME = "mt2kd-teachers"
+
+
+def load_teachers(configs: Sequence[TeacherConfig], precision: str, device: str) -> dict[str, Teacher]:
+    """Load each configured teacher (``precision`` unless its options name one) onto ``device``."""
+    from mt2kd.extract._teacher import load_teacher
+
+    teachers = {}
+    for config in configs:
+        options = {"precision": precision, **config.options}
+        teachers[config.name] = load_teacher(config.name, config.checkpoint, **options).to(device)
+    return teachers
+
+
+def worker_device(device: str, worker_name: Any) -> str:
+    """``cuda`` on a machine with several GPUs: local worker N takes GPU N (modulo the count)."""
+    if device != "cuda":
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    if count > 1 and isinstance(worker_name, int):
+        return f"cuda:{worker_name % count}"
+    return device
+
+
+class TeacherPlugin(WorkerPlugin):
+    """Loads the run's teachers into a worker at setup; tasks find them in ``worker.plugins``.
+
+    Examples
+    --------
+    >>> client.register_plugin(TeacherPlugin(config.teachers, "fp32", "cpu", 1))  # doctest: +SKIP
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, configs: Sequence[TeacherConfig], precision: str, device: str, num_threads: int) -> None:
+        self.configs = tuple(configs)
+        self.precision, self.device, self.num_threads = precision, device, num_threads
+        self.teachers: dict[str, Teacher] = {}
+
+    def setup(self, worker: Worker) -> None:
+        import torch
+
+        # workers share the machine's cores: without this each one starts a thread per core
+        torch.set_num_threads(self.num_threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(self.num_threads))
+        self.teachers = load_teachers(self.configs, self.precision, worker_device(self.device, worker.name))
+
+    def teardown(self, worker: Worker) -> None:
+        self.teachers.clear()
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def worker_teachers() -> dict[str, Teacher]:
+    """The teachers the plugin loaded into the worker running the current task."""
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, TeacherPlugin) or not plugin.teachers:
+        from mt2kd.errors import ConfigError
+
+        raise ConfigError(f"a worker must have the {PLUGIN_NAME} plugin registered before shard tasks run. Got none.")
+    return plugin.teachers

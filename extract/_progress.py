@@ -1,0 +1,71 @@
+"""Progress of a run in the units people think in: audio hours done, hours per second, ETA, shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any
+
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractSummary:
+    """What a run did; ``line()`` is the final summary printed by the CLI."""
+
+    store: str  # the store written
+    num_cuts: int  # cuts in the plan
+    num_shards: int  # shards in the plan
+    num_shards_skipped: int  # committed before this run started (resume)
+    num_shards_written: int  # committed by this run
+    num_failures: int  # distinct cuts this run recorded a failure for
+    audio_hours: float  # h of audio in the plan
+    seconds: float  # wall time of the run
+    dry_run: bool = False
+    random_teachers: bool = False  # the store was built from random-weight checkpoints
+
+    def line(self) -> str:
+        if self.dry_run:
+            return f"dry run: {self.num_cuts:,} cuts, {self.audio_hours:.3f} h, {self.num_shards:,} shards; nothing written"
+        rate = self.audio_hours / self.seconds if self.seconds > 0 else 0.0
+        text = (f"done: {self.num_shards_written} shards written, {self.num_shards_skipped} already committed, "
+                f"{self.num_shards} in the plan; {self.num_cuts:,} cuts, {self.audio_hours:.3f} h of audio, "
+                f"{self.num_failures} failed cuts; {self.seconds:.1f} s ({rate * SECONDS_PER_HOUR:.1f} audio-s/s) "
+                f"-> {self.store}")
+        return text + ("  [RANDOM teachers: outputs are not real labels]" if self.random_teachers else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Progress:
+    """A tqdm bar over audio hours with shards done and failures as a postfix."""
+
+    def __init__(self, total_hours: float, num_shards: int, done_hours: float = 0.0, num_done: int = 0,
+                 enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.num_shards, self.num_done, self.num_failures = num_shards, num_done, 0
+        self.start = time.monotonic()
+        self.bar = tqdm(total=round(total_hours, 6), initial=round(done_hours, 6), unit="h", desc="extract",
+                        file=sys.stderr, disable=not enabled, dynamic_ncols=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4f}/{total:.4f} audio h "
+                                   "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        self._postfix()
+
+    def shard_done(self, audio_seconds: float, num_failures: int) -> None:
+        self.num_done += 1
+        self.num_failures = num_failures
+        self._postfix()
+        self.bar.update(round(audio_seconds / SECONDS_PER_HOUR, 6))
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"shards {self.num_done}/{self.num_shards}, failed cuts {self.num_failures}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.start

@@ -1,0 +1,146 @@
+"""One task of the job: decode a shard's cuts, run the teachers, write the shard, commit it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mt2kd.errors import ShardCommittedError, ShardLockedError, ValidationError
+from mt2kd.extract._audio import CutAudio, batches, by_duration, prefetched
+from mt2kd.extract._plan import ShardTask
+
+if TYPE_CHECKING:
+    from mt2kd.extract._teacher import Teacher
+    from mt2kd.store import ShardWriter
+
+COMMITTED, ALREADY_COMMITTED, LOCKED = "committed", "already committed", "locked by another writer"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSettings:
+    """What a task needs besides its shard: where to write and how to batch and decode."""
+
+    store_url: str  # the store, opened in each task (stores pickle as their URL anyway)
+    max_duration: float  # s of audio per teacher batch
+    decode_threads: int  # background decoding threads
+    prefetch_cuts: int  # decoded cuts kept ready ahead of the model
+    events_log: str = ""  # JSON-lines file of shard starts and commits ("" for none)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+    """What a task reports back to the client."""
+
+    shard_id: int
+    status: str  # COMMITTED, ALREADY_COMMITTED or LOCKED
+    num_cuts: int  # cuts with at least one teacher output
+    failures: tuple[tuple[str, str | None, str], ...]  # (cut ID, teacher or None, reason)
+    audio_seconds: float
+    message: str = ""
+
+
+def log_event(path: str, event: str, shard_id: int) -> None:
+    """Append one line to the events log; small O_APPEND writes do not interleave."""
+    if not path:
+        return
+    line = json.dumps({"event": event, "shard": shard_id, "pid": os.getpid(), "host": socket.gethostname(),
+                       "time": time.time()}) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def run_shard(task: ShardTask, settings: ShardSettings) -> ShardResult:
+    """The dask task: the worker's teachers (from its plugin) turn ``task`` into a committed shard."""
+    from mt2kd.extract._plugin import worker_teachers
+
+    return write_shard(task, settings, worker_teachers())
+
+
+def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher]) -> ShardResult:
+    """Write one shard with ``teachers``; a shard that another attempt committed or holds is not an error."""
+    from mt2kd.store import TeacherStore
+
+    store = TeacherStore.open(settings.store_url, "a")
+    log_event(settings.events_log, "start", task.shard_id)
+    failures: list[tuple[str, str | None, str]] = []
+    try:
+        with store.shard_writer(task.shard_id) as writer:
+            num_cuts = fill_shard(writer, task, settings, teachers, failures)
+    except ShardCommittedError as e:
+        # a second run of this task (dask retry, or another process) got there first: same plan, same store
+        return ShardResult(task.shard_id, ALREADY_COMMITTED, 0, (), task.audio_seconds, str(e))
+    except ShardLockedError as e:
+        return ShardResult(task.shard_id, LOCKED, 0, (), 0.0, str(e))
+    log_event(settings.events_log, "commit", task.shard_id)
+    return ShardResult(task.shard_id, COMMITTED, num_cuts, tuple(failures), task.audio_seconds)
+
+
+def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher],
+               failures: list[tuple[str, str | None, str]]) -> int:
+    """Decode ahead, batch by duration, run every teacher, put each cut; returns the cuts put."""
+    num_cuts = 0
+    decoded = prefetched(by_duration(task.cuts), settings.decode_threads, settings.prefetch_cuts)
+    for batch, bad in batches(decoded, settings.max_duration):
+        for failure in bad:
+            writer.record_failure(failure.cut_id, failure.reason)
+            failures.append((failure.cut_id, None, failure.reason))
+        outputs = {name: run_teacher(teacher, batch) for name, teacher in teachers.items()}
+        for i, cut in enumerate(batch):
+            num_cuts += put_cut(writer, cut, {name: out[i] for name, out in outputs.items()}, failures)
+    return num_cuts
+
+
+def run_teacher(teacher: Teacher, batch: Sequence[CutAudio]) -> list[np.ndarray | str]:
+    """The teacher's output per cut, or the reason it has none; a failing batch is retried cut by cut."""
+    if not batch:
+        return []
+    try:
+        return list(teacher.extract([c.samples for c in batch]))
+    except Exception:  # noqa: BLE001 - find the cut that broke the batch; the others still get outputs
+        results: list[np.ndarray | str] = []
+        for cut in batch:
+            try:
+                results.append(teacher.extract([cut.samples])[0])
+            except Exception as e:  # noqa: BLE001 - recorded as this cut's failure
+                results.append(f"teacher {teacher.name} failed: {type(e).__name__}: {str(e)[:300]}")
+        return results
+
+
+def output_problem(output: np.ndarray) -> str | None:
+    if output.size == 0:
+        return f"empty output (shape {list(output.shape)}): cut too short for one frame"
+    num_bad = int(output.size - np.count_nonzero(np.isfinite(output)))
+    return f"non-finite output: {num_bad} NaN/Inf values" if num_bad else None
+
+
+def put_cut(writer: ShardWriter, cut: CutAudio, outputs: Mapping[str, np.ndarray | str],
+            failures: list[tuple[str, str | None, str]]) -> int:
+    """Put the good outputs of one cut and record each teacher's failure; 1 if anything was put."""
+    good: dict[str, np.ndarray] = {}
+    for name, output in outputs.items():
+        problem = output if isinstance(output, str) else output_problem(output)
+        if problem is None and not isinstance(output, str):
+            good[name] = output
+        else:
+            writer.record_failure(cut.cut_id, str(problem), teacher=name)
+            failures.append((cut.cut_id, name, str(problem)))
+    if not good:
+        return 0
+    try:
+        writer.put(cut.cut_id, good)
+    except ValidationError as e:  # e.g. beyond the float16 range: the store refuses it, we record why
+        writer.record_failure(cut.cut_id, f"output refused by the store: {e}")
+        failures.append((cut.cut_id, None, f"output refused by the store: {e}"))
+        return 0
+    return 1
+
+
+def result_dict(result: ShardResult) -> dict[str, Any]:
+    return dataclasses.asdict(result)
