@@ -7,6 +7,7 @@ run continues as if it had never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,28 @@ def eden_factor(step: int, warmup_steps: int, lr_steps: float) -> float:
     warmup = min(1.0, (step + 1) / max(1, warmup_steps))
     decay = ((step**2 + lr_steps**2) / lr_steps**2) ** -0.25
     return warmup * decay
+
+
+def student_config_for(cfg: TrainConfig) -> StudentConfig:
+    """The preset, with head sizes taken from the store's specs (whisper-medium frames are 2048-D, not 2560).
+
+    A teacher the store lacks keeps the preset's size; its loss is then 0.
+    """
+    from mt2kd.train._data import LazyStores
+
+    specs = LazyStores(cfg.stores).get().specs
+    sizes = {}
+    for field, teacher, kind in (("teacher_frame_dim", cfg.whisper_teacher, "frames"),
+                                 ("num_classes", cfg.beats_teacher, "clip"),
+                                 ("embedding_dim", cfg.ecapa_teacher, "clip")):
+        spec = specs.get(teacher)
+        if spec is None:
+            log.warning("the stores hold no teacher %r: its KD term stays 0", teacher)
+            continue
+        if spec.kind != kind:
+            raise ConfigError(f"teacher {teacher!r} must be a {kind!r} teacher for {field}. Got {spec.kind!r}.")
+        sizes[field] = spec.dim
+    return dataclasses.replace(StudentConfig.preset(cfg.student), **sizes)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -76,7 +99,7 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world_size, local_rank = _distributed()
         self.device = _device(cfg, local_rank)
-        self.student_config = StudentConfig.preset(cfg.student)
+        self.student_config = student_config_for(cfg)
         torch.manual_seed(cfg.seed)
         self.model = Student(self.student_config).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -49,24 +49,25 @@ def _make_cuts(folder: Path, prefix: str, durations: list[float], seed: int):
     return CutSet.from_cuts(cuts)
 
 
-def _targets(cut, seed: int) -> dict[str, np.ndarray]:
+def _targets(cut, seed: int, whisper_dim: int = WHISPER_DIM) -> dict[str, np.ndarray]:
     idx = int(cut.id.rsplit("-", 1)[1])
     shared = np.random.default_rng(1000 + seed)
     own = np.random.default_rng([seed, idx])
     num_frames = teacher_frames(cut.num_samples)
-    frame_offset = shared.normal(0.0, 1.0, WHISPER_DIM)
-    frames = frame_offset + 0.3 * own.standard_normal((num_frames, WHISPER_DIM))
+    frame_offset = shared.normal(0.0, 1.0, whisper_dim)
+    frames = frame_offset + 0.3 * own.standard_normal((num_frames, whisper_dim))
     logits = 4.0 * np.sign(shared.standard_normal(NUM_CLASSES)) + 0.5 * own.standard_normal(NUM_CLASSES)
     embedding = 3.0 * shared.standard_normal(EMBEDDING_DIM) + own.standard_normal(EMBEDDING_DIM)
     return {"whisper": frames.astype(np.float32), "beats": logits.astype(np.float32),
             "ecapa": embedding.astype(np.float32)}
 
 
-def _fill_store(path: Path, cuts, seed: int = 0, missing: dict[str, set[str]] | None = None):
+def _fill_store(path: Path, cuts, seed: int = 0, missing: dict[str, set[str]] | None = None,
+                whisper_dim: int = WHISPER_DIM):
     from mt2kd.store import TeacherSpec, TeacherStore
 
     specs = [
-        TeacherSpec("whisper", "frames", WHISPER_DIM, frame_rate=25.0),
+        TeacherSpec("whisper", "frames", whisper_dim, frame_rate=25.0),
         TeacherSpec("beats", "clip", NUM_CLASSES),
         TeacherSpec("ecapa", "clip", EMBEDDING_DIM),
     ]
@@ -74,7 +75,8 @@ def _fill_store(path: Path, cuts, seed: int = 0, missing: dict[str, set[str]] | 
     missing = missing or {}
     with store.shard_writer(0) as writer:
         for cut in cuts:
-            arrays = {k: v for k, v in _targets(cut, seed).items() if cut.id not in missing.get(k, set())}
+            targets = _targets(cut, seed, whisper_dim)
+            arrays = {k: v for k, v in targets.items() if cut.id not in missing.get(k, set())}
             writer.put(cut.id, arrays)
     return path
 
@@ -87,7 +89,7 @@ def make_cuts(tmp_path: Path) -> Callable:
 
 @pytest.fixture
 def fill_store() -> Callable:
-    """``fill_store(path, cuts, seed=0, missing={teacher: {cut_id}}) -> path``."""
+    """``fill_store(path, cuts, seed=0, missing={teacher: {cut_id}}, whisper_dim=2560) -> path``."""
     return _fill_store
 
 

@@ -135,3 +135,15 @@ def test_cli_rejects_a_bad_value_with_a_usage_error(tmp_path, corpus) -> None:
     result = CliRunner().invoke(main, [*args, "--student", "huge"])
     assert result.exit_code == 2 and "student must be one of ['paper', 'tiny']. Got 'huge'." in result.output
     assert not list(tmp_path.glob("checkpoint-*.pt"))
+
+
+def test_head_sizes_follow_the_store(tmp_path, make_cuts, fill_store) -> None:
+    cuts = make_cuts("utt", [0.6, 0.8, 1.0, 1.2])
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    store = fill_store(tmp_path / "t.zarr", cuts, whisper_dim=48)  # a smaller whisper than large-v3
+    corpus = {"manifest": str(manifest), "store": str(store)}
+    history = train(_config(corpus, tmp_path / "exp", num_steps=2))
+    model, config = load_student(list_checkpoints(tmp_path / "exp")[-1])
+    assert config.teacher_frame_dim == 48 and model.asr_head.out_features == 48
+    assert history[-1]["whisper"] > 0
