@@ -65,8 +65,8 @@ def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else ""
+    # decoder messages span lines ("failed. Details:\n..."): keep one line of the useful part
+    return " ".join(str(error).split())[:400]
 
 
 def prefetched(cuts: Sequence[dict[str, Any]], num_threads: int, depth: int

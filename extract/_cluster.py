@@ -41,6 +41,7 @@ def make_slurm_cluster(config: ExtractConfig) -> Any:
         job_extra_directives=directives,
         worker_extra_args=worker_args,
         job_name="mt2kd-extract",
+        scheduler_options={"dashboard_address": LOCAL_DASHBOARD},
     )
 
 

@@ -1,0 +1,107 @@
+"""The job on a real LocalCluster with 2 workers: the demo corpus end to end, bad input, resume checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mt2kd.errors import FingerprintMismatchError, TooManyFailuresError
+from mt2kd.extract._config import ExtractConfig, TeacherConfig
+from mt2kd.extract._job import extract
+from mt2kd.extract._plan import make_plan
+from mt2kd.store import TeacherStore
+from mt2kd.tests.extract._corpus import BAD_CASES, DEMO, make_bad_corpus
+
+DEMO_CUTS = (str(DEMO / "speech_cuts.jsonl.gz"), str(DEMO / "events_cuts.jsonl.gz"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from mt2kd.extract import make_tiny_checkpoints
+
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("teachers"))
+
+
+def config_for(tiny: dict[str, Path], cuts: tuple[str, ...], store: Path, **fields: Any) -> ExtractConfig:
+    teachers = tuple(TeacherConfig(name, str(path)) for name, path in tiny.items())
+    return ExtractConfig(cuts=cuts, store=str(store), teachers=teachers, workers=2, max_duration=8.0, **fields)
+
+
+def direct_outputs(tiny: dict[str, Path], cut: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Each teacher called alone on the cut, audio decoded here through lhotse."""
+    from lhotse.serialization import deserialize_item
+
+    from mt2kd.extract import load_teacher
+
+    audio = deserialize_item(cut).resample(16_000).load_audio()
+    samples = np.asarray(audio, np.float32).mean(axis=0)
+    return {name: load_teacher(name, path).extract([samples])[0] for name, path in tiny.items()}
+
+
+def assert_same(stored: dict[str, np.ndarray], direct: dict[str, np.ndarray], cut_id: str) -> None:
+    assert set(stored) == set(direct), cut_id
+    for name, value in direct.items():
+        # whisper frames are kept as float16: compare at that precision
+        rtol, atol = (2e-3, 2e-3) if stored[name].dtype == np.float16 else (1e-4, 1e-5)
+        np.testing.assert_allclose(stored[name].astype(np.float32), value, rtol=rtol, atol=atol, err_msg=cut_id)
+
+
+@pytest.fixture(scope="module")
+def demo_store(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[ExtractConfig, Any]:
+    config = config_for(tiny, DEMO_CUTS, tmp_path_factory.mktemp("demo") / "store", shard_hours=0.01)
+    return config, extract(config, progress=False)
+
+
+def test_demo_corpus_end_to_end_equals_each_teacher_alone(tiny: dict[str, Path], demo_store: Any) -> None:
+    config, summary = demo_store
+    plan = make_plan(config.cuts, config.shard_hours)
+    store = TeacherStore.open(config.store)
+    assert summary.num_shards_written == len(plan.shards) == 3 and summary.num_failures == 0
+    assert sorted(store.cut_ids()) == sorted(i for s in plan.shards for i in s.cut_ids)
+    assert store.verify({c["id"]: c["duration"] for s in plan.shards for c in s.cuts}) == []
+    assert store.attrs["random_teachers"] is True and store.attrs["whisper"]["mode"] == "trim"
+    for cut in (plan.shards[0].cuts[0], plan.shards[1].cuts[-1], plan.shards[2].cuts[-1]):
+        assert_same(store.get(cut["id"]), direct_outputs(tiny, cut), cut["id"])
+
+
+def test_rerun_skips_committed_shards_and_other_options_are_refused(tiny: dict[str, Path], demo_store: Any) -> None:
+    config, _ = demo_store
+    again = extract(config, progress=False)
+    assert again.num_shards_skipped == 3 and again.num_shards_written == 0
+    layer0 = dataclasses.replace(config, teachers=tuple(
+        dataclasses.replace(t, options={"layer": 0}) if t.name == "whisper" else t for t in config.teachers))
+    with pytest.raises(FingerprintMismatchError, match="--overwrite"):
+        extract(layer0, progress=False)
+    with pytest.raises(FingerprintMismatchError, match="plan"):
+        extract(dataclasses.replace(config, shard_hours=0.02), progress=False)
+
+
+def test_bad_input_is_recorded_with_its_reason_and_the_rest_is_correct(tiny: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    manifest = make_bad_corpus(tmp_path / "bad")
+    config = config_for(tiny, (str(manifest),), tmp_path / "store", shard_hours=0.001)
+    summary = extract(config, progress=False)
+    store = TeacherStore.open(config.store)
+    reasons = {f["cut_id"]: f["reason"] for f in store.failures() if f["teacher"] is None}
+    expected_bad = {cut_id: reason for cut_id, reason in BAD_CASES.items() if reason}
+    assert set(reasons) == set(expected_bad) and summary.num_failures == len(expected_bad)
+    for cut_id, reason in expected_bad.items():
+        assert reasons[cut_id].startswith(reason), (cut_id, reasons[cut_id])
+    assert sorted(store.cut_ids()) == sorted(c for c, r in BAD_CASES.items() if r is None)
+    assert store.verify() == []
+    plan = make_plan(config.cuts, config.shard_hours)
+    for cut in (c for s in plan.shards for c in s.cuts if BAD_CASES[c["id"]] is None):
+        assert_same(store.get(cut["id"]), direct_outputs(tiny, cut), cut["id"])
+
+
+def test_max_failures_stops_the_job_and_committed_shards_stay(tiny: dict[str, Path], tmp_path: Path) -> None:
+    manifest = make_bad_corpus(tmp_path / "bad")
+    config = config_for(tiny, (str(manifest),), tmp_path / "store", shard_hours=0.0001, max_failures=1)
+    with pytest.raises(TooManyFailuresError, match="at most 1 failed cuts"):
+        extract(config, progress=False)
+    store = TeacherStore.open(config.store)
+    assert len(store.failures()) >= 2 and store.verify() == []

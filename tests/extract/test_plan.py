@@ -1,0 +1,91 @@
+"""The plan: deterministic shards, duplicate IDs across inputs, relative paths, the dry run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mt2kd.errors import ConfigError, DuplicateCutError
+from mt2kd.extract._config import ExtractConfig, TeacherConfig
+from mt2kd.extract._plan import SECONDS_PER_HOUR, expected_frames, make_plan
+from mt2kd.store import TeacherSpec
+from mt2kd.tests.extract._corpus import DEMO, cut, tone, write_manifest
+
+SPEECH = str(DEMO / "speech_cuts.jsonl.gz")
+EVENTS = str(DEMO / "events_cuts.jsonl.gz")
+
+
+def test_shards_hold_at_most_shard_hours_and_keep_manifest_order() -> None:
+    shard_hours = 0.004
+    plan = make_plan([SPEECH, EVENTS], shard_hours)
+    again = make_plan([SPEECH, EVENTS], shard_hours)
+    assert [s.cut_ids for s in plan.shards] == [s.cut_ids for s in again.shards]
+    flat = [i for s in plan.shards for i in s.cut_ids]
+    assert len(flat) == len(set(flat)) == plan.num_cuts == 44
+    assert flat[0].startswith("spk-") and flat[-1].startswith("event-")
+    assert [s.shard_id for s in plan.shards] == list(range(len(plan.shards)))
+    for shard in plan.shards:
+        assert len(shard.cuts) == 1 or shard.audio_seconds <= shard_hours * SECONDS_PER_HOUR
+    assert sum(s.audio_seconds for s in plan.shards) == pytest.approx(plan.audio_seconds)
+
+
+def test_relative_recording_paths_resolve_next_to_the_manifest() -> None:
+    plan = make_plan([SPEECH], 1.0)
+    source = plan.shards[0].cuts[0]["recording"]["sources"][0]["source"]
+    assert Path(source).is_absolute() and Path(source).is_file()
+    assert Path(source).parent == DEMO / "speech"
+
+
+def test_duplicate_ids_across_inputs_name_both_manifests(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.flac", tone(1.0), 16_000)
+    first = write_manifest([cut("spk-anna-00", tmp_path / "a.flac", 16_000, 16_000)], tmp_path / "extra.jsonl.gz")
+    with pytest.raises(DuplicateCutError) as caught:
+        make_plan([SPEECH, str(first)], 1.0)
+    assert "spk-anna-00" in str(caught.value) and SPEECH in str(caught.value) and str(first) in str(caught.value)
+
+
+def test_expected_frames_follow_the_whisper_frame_math() -> None:
+    whisper = TeacherSpec("whisper", "frames", 8, frame_rate=25.0, config={"stack": 2})
+    beats = TeacherSpec("beats", "clip", 527)
+    assert expected_frames(whisper, 1.0) == 25
+    assert expected_frames(whisper, 2.53) == ((40480 // 160 + 1) // 2) // 2
+    assert expected_frames(beats, 7.0) == 1
+    plan = make_plan([EVENTS], 1.0)
+    assert plan.expected_bytes({"beats": beats}) == {"beats": 20 * 527 * 4}
+
+
+def test_teacher_flag_parses_checkpoint_and_options() -> None:
+    parsed = TeacherConfig.parse("whisper=/ckpt/v3.pt:layer=-1,mode=trim,stack=2")
+    assert parsed == TeacherConfig("whisper", "/ckpt/v3.pt", {"layer": -1, "mode": "trim", "stack": 2})
+    assert TeacherConfig.parse(parsed.to_text()) == parsed
+    assert TeacherConfig.parse("ecapa=C:/models/ecapa").checkpoint == "C:/models/ecapa"
+    with pytest.raises(ConfigError, match="NAME=CHECKPOINT"):
+        TeacherConfig.parse("whisper")
+
+
+def test_config_round_trips_and_refuses_bad_fields() -> None:
+    config = ExtractConfig(cuts=(SPEECH,), store="s", teachers=(TeacherConfig("beats", "b.pt"),),
+                           slurm_job_extra=("--constraint=a100",))
+    assert ExtractConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="shard_hours must be > 0. Got 0"):
+        ExtractConfig(cuts=(SPEECH,), store="s", teachers=config.teachers, shard_hours=0)
+    with pytest.raises(ConfigError, match="unknown extract config fields"):
+        ExtractConfig.from_dict({**config.to_dict(), "gpus": 3})
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
+    from mt2kd.cli import main
+    from mt2kd.extract import make_tiny_checkpoints
+
+    paths = make_tiny_checkpoints(tmp_path / "teachers")
+    args = ["extract", "--cuts", SPEECH, "--cuts", EVENTS, "--store", str(tmp_path / "store"), "--dry-run",
+            "--shard-hours", "0.01"] + [a for n, p in paths.items() for a in ("--teacher", f"{n}={p}")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Cuts            : 44" in result.output and "Shards          : 3" in result.output
+    assert "Teacher whisper" in result.output and "random-weight" in result.output
+    assert not (tmp_path / "store").exists()
