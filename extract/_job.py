@@ -57,7 +57,7 @@ def store_attrs(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSp
 def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSpec], random: bool
                   ) -> TeacherStore:
     """Create the store, or open the existing one and check it was made by the same teachers and plan."""
-    from mt2kd.errors import StoreNotFoundError
+    from mt2kd.errors import StoreError, StoreNotFoundError
     from mt2kd.store import TeacherStore
 
     attrs = store_attrs(config, plan, specs, random)
@@ -66,7 +66,10 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
     try:
         store = TeacherStore.open(config.store, "a")
     except StoreNotFoundError:
-        return TeacherStore.create(config.store, list(specs.values()), attrs=attrs)
+        try:
+            return TeacherStore.create(config.store, list(specs.values()), attrs=attrs)
+        except StoreError:  # another process started on the same new store a moment before us
+            store = TeacherStore.open(config.store, "a")
     check_resumable(store, specs, attrs["plan"]["fingerprint"])
     return store
 

@@ -1,0 +1,119 @@
+"""Killing and rerunning the job, and two jobs on one store at once (CLI subprocesses, 2 local workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mt2kd.extract._config import ExtractConfig, TeacherConfig
+from mt2kd.extract._job import extract
+from mt2kd.extract._plan import make_plan
+from mt2kd.store import TeacherStore
+from mt2kd.tests.extract._corpus import DEMO
+
+pytestmark = pytest.mark.slow  # each test runs the job two or three times (about 2 minutes on 2 cores)
+
+DEMO_CUTS = (str(DEMO / "speech_cuts.jsonl.gz"), str(DEMO / "events_cuts.jsonl.gz"))
+SHARD_HOURS = 0.002  # about 15 shards of the demo corpus: enough to kill in the middle
+POLL_S = 0.05  # s between looks at the events log
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from mt2kd.extract import make_tiny_checkpoints
+
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("teachers"))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> TeacherStore:
+    """An uninterrupted run of the same job."""
+    config = ExtractConfig(cuts=DEMO_CUTS, store=str(tmp_path_factory.mktemp("ref") / "store"),
+                           teachers=tuple(TeacherConfig(n, str(p)) for n, p in tiny.items()),
+                           workers=2, max_duration=8.0, shard_hours=SHARD_HOURS)
+    extract(config, progress=False)
+    return TeacherStore.open(config.store)
+
+
+def cli_args(tiny: dict[str, Path], store: Path, events: Path) -> list[str]:
+    args = [sys.executable, "-m", "mt2kd", "extract", "--store", str(store), "--workers", "2",
+            "--max-duration", "8", "--shard-hours", str(SHARD_HOURS), "--events-log", str(events)]
+    args += [a for c in DEMO_CUTS for a in ("--cuts", c)]
+    return args + [a for n, p in tiny.items() for a in ("--teacher", f"{n}={p}")]
+
+
+def events_of(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def shards_with(events: list[dict[str, Any]], kind: str) -> set[int]:
+    return {e["shard"] for e in events if e["event"] == kind}
+
+
+def spawn(args: list[str], output: Path) -> subprocess.Popen[bytes]:
+    # own process group: SIGKILL reaches the client, the scheduler and every worker, as on a killed SLURM job
+    with open(output, "wb") as out:
+        return subprocess.Popen(args, cwd=REPO.parent, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+
+
+def assert_equal_stores(got: TeacherStore, want: TeacherStore) -> None:
+    assert sorted(got.cut_ids()) == sorted(want.cut_ids())
+    for cut_id in want.cut_ids():
+        a, b = got.get(cut_id), want.get(cut_id)
+        assert set(a) == set(b) and all(np.array_equal(a[t], b[t]) for t in b), cut_id
+
+
+def test_sigkill_mid_run_then_rerun_recomputes_only_shards_in_flight(tiny: dict[str, Path], reference: TeacherStore,
+                                                                     tmp_path: Path) -> None:
+    store, first_log = tmp_path / "store", tmp_path / "first.jsonl"
+    job = spawn(cli_args(tiny, store, first_log), tmp_path / "first.out")
+    while not shards_with(events_of(first_log), "commit") and job.poll() is None:
+        time.sleep(POLL_S)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    at_kill = events_of(first_log)
+    in_flight = shards_with(at_kill, "start") - shards_with(at_kill, "commit")
+    num_shards = len(make_plan(DEMO_CUTS, SHARD_HOURS).shards)
+    assert 0 < len(shards_with(at_kill, "commit")) < num_shards, "the kill must land mid-run"
+
+    second_log = tmp_path / "second.jsonl"
+    rerun = subprocess.run(cli_args(tiny, store, second_log), cwd=REPO.parent, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    recomputed = shards_with(events_of(second_log), "start") & shards_with(at_kill, "start")
+    assert len(recomputed) <= len(in_flight)
+    assert not shards_with(events_of(second_log), "start") & shards_with(at_kill, "commit")
+    resumed = TeacherStore.open(store)
+    assert resumed.verify() == [] and len(resumed.shards) == num_shards
+    assert_equal_stores(resumed, reference)
+
+
+def test_two_jobs_on_one_store_lose_and_mix_nothing(tiny: dict[str, Path], reference: TeacherStore,
+                                                    tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    jobs = [spawn(cli_args(tiny, store, tmp_path / f"job{i}.jsonl"), tmp_path / f"job{i}.out") for i in range(2)]
+    for job in jobs:
+        job.wait()
+    outputs = [(tmp_path / f"job{i}.out").read_text() for i in range(2)]
+    for job, output in zip(jobs, outputs):
+        # a job whose shard another job was writing stops with a clear lock error; it never corrupts
+        assert job.returncode == 0 or "ShardLockedError" in output, output
+    both = [shards_with(events_of(tmp_path / f"job{i}.jsonl"), "commit") for i in range(2)]
+    assert not both[0] & both[1], "a shard committed twice"
+    finish = subprocess.run(cli_args(tiny, store, tmp_path / "finish.jsonl"), cwd=REPO.parent,
+                            capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stdout + finish.stderr
+    result = TeacherStore.open(store)
+    assert result.verify() == [] and len(result) == len(reference)
+    assert_equal_stores(result, reference)
