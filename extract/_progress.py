@@ -58,7 +58,9 @@ class Progress:
         self.num_done += 1
         self.num_failures = num_failures
         self._postfix()
-        self.bar.update(round(audio_seconds / SECONDS_PER_HOUR, 6))
+        # rounded per-shard hours can sum past the total: clamp, or tqdm warns (and tests fail on warnings)
+        step = round(audio_seconds / SECONDS_PER_HOUR, 6)
+        self.bar.update(max(0.0, min(step, (self.bar.total or 0) - self.bar.n)))
 
     def _postfix(self) -> None:
         self.bar.set_postfix_str(f"shards {self.num_done}/{self.num_shards}, failed cuts {self.num_failures}")
