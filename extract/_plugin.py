@@ -42,6 +42,21 @@ def worker_device(device: str, worker_name: Any) -> str:
     return device
 
 
+WARMUP_SECONDS = 1.0  # s of quiet noise each teacher sees once at setup
+
+
+def warm_up(teachers: dict[str, Teacher]) -> None:
+    """One forward per teacher and the store's writer imports, paid at setup instead of in the first task."""
+    import numpy as np
+
+    import mt2kd.store._writer  # noqa: F401 - zarr metadata and codecs load on first use
+    from mt2kd.extract._audio import SAMPLE_RATE
+
+    noise = np.random.default_rng(0).normal(0, 0.01, int(WARMUP_SECONDS * SAMPLE_RATE)).astype(np.float32)
+    for teacher in teachers.values():
+        teacher.extract([noise])
+
+
 class TeacherPlugin(WorkerPlugin):
     """Loads the run's teachers into a worker at setup; tasks find them in ``worker.plugins``.
 
@@ -64,6 +79,7 @@ class TeacherPlugin(WorkerPlugin):
         torch.set_num_threads(self.num_threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(self.num_threads))
         self.teachers = load_teachers(self.configs, self.precision, worker_device(self.device, worker.name))
+        warm_up(self.teachers)
 
     def teardown(self, worker: Worker) -> None:
         self.teachers.clear()
