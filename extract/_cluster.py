@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from distributed import Client
 
 GPU_RESOURCE = "GPU"  # the dask worker resource a shard task asks for on GPU clusters
-LOCAL_DASHBOARD = ":0"  # any free port: several runs (or tests) on one machine never collide
+LOCAL_DASHBOARD = ":0"
+NO_PROFILER = {"distributed.worker.profile.enabled": False}
+PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # the same setting for workers started by SLURM  # any free port: several runs (or tests) on one machine never collide
 
 
 def make_slurm_cluster(config: ExtractConfig) -> Any:
@@ -41,6 +43,7 @@ def make_slurm_cluster(config: ExtractConfig) -> Any:
         job_extra_directives=directives,
         worker_extra_args=worker_args,
         job_name="mt2kd-extract",
+        job_script_prologue=[f"export {PROFILER_ENV}=False"],
         scheduler_options={"dashboard_address": LOCAL_DASHBOARD},
     )
 
@@ -54,8 +57,16 @@ def declares_gpus(client: Client) -> bool:
 @contextlib.contextmanager
 def open_client(config: ExtractConfig) -> Iterator[Client]:
     """A client on the configured cluster, closed (and a cluster we started, stopped) on exit."""
+    import dask
     from distributed import Client, LocalCluster
 
+    # distributed's sampling profiler walks every thread's stack every 10 ms under the GIL, which slows the
+    # Python-heavy teacher forward; nannies hand this config to the workers they start
+    with dask.config.set(NO_PROFILER):
+        yield from _clients(config, Client, LocalCluster)
+
+
+def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[Client]:
     if config.scheduler == "local":
         threads = max(1, (os.cpu_count() or 1) // config.workers)
         resources = {GPU_RESOURCE: 1} if config.device.startswith("cuda") else None

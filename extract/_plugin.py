@@ -94,9 +94,14 @@ def worker_teachers() -> dict[str, Teacher]:
     """The teachers the plugin loaded into the worker running the current task."""
     from distributed import get_worker
 
+    import torch
+
     plugin = get_worker().plugins.get(PLUGIN_NAME)
     if not isinstance(plugin, TeacherPlugin) or not plugin.teachers:
         from mt2kd.errors import ConfigError
 
         raise ConfigError(f"a worker must have the {PLUGIN_NAME} plugin registered before shard tasks run. Got none.")
+    # OpenMP thread counts are per calling thread: setup ran on the worker's event loop, tasks run on
+    # its executor thread, which would otherwise start OMP_NUM_THREADS threads and crowd the decoders
+    torch.set_num_threads(plugin.num_threads)
     return plugin.teachers
