@@ -29,4 +29,5 @@ def test_slurm_job_script_asks_for_one_gpu_worker_per_job() -> None:
     command = script.strip().splitlines()[-1]
     assert "distributed.cli.dask_worker" in command or "dask worker" in command or "dask-worker" in command
     assert "--resources GPU=1" in command and "--nthreads 6" in command
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in script
     assert "--nworkers" not in command  # one worker per job: teachers load once per GPU
