@@ -136,6 +136,8 @@ def main() -> None:
     out = parser.parse_args().out
     write_manifest(make_speech(out), out / "speech_cuts.jsonl.gz")
     write_manifest(make_events(out), out / "events_cuts.jsonl.gz")
+    # one label a line, line order = class index (the plain-text format eval's --labels reads)
+    (out / "labels.txt").write_text("".join(f"{label}\n" for label in EVENT_LABELS), encoding="utf-8")
     print(f"wrote the demo corpus to {out}")
 
 

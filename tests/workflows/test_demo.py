@@ -61,3 +61,20 @@ def test_train_section_without_a_train_hook_is_a_clear_error(tmp_path: Path) -> 
         run_workflow(config, progress=False)
     with pytest.raises(ConfigError, match="unknown workflow config fields"):
         WorkflowConfig.from_dict({**config.to_dict(), "stages": []})
+
+
+def test_demo_events_use_the_label_list_and_audio_matches_the_manifest() -> None:
+    import soundfile as sf
+    from lhotse import CutSet
+
+    from mt2kd.eval._tagging import load_label_list
+
+    label_index = load_label_list(DEMO_DIR / "labels.txt")
+    assert len(label_index) == 4
+    for cut in CutSet.from_jsonl_lazy(DEMO_DIR / "events_cuts.jsonl.gz"):
+        assert set(cut.custom["events"]) <= set(label_index)
+    for manifest in DEMO_MANIFESTS:
+        for cut in CutSet.from_jsonl_lazy(DEMO_DIR / manifest):
+            info = sf.info(DEMO_DIR / cut.recording.sources[0].source)
+            assert (info.samplerate, info.channels) == (16_000, 1)
+            assert info.frames == cut.recording.num_samples == round(cut.duration * 16_000)
