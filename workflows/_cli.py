@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from mt2kd.errors import MT2KDError
@@ -23,11 +25,12 @@ def demo(out: str, workers: int) -> None:
     Example: mt2kd demo --out demo-out
     """
     from mt2kd.store._cli import store as store_cli
-    from mt2kd.workflows._config import demo_config
+    from mt2kd.workflows._config import demo_config, write_demo_manifests
     from mt2kd.workflows._run import run_workflow, with_workers
 
     config = with_workers(demo_config(out), workers)
     click.echo(RANDOM_BANNER)
+    write_demo_manifests(Path(out) / "data")
     try:
         run_workflow(config, echo=_echo)
     except MT2KDError as e:

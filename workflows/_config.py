@@ -64,15 +64,40 @@ class WorkflowConfig:
 
 
 def demo_config(out: str | Path, workers: int = 2) -> WorkflowConfig:
-    """The demo chain: tiny random teachers, the committed demo corpus, a LocalCluster with ``workers``."""
+    """The demo chain: tiny random teachers, the demo corpus, a LocalCluster with ``workers``.
+
+    The cuts are the copies :func:`write_demo_manifests` puts in ``out/data``.
+    """
     out = Path(out)
     teachers_dir = out / "teachers"
     teachers = ({"name": "whisper", "checkpoint": str(teachers_dir / "whisper" / "tiny.pt")},
                 {"name": "beats", "checkpoint": str(teachers_dir / "beats" / "tiny.pt")},
                 {"name": "ecapa", "checkpoint": str(teachers_dir / "ecapa")})
     extract = ExtractConfig.from_dict({
-        "cuts": [str(DEMO_DIR / m) for m in DEMO_MANIFESTS], "store": str(out / "store"), "teachers": teachers,
+        "cuts": [str(out / "data" / m) for m in DEMO_MANIFESTS], "store": str(out / "store"), "teachers": teachers,
         "workers": workers, "max_duration": 30.0,
         "shard_hours": 0.01,  # about 36 s of audio per shard: the 100 s demo makes 3 shards, shared by the workers
     })
     return WorkflowConfig(extract=extract, tiny_teachers=str(teachers_dir))
+
+
+def write_demo_manifests(folder: str | Path) -> tuple[str, ...]:
+    """Copy the demo manifests into ``folder`` with absolute audio paths; returns their paths.
+
+    The committed manifests name audio relative to their own folder (so the
+    corpus works from any checkout); plain lhotse loading, as the trainer and
+    eval do, needs absolute paths.
+
+    Examples
+    --------
+    >>> write_demo_manifests("demo-out/data")  # doctest: +SKIP
+    ('demo-out/data/speech_cuts.jsonl.gz', 'demo-out/data/events_cuts.jsonl.gz')
+    """
+    from lhotse import CutSet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_MANIFESTS:
+        cuts = CutSet.from_file(DEMO_DIR / name).with_recording_path_prefix(str(DEMO_DIR))
+        cuts.to_file(folder / name)
+    return tuple(str(folder / name) for name in DEMO_MANIFESTS)

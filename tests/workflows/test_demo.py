@@ -36,6 +36,11 @@ def test_demo_extracts_every_cut_says_the_teachers_are_random_and_resumes(tmp_pa
     result = runner.invoke(main, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert "RANDOM-weight" in result.output and "verify: OK" in result.output and "Teacher" in result.output
+    for manifest in DEMO_MANIFESTS:  # the copies in data/ load with plain lhotse from anywhere
+        from lhotse import CutSet
+
+        for cut in CutSet.from_file(tmp_path / "demo" / "data" / manifest):
+            assert Path(cut.recording.sources[0].source).is_file()
     store = TeacherStore.open(tmp_path / "demo" / "store")
     assert set(store.cut_ids()) == demo_cut_ids() and store.attrs["random_teachers"] is True
     again = runner.invoke(main, ["demo", "--out", str(tmp_path / "demo")])
