@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import copy
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,7 +53,8 @@ def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:
     if duration <= 0:
         return CutFailure(cut_id, f"zero-length cut: duration must be > 0 s. Got {duration} s")
     try:
-        cut = deserialize_item(data).resample(SAMPLE_RATE)
+        # lhotse pops keys from the dict it is given: a retried task must find its cuts intact
+        cut = deserialize_item(copy.deepcopy(data)).resample(SAMPLE_RATE)
         audio = np.asarray(cut.load_audio(), dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - any decoder error is this cut's failure, not the job's
         return CutFailure(cut_id, f"audio could not be decoded: {type(e).__name__}: {_first_line(e)}")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mt2kd.errors import ShardCommittedError, ShardLockedError, ValidationError
-from mt2kd.extract._audio import CutAudio, batches, by_duration, prefetched
+from mt2kd.extract._audio import CutAudio, CutFailure, batches, by_duration, prefetched
 from mt2kd.extract._plan import ShardTask
 
 if TYPE_CHECKING:
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from mt2kd.store import ShardWriter
 
 COMMITTED, ALREADY_COMMITTED, LOCKED = "committed", "already committed", "locked by another writer"
+WRITE_BEHIND_BATCHES = 2  # batches of outputs waiting for the writer thread before the teachers wait
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,17 +87,63 @@ def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str,
 
 def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher],
                failures: list[tuple[str, str | None, str]]) -> int:
-    """Decode ahead, batch by duration, run every teacher, put each cut; returns the cuts put."""
-    num_cuts = 0
+    """Decode ahead, batch by duration, run every teacher, put each cut; returns the cuts put.
+
+    Three stages overlap: decoding threads fill the window ahead, the teachers
+    run on the calling thread, and one write-behind thread validates,
+    compresses and writes the previous batch's outputs. Only that thread
+    touches ``writer`` and ``failures``, so their order is the batch order.
+    """
     decoded = prefetched(by_duration(task.cuts), settings.decode_threads, settings.prefetch_cuts)
-    for batch, bad in batches(decoded, settings.max_duration):
-        for failure in bad:
-            writer.record_failure(failure.cut_id, failure.reason)
-            failures.append((failure.cut_id, None, failure.reason))
-        outputs = {name: run_teacher(teacher, batch) for name, teacher in teachers.items()}
-        for i, cut in enumerate(batch):
-            num_cuts += put_cut(writer, cut, {name: out[i] for name, out in outputs.items()}, failures)
-    return num_cuts
+    with WriteBehind(WRITE_BEHIND_BATCHES) as behind:
+        for batch, bad in batches(decoded, settings.max_duration):
+            outputs = {name: run_teacher(teacher, batch) for name, teacher in teachers.items()}
+            behind.submit(write_batch, writer, batch, bad, outputs, failures)
+        return sum(behind.results())
+
+
+def write_batch(writer: ShardWriter, batch: Sequence[CutAudio], bad: Sequence[CutFailure],
+                outputs: Mapping[str, list[np.ndarray | str]], failures: list[tuple[str, str | None, str]]) -> int:
+    """Record the batch's decode failures, then put each cut's outputs; returns the cuts put."""
+    for failure in bad:
+        writer.record_failure(failure.cut_id, failure.reason)
+        failures.append((failure.cut_id, None, failure.reason))
+    return sum(put_cut(writer, cut, {name: out[i] for name, out in outputs.items()}, failures)
+               for i, cut in enumerate(batch))
+
+
+class WriteBehind:
+    """One background thread running submitted calls in order, at most ``depth`` queued.
+
+    ``submit`` blocks while ``depth`` calls wait, which bounds the outputs held
+    in memory; the first exception of a call is raised again by ``submit`` or
+    ``results``, and the calls still queued are dropped (the shard will not
+    commit anyway).
+    """
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mt2kd-write")
+        self.pending: collections.deque[concurrent.futures.Future[int]] = collections.deque()
+        self.done: list[int] = []
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+    def submit(self, fn: Callable[..., int], *args: Any) -> None:
+        while len(self.pending) >= self.depth:
+            self.done.append(self.pending.popleft().result())
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def results(self) -> list[int]:
+        while self.pending:
+            self.done.append(self.pending.popleft().result())
+        return self.done
 
 
 def run_teacher(teacher: Teacher, batch: Sequence[CutAudio]) -> list[np.ndarray | str]:

@@ -1,0 +1,178 @@
+"""One shard task without a cluster: the write-behind thread keeps order, bounds memory, and fails loudly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mt2kd.extract._plan import ShardTask
+from mt2kd.extract import _shard
+from mt2kd.extract._shard import COMMITTED, ShardSettings, WriteBehind, write_shard
+from mt2kd.store import TeacherSpec, TeacherStore
+
+SAMPLE_RATE = 16_000  # Hz
+
+
+def test_write_behind_runs_calls_in_order_on_one_thread() -> None:
+    seen: list[tuple[int, str]] = []
+
+    def call(i: int) -> int:
+        time.sleep(0.001 * (i % 3))  # uneven durations: order must not depend on them
+        seen.append((i, threading.current_thread().name))
+        return i * 10
+
+    with WriteBehind(depth=2) as behind:
+        for i in range(12):
+            behind.submit(call, i)
+        results = behind.results()
+    assert results == [i * 10 for i in range(12)]
+    assert [i for i, _ in seen] == list(range(12))
+    assert len({name for _, name in seen}) == 1 and seen[0][1] != threading.current_thread().name
+
+
+def test_write_behind_bounds_the_queue() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(i: int) -> int:
+        started.set()
+        release.wait(5)
+        return i
+
+    blocked = threading.Event()
+    with WriteBehind(depth=2) as behind:
+        def producer() -> None:
+            for i in range(3):
+                behind.submit(slow, i)
+            blocked.set()  # reached only once the first call has finished
+
+        thread = threading.Thread(target=producer)
+        thread.start()
+        assert started.wait(5)
+        time.sleep(0.05)
+        assert not blocked.is_set(), "a third call was queued while two were pending"
+        release.set()
+        thread.join(5)
+        assert blocked.is_set()
+        assert behind.results() == [0, 1, 2]
+
+
+def test_write_behind_raises_the_first_failure() -> None:
+    def call(i: int) -> int:
+        if i == 1:
+            raise ValueError("disk full on call 1")
+        return i
+
+    with pytest.raises(ValueError, match="call 1"):
+        with WriteBehind(depth=1) as behind:
+            for i in range(5):
+                behind.submit(call, i)
+            behind.results()
+
+
+class EchoTeacher:
+    """A stand-in teacher whose output is a function of the cut's samples (tests the task, not a model)."""
+
+    name = "echo"
+
+    def extract(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.full(4, float(w.size), np.float32) if w.size != 1600 else np.full(4, np.nan, np.float32)
+                for w in waves]
+
+
+def write_corpus(folder: Path, lengths: list[int], seed: int = 0) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """WAV files of noise and their cut dicts, one cut per file."""
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    audio = {f"cut-{i}": (rng.standard_normal(n) * 0.1).astype(np.float32) for i, n in enumerate(lengths)}
+    cuts = []
+    for cut_id, samples in audio.items():
+        soundfile.write(folder / f"{cut_id}.wav", samples, SAMPLE_RATE, subtype="FLOAT")
+        duration = samples.size / SAMPLE_RATE
+        cuts.append({"id": cut_id, "start": 0.0, "duration": duration, "channel": 0, "type": "MonoCut",
+                     "recording": {"id": cut_id, "sampling_rate": SAMPLE_RATE, "num_samples": samples.size,
+                                   "duration": duration, "channel_ids": [0],
+                                   "sources": [{"type": "file", "channels": [0],
+                                                "source": str(folder / f"{cut_id}.wav")}]}})
+    return audio, cuts
+
+
+def test_write_shard_puts_every_cut_and_records_failures(tmp_path: Path) -> None:
+    lengths = [int(n) for n in np.random.default_rng(1).integers(2000, 40_000, size=25)] + [1600]  # last: NaN
+    audio, cuts = write_corpus(tmp_path / "wav", lengths)
+    store_path = tmp_path / "store"
+    TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
+    task = ShardTask(shard_id=0, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    settings = ShardSettings(str(store_path), max_duration=3.0, decode_threads=2, prefetch_cuts=4)
+    result = write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
+    assert result.status == COMMITTED
+    assert result.num_cuts == len(cuts) - 1
+    assert [(c, t) for c, t, _ in result.failures] == [("cut-25", "echo")]
+    store = TeacherStore.open(store_path)
+    assert sorted(store.cut_ids()) == sorted(set(audio) - {"cut-25"})
+    for cut_id in store.cut_ids():
+        np.testing.assert_array_equal(store.get(cut_id)["echo"], np.full(4, audio[cut_id].size, np.float32))
+    assert [f["cut_id"] for f in store.failures()] == ["cut-25"]
+
+
+def test_write_shard_writer_crash_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    audio, cuts = write_corpus(tmp_path / "wav", [8000] * 12)
+    store_path = tmp_path / "store"
+    TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
+    task = ShardTask(shard_id=2, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    settings = ShardSettings(str(store_path), max_duration=1.0, decode_threads=2, prefetch_cuts=4)
+    real_put_cut = _shard.put_cut
+    calls = []
+
+    def failing_put_cut(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("no space left on device (simulated)")
+        return real_put_cut(*args, **kwargs)
+
+    monkeypatch.setattr(_shard, "put_cut", failing_put_cut)
+    with pytest.raises(OSError, match="no space left"):
+        write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
+    store = TeacherStore.open(store_path)
+    assert len(store) == 0 and not store.failures()
+    monkeypatch.setattr(_shard, "put_cut", real_put_cut)
+    assert write_shard(task, settings, {"echo": EchoTeacher()}).status == COMMITTED  # type: ignore[dict-item]
+    assert len(TeacherStore.open(store_path)) == len(audio)
+
+
+def test_write_shard_records_an_output_the_store_refuses(tmp_path: Path) -> None:
+    store_path = tmp_path / "store"
+    TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=3, dtype="float32")])  # not 4
+    folder = tmp_path / "wav"
+    folder.mkdir()
+    import soundfile
+
+    soundfile.write(folder / "a.wav", np.zeros(8000, np.float32) + 0.01, SAMPLE_RATE)
+    cut = {"id": "a", "start": 0.0, "duration": 0.5, "channel": 0, "type": "MonoCut",
+           "recording": {"id": "a", "sampling_rate": SAMPLE_RATE, "num_samples": 8000, "duration": 0.5,
+                         "channel_ids": [0], "sources": [{"type": "file", "channels": [0],
+                                                          "source": str(folder / "a.wav")}]}}
+    task = ShardTask(shard_id=3, cuts=(cut,), audio_seconds=0.5)
+    result = write_shard(task, ShardSettings(str(store_path), 3.0, 1, 2), {"echo": EchoTeacher()})  # type: ignore[dict-item]
+    # a shape the store refuses is recorded as the cut's failure; the shard still commits, empty
+    assert result.num_cuts == 0 and result.failures and "refused by the store" in result.failures[0][2]
+    assert "a" not in TeacherStore.open(store_path)
+
+
+def test_decoding_leaves_the_cut_dicts_intact(tmp_path: Path) -> None:
+    """A task that dask runs twice in one worker decodes the same cut dicts again."""
+    import copy
+
+    from mt2kd.extract._audio import CutAudio, load_cut_audio
+
+    _, cuts = write_corpus(tmp_path / "wav", [4000, 6000])
+    before = copy.deepcopy(cuts)
+    for _ in range(2):
+        assert all(isinstance(load_cut_audio(cut), CutAudio) for cut in cuts)
+    assert cuts == before
