@@ -9,13 +9,14 @@ normalisation (case, punctuation) is the caller's business, because what is
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mt2kd.errors import ValidationError
+from mt2kd.train._cut_ids import canonical_cut_id
 
 # sentencepiece marks the start of a word with this character
 WORD_BOUNDARY = "\u2581"
@@ -214,6 +215,25 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
     return transcripts
 
 
+def merge_repeat_transcripts(transcripts: Mapping[str, str], known: Container[str], what: str) -> dict[str, str]:
+    """Key ``_repeatN`` copies by their original cut ID (an ID in ``known`` stays as it is).
+
+    Examples
+    --------
+    >>> merge_repeat_transcripts({"a_repeat0": "hi", "a_repeat1": "hi"}, set(), "reference")
+    {'a': 'hi'}
+    """
+    merged: dict[str, str] = {}
+    source: dict[str, str] = {}
+    for cut_id, text in transcripts.items():
+        key = canonical_cut_id(cut_id, known)
+        if key in merged and merged[key] != text:
+            raise ValidationError(f"every copy of cut {key!r} must have the same {what}. Got {merged[key]!r} "
+                                  f"for {source[key]!r} and {text!r} for {cut_id!r}.")
+        merged[key], source[key] = text, source.get(key, cut_id)
+    return merged
+
+
 def score_transcripts(refs: Mapping[str, str], hyps: Mapping[str, str]) -> dict[str, Any]:
     """WER and CER of hypotheses keyed by cut ID against references.
 
@@ -221,7 +241,12 @@ def score_transcripts(refs: Mapping[str, str], hyps: Mapping[str, str]) -> dict[
     deletions) and is counted in ``num_missing_hyps``: a decoder that skips a
     cut must not look better for it. A hypothesis without a reference is an
     error, since it means the two files describe different test sets.
+
+    Transcripts of ``CutSet.repeat()`` copies (``<id>_repeatN``) count once,
+    under the original ID, on both sides; copies must agree on their text.
     """
+    refs = merge_repeat_transcripts(refs, set(), "reference")
+    hyps = merge_repeat_transcripts(hyps, refs, "hypothesis")
     unknown = sorted(set(hyps) - set(refs))
     if unknown:
         raise ValidationError(

@@ -18,6 +18,7 @@ import numpy as np
 
 from mt2kd.errors import DuplicateCutError
 from mt2kd.eval._tagging import events_to_multi_hot
+from mt2kd.train._cut_ids import canonical_cut_id
 
 EVENTS_FIELD = "events"  # key in cut.custom holding a cut's event labels
 READ_BATCH = 64  # cuts per get_many call: enough to coalesce reads, small enough for frame data
@@ -44,6 +45,34 @@ def load_cuts(paths: Sequence[str], max_cuts: int | None = None) -> list[Any]:
             source_of[cut.id] = str(path)
             cuts.append(cut)
     return cuts
+
+
+def merge_repeat_copies(cuts: Sequence[Any], store: Any) -> tuple[list[Any], dict[str, str]]:
+    """Give each cut the ID its teacher outputs are stored under; keep one cut per ID.
+
+    A manifest written after ``CutSet.repeat()`` names its copies
+    ``<id>_repeatN``: they read the original's outputs (as training does),
+    and the copies after the first are dropped, so the same audio is neither
+    scored twice nor paired with itself in a speaker trial. Returns the kept
+    cuts and ``{dropped copy ID: the ID it merged into}``.
+
+    Examples
+    --------
+    >>> cuts, merged = merge_repeat_copies(load_cuts(["dev_x2.jsonl.gz"]), store)  # doctest: +SKIP
+    >>> merged  # doctest: +SKIP
+    {'utt-1_repeat1': 'utt-1', ...}
+    """
+    kept: list[Any] = []
+    seen: set[str] = set()
+    merged: dict[str, str] = {}
+    for cut in cuts:
+        cut_id = canonical_cut_id(cut.id, store)
+        if cut_id in seen:
+            merged[cut.id] = cut_id
+            continue
+        seen.add(cut_id)
+        kept.append(cut if cut_id == cut.id else cut.with_id(cut_id))
+    return kept, merged
 
 
 def speaker_of(cut: Any) -> str | None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._inputs import clip_outputs, load_cuts, open_store_view, spec_dims, speakers
+from mt2kd.eval._inputs import clip_outputs, load_cuts, merge_repeat_copies, open_store_view, spec_dims, speakers
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
 
 
@@ -35,6 +35,7 @@ def evaluate(config: EvalConfig) -> Evaluation:
     if not cuts:
         raise ConfigError(f"the manifests must hold at least one cut. Got none in {list(config.cuts)}.")
     store = open_store_view(config.stores)
+    cuts, merged = merge_repeat_copies(cuts, store)
     cut_ids = [cut.id for cut in cuts]
     teacher_logits = clip_outputs(store, cut_ids, config.tagging_teacher)
     teacher_embeddings = clip_outputs(store, cut_ids, config.speaker_teacher)
@@ -45,6 +46,7 @@ def evaluate(config: EvalConfig) -> Evaluation:
     tagging = {config.tagging_teacher: score_tagging(teacher_logits, targets)}
     speaker = {config.speaker_teacher: score_speakers(teacher_embeddings, targets)}
     report = _report_head(config, cuts, store, targets, teacher_logits, teacher_embeddings)
+    report["counts"]["num_repeat_copies_merged"] = len(merged)
     report["teachers"] = {config.tagging_teacher: {"map": tagging[config.tagging_teacher].summary},
                           config.speaker_teacher: {"eer": speaker[config.speaker_teacher].summary}}
     if student is not None:

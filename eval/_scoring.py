@@ -18,6 +18,7 @@ from mt2kd.eval._inputs import event_targets, has_events, sigmoid, speakers
 from mt2kd.eval._speaker import DetCurve, cosine_scores, det_curve, eer
 from mt2kd.eval._tagging import load_label_list, mean_average_precision
 from mt2kd.eval._trials import Trial, make_trials, read_trials
+from mt2kd.train._cut_ids import canonical_cut_id
 
 LABELS_FROM_EVENTS = "events"  # cut.custom["events"]
 LABELS_FROM_TEACHER = "teacher_pseudo_labels"  # thresholded teacher probabilities
@@ -69,8 +70,9 @@ def build_trials(cuts: Sequence[Any], trials_file: str | None, num_target: int, 
                  seed: int) -> tuple[list[Trial], dict[str, Any]]:
     """Trials from the file when given, else drawn from the supervisions' speakers."""
     if trials_file:
-        trials = read_trials(trials_file)
-        info: dict[str, Any] = {"source": "file", "trials_file": str(Path(trials_file))}
+        trials, num_same_cut = _canonical_trials(read_trials(trials_file), {cut.id for cut in cuts})
+        info: dict[str, Any] = {"source": "file", "trials_file": str(Path(trials_file)),
+                                "num_trials_same_cut_dropped": num_same_cut}
     else:
         speaker_of = speakers(cuts)
         trials = make_trials(speaker_of, num_target, num_nontarget, seed)
@@ -78,6 +80,13 @@ def build_trials(cuts: Sequence[Any], trials_file: str | None, num_target: int, 
                 "num_speakers": len(set(speaker_of.values()))}
     info.update(num_target=sum(t[2] for t in trials), num_nontarget=sum(not t[2] for t in trials))
     return trials, info
+
+
+def _canonical_trials(trials: Sequence[Trial], cut_ids: set[str]) -> tuple[list[Trial], int]:
+    """Trials with ``_repeatN`` IDs mapped as the cuts were; a trial of a cut against itself is dropped."""
+    mapped = [(canonical_cut_id(a, cut_ids), canonical_cut_id(b, cut_ids), is_target) for a, b, is_target in trials]
+    kept = [trial for trial in mapped if trial[0] != trial[1]]
+    return kept, len(mapped) - len(kept)
 
 
 def score_tagging(scores_of: Mapping[str, np.ndarray], targets: Targets) -> Scores:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mt2kd.train._cut_ids import stored_cut_id
 from mt2kd.train._features import SAMPLE_RATE, compute_fbank
 
 log = logging.getLogger(__name__)
 
-_REPEAT_SUFFIX = re.compile(r"(_repeat\d+)+$")
 _TIME_ALTERING = ("speed", "tempo")  # lhotse transform names that change the time axis
 _warned_perturbed = False  # one warning per process, not one per cut
 _warned_length = False  # likewise for frame targets whose length does not fit the cut
@@ -67,12 +66,7 @@ def target_id(cut: Any, store: Any) -> str | None:
     if is_time_altered(source):
         _warn_perturbed(cut.id)
         return None
-    if source.id in store:
-        return source.id
-    original = _REPEAT_SUFFIX.sub("", source.id)
-    if original != source.id and original in store:
-        return original
-    return None
+    return stored_cut_id(source.id, store)
 
 
 def _warn_perturbed(cut_id: str) -> None:

@@ -121,3 +121,19 @@ def test_student_with_other_class_count_is_refused(corpus, store, tmp_path):
                                        "--store", str(store)])
     assert result.exit_code == 1
     assert f"num_classes must equal the 'beats' teacher's dim {len(corpus.labels)}" in result.output
+
+
+def test_repeated_manifest_gives_the_students_scores_once(checkpoint, corpus, store, tmp_path):
+    from lhotse import CutSet
+
+    repeated = tmp_path / "repeated.jsonl.gz"
+    CutSet.from_file(corpus.manifest).repeat(2).to_file(repeated)
+
+    def run(manifest):
+        return evaluate(EvalConfig(cuts=(str(manifest),), stores=(str(store),), checkpoint=str(checkpoint),
+                                   labels=str(corpus.labels_file))).report["student"]
+
+    want, got = run(corpus.manifest), run(repeated)
+    assert got["kd_l1"]["num_cuts"] == len(corpus.cut_ids)  # copies found under the original ID, counted once
+    assert got["kd_l1"]["l1"] == pytest.approx(want["kd_l1"]["l1"], rel=1e-6)
+    assert got["map"] == want["map"] and got["eer"] == want["eer"]

@@ -67,7 +67,8 @@ def test_trials_file_and_class_indices(corpus, store, tmp_path):
     write_trials([(ids[0], ids[1], True), (ids[0], ids[3], False)], trials)
     report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), trials=str(trials),
                                  labels=str(corpus.labels_file))).report
-    assert report["trials"] == {"source": "file", "trials_file": str(trials), "num_target": 1, "num_nontarget": 1}
+    assert report["trials"] == {"source": "file", "trials_file": str(trials), "num_target": 1, "num_nontarget": 1,
+                                "num_trials_same_cut_dropped": 0}
     assert report["teachers"]["ecapa"]["eer"]["eer"] == 0.0
 
 
