@@ -9,6 +9,7 @@ attempt tokens): cut IDs never become paths.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"  # temporary files, renamed into place or removed
+MAX_MAPS = 4096  # memory-mapped shard files kept per process (each costs one kernel mapping)
 
 
 class Location:
@@ -41,10 +43,17 @@ class Location:
         """Bytes ``[start, end)`` of ``path`` for every range, in order."""
         raise NotImplementedError
 
-    def read_ranges_into(self, path: str, ranges: Sequence[tuple[int, int]],
-                         buffers: Sequence[memoryview]) -> Sequence[Any]:
-        """Like :meth:`read_ranges`, filling ``buffers`` (one per range) where the backend can."""
-        return self.read_ranges(path, ranges)
+    def read_path_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
+        """Bytes ``[start, end)`` of ``path`` for every ``(path, start, end)``, in order."""
+        by_path: dict[str, list[int]] = {}
+        for i, (path, _, _) in enumerate(ranges):
+            by_path.setdefault(path, []).append(i)
+        out: list[bytes] = [b""] * len(ranges)
+        for path, positions in by_path.items():
+            got = self.read_ranges(path, [(ranges[i][1], ranges[i][2]) for i in positions])
+            for i, data in zip(positions, got):
+                out[i] = data
+        return out
 
     def size(self, path: str) -> int:
         raise NotImplementedError
@@ -91,6 +100,7 @@ class LocalLocation(Location):
         self.url = root
         self.root = os.path.abspath(root)
         self._fds: dict[str, int] = {}
+        self._maps: dict[str, memoryview] = {}  # path -> read-only mapping of the whole file
         self._pid = os.getpid()
 
     def _abs(self, path: str) -> str:
@@ -102,7 +112,7 @@ class LocalLocation(Location):
 
     def _fd(self, path: str) -> int:
         if self._pid != os.getpid():  # a forked child must not share file offsets or caches
-            self._fds, self._pid = {}, os.getpid()
+            self.forget_handles()
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(self._abs(path), os.O_RDONLY)
@@ -118,13 +128,21 @@ class LocalLocation(Location):
             out.append(data)
         return out
 
-    def read_ranges_into(self, path: str, ranges: Sequence[tuple[int, int]],
-                         buffers: Sequence[memoryview]) -> Sequence[Any]:
-        fd = self._fd(path)
-        for (start, end), buffer in zip(ranges, buffers):
-            if os.preadv(fd, [buffer], start) != end - start:
-                raise OSError(f"{self._abs(path)}: expected {end - start} bytes at {start}. Got fewer.")
-        return buffers
+    def map(self, path: str) -> memoryview:
+        """The whole file, memory-mapped read-only (cached per process; files are never rewritten in place).
+
+        Shard files are written once and only ever removed whole, so a mapping
+        stays valid (a removed file's pages live until the mapping goes).
+        """
+        if self._pid != os.getpid():
+            self.forget_handles()
+        view = self._maps.get(path)
+        if view is None:
+            if len(self._maps) >= MAX_MAPS:  # bound the process's mappings; dropped ones unmap when unused
+                self._maps.pop(next(iter(self._maps)))
+            with open(self._abs(path), "rb") as f:
+                view = self._maps[path] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        return view
 
     def size(self, path: str) -> int:
         return os.path.getsize(self._abs(path))
@@ -186,6 +204,8 @@ class LocalLocation(Location):
         if self._pid == os.getpid():
             for cached in [p for p in self._fds if p == path or p.startswith(path + "/")]:
                 os.close(self._fds.pop(cached))
+            for cached in [p for p in self._maps if p == path or p.startswith(path + "/")]:
+                del self._maps[cached]  # unmapped once no array decoding from it remains
         if os.path.isdir(full):
             shutil.rmtree(full, ignore_errors=True)
         elif os.path.lexists(full):
@@ -195,7 +215,7 @@ class LocalLocation(Location):
         if self._pid == os.getpid():
             for fd in self._fds.values():
                 os.close(fd)
-        self._fds, self._pid = {}, os.getpid()
+        self._fds, self._maps, self._pid = {}, {}, os.getpid()
 
 
 class FsspecLocation(Location):
@@ -221,6 +241,14 @@ class FsspecLocation(Location):
         by_full = {self.fs._strip_protocol(k): v for k, v in got.items()}
         return {p: bytes(by_full[self.fs._strip_protocol(self._abs(p))])
                 for p in paths if self.fs._strip_protocol(self._abs(p)) in by_full}
+
+    def read_path_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
+        # one request: async file systems (s3, gcs, http) fetch every range concurrently
+        if not ranges:
+            return []
+        got = self.fs.cat_ranges([self._abs(p) for p, _, _ in ranges], [r[1] for r in ranges],
+                                 [r[2] for r in ranges])
+        return [bytes(g) for g in got]
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         full = self._abs(path)

@@ -1,28 +1,37 @@
-"""The read hot path: byte ranges of shard files, decoded with numcodecs, no zarr calls.
+"""The read hot path: inner chunks located through the shard index, decoded with numcodecs, no zarr calls.
 
 A cut's rows of one teacher lie in consecutive inner chunks of one shard
-file. ``get_many`` groups every requested (cut, teacher) by file, finds the
-chunks they need (each once, even when two cuts share it), and cuts them
-into *runs*: adjacent chunks read with one range read of at most
-``MAX_RUN_BYTES``. A run is read into a reused per-thread buffer small
-enough to stay in the CPU cache and decoded at once, straight into the
-output arrays when a chunk belongs to one output only. Runs are spread over
-a small thread pool (numcodecs releases the GIL while decompressing).
+file. ``read`` groups every requested (cut, teacher) by file, finds the
+chunks they need (each once, even when two cuts share it) and turns them
+into *pieces*: one chunk's byte range and the array it decodes into
+(straight into the output when the chunk belongs to one output only, else
+into a scratch array copied out afterwards).
+
+Local files are memory-mapped once (per process) and pieces decode straight
+from the page cache: no read call, no copy of the compressed bytes. Pieces
+of big reads are split by bytes between the calling thread and a few helper
+threads (blosc releases the GIL while decoding); small reads decode inline,
+where a thread hand-off would cost more than it saves. fsspec files get
+every range of a call in one ``cat_ranges`` request (concurrent on async
+file systems), adjacent chunks merged up to ``MAX_RUN_BYTES``.
+
+A chunk whose index entry is all 0xFF (``MISSING``) is absent, as Zarr's
+sharding codec defines it: its rows read as the array's ``fill_value``.
 
 Fork safety: nothing here uses zarr (so no event-loop thread is involved).
-File descriptors and the thread pool belong to the process that made them;
-after ``fork`` (torch DataLoader workers) both are rebuilt on first use.
+Memory maps, file descriptors and the thread pool belong to the process
+that made them; after ``fork`` (torch DataLoader workers) they are rebuilt
+on first use.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import numcodecs
 import numpy as np
@@ -44,24 +53,29 @@ from mt2kd.store._fs import LocalLocation, Location
 from mt2kd.store._index import ShardRecord
 from mt2kd.store._spec import TeacherSpec
 
-MAX_THREADS = 4  # threads decoding runs for one get / get_many
-MAX_RUN_BYTES = 256 * 1024  # one range read: big enough to amortise a call, small enough for the L2 cache
-MIN_RUNS_PER_THREAD = 2  # fewer runs than this per thread: decode in the calling thread
+MAX_THREADS = 4  # threads (the caller's included) decoding one get / get_many
+MIN_PARALLEL_BYTES = 256 * 1024  # compressed bytes per thread below which a hand-off costs more than it saves
+MAX_RUN_BYTES = 4 * 1024 * 1024  # fsspec: adjacent chunks merged into one range request up to this size
+ABSENT = -1  # chunk offset of an absent chunk, once the index is read as int64
 Request = tuple[int, int, int]  # (output slot, first row, end row) within one file
-Item = tuple[int, int, "Codec | None", np.ndarray]  # (offset in run, nbytes, codec, array to decode into)
 Copy = tuple[np.ndarray, np.ndarray]  # (rows of a decoded chunk, where they go)
 
 
-class Run:
-    """Adjacent chunks of one file, read with one range read and decoded together."""
+class Piece(NamedTuple):
+    """One inner chunk to decode: where its bytes are and the array they fill."""
 
-    def __init__(self, path: str, start: int) -> None:
-        self.path, self.start, self.end = path, start, start
-        self.items: list[Item] = []
+    path: str  # shard file, relative to the store root
+    offset: int  # first byte of the chunk in the file
+    nbytes: int  # encoded size of the chunk
+    codec: Codec | None  # None: raw little-endian bytes
+    target: np.ndarray  # [rows_per_chunk, dim], filled by decoding
 
-    def add(self, offset: int, nbytes: int, codec: Codec | None, target: np.ndarray) -> None:
-        self.items.append((offset - self.start, nbytes, codec, target))
-        self.end = offset + nbytes
+
+class ShardFile(NamedTuple):
+    """What a reader keeps about one shard file: its chunk index and fill value."""
+
+    entries: np.ndarray  # int64 [num_chunks, 2] (offset, nbytes); offset ABSENT for an absent chunk
+    fill_value: float  # value of the rows of absent chunks (the array's zarr fill_value)
 
 
 class ChunkReader:
@@ -73,31 +87,38 @@ class ChunkReader:
             t: make_codec(s.codec, s.codec_level, np.dtype(s.dtype).itemsize) for t, s in self.specs.items()}
         self._asked_threads = num_threads
         self.num_threads = num_threads or _default_threads()
-        self._indexes: dict[str, np.ndarray] = {}  # path -> int64 [num_chunks, 2] (16 bytes a chunk)
-        self._buffers = threading.local()
+        self._files: dict[str, ShardFile] = {}  # path -> index and fill value (16 bytes a chunk)
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
     # ------------------------------------------------------------ per-file facts
 
-    def _chunk_index(self, record: ShardRecord, teacher: str) -> np.ndarray:
+    def shard_file(self, record: ShardRecord, teacher: str) -> ShardFile:
+        """The chunk index and fill value of a teacher's data file in ``record`` (read once, cached)."""
         path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
-        index = self._indexes.get(path)
-        if index is None:
+        found = self._files.get(path)
+        if found is None:
             rows = record.teachers[teacher]
-            self._check_metadata(record, teacher)
+            fill_value = self._fill_value(record, teacher)
             num_chunks = num_chunks_of(rows.num_rows, rows.rows_per_chunk)
-            tail = self.loc.read_ranges(path, [(rows.nbytes - index_nbytes(num_chunks), rows.nbytes)])[0]
-            table = decode_index(tail, num_chunks, f"{self.loc.url}/{path}")
-            index = self._indexes[path] = table.astype(np.int64)
-        return index
+            data_end = rows.nbytes - index_nbytes(num_chunks)
+            tail = self.loc.read_ranges(path, [(data_end, rows.nbytes)])[0]
+            index = _checked_index(decode_index(tail, num_chunks, f"{self.loc.url}/{path}"), data_end,
+                                   f"{self.loc.url}/{path}")
+            found = self._files[path] = ShardFile(index, fill_value)
+        return found
 
-    def _check_metadata(self, record: ShardRecord, teacher: str) -> None:
+    def _fill_value(self, record: ShardRecord, teacher: str) -> float:
         path = f"{record.path}/{teacher}/{DATA}/{METADATA_FILE}"
         doc = parse_metadata(self.loc.read(path), f"{self.loc.url}/{path}")
         if doc.get("data_type") != self.specs[teacher].dtype:
             raise StoreFormatError(f"{self.loc.url}/{path}: data_type must be {self.specs[teacher].dtype!r} "
                                    f"as the spec says. Got {doc.get('data_type')!r}.")
+        fill = doc.get("fill_value", 0)
+        try:
+            return float(fill)  # zarr v3 writes "NaN" / "Infinity" as strings, which float() reads
+        except (TypeError, ValueError) as e:
+            raise StoreFormatError(f"{self.loc.url}/{path}: fill_value must be a number. Got {fill!r}.") from e
 
     # ------------------------------------------------------------ reading
 
@@ -116,21 +137,21 @@ class ChunkReader:
                 start, end = int(rows.offsets[position]), int(rows.offsets[position + 1])
                 if end > start:
                     by_file[(record.name, teacher)].append((slot, start, end))
-        runs: list[Run] = []
+        pieces: list[Piece] = []
         copies: list[Copy] = []
         for (name, teacher), requests in by_file.items():
-            self._plan_file(records[name], teacher, requests, outputs, runs, copies)
-        self._run_all(runs)
+            self._plan_file(records[name], teacher, requests, outputs, pieces, copies)
+        if pieces:
+            self._decode_all(pieces)
         for source, target in copies:
             target[...] = source
         return outputs
 
     def _plan_file(self, record: ShardRecord, teacher: str, requests: list[Request],
-                   outputs: list[dict[str, np.ndarray]], runs: list[Run], copies: list[Copy]) -> None:
-        """Allocate the outputs of ``requests`` and plan the runs and copies that fill them."""
+                   outputs: list[dict[str, np.ndarray]], pieces: list[Piece], copies: list[Copy]) -> None:
+        """Allocate the outputs of ``requests`` and plan the pieces and copies that fill them."""
         spec = self.specs[teacher]
         step = record.teachers[teacher].rows_per_chunk
-        index = self._chunk_index(record, teacher)
         dtype = np.dtype(spec.dtype)
         frames: dict[int, np.ndarray] = {}
         owners: dict[int, list[Request]] = defaultdict(list)  # chunk -> requests it holds rows of
@@ -150,62 +171,93 @@ class ChunkReader:
             for slot, start, end in holders:
                 lo, hi = max(start, c * step), min(end, (c + 1) * step)
                 copies.append((scratch[lo - c * step:hi - c * step], frames[slot][lo - start:hi - start]))
+        found = self.shard_file(record, teacher)
         path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
         codec = self.codecs[teacher]
-        run: Run | None = None
         chunks = sorted(targets)
-        for c, (offset, nbytes) in zip(chunks, index[chunks].tolist()):
-            if run is None or offset != run.end or offset + nbytes - run.start > MAX_RUN_BYTES:
-                run = Run(path, offset)
-                runs.append(run)
-            run.add(offset, nbytes, codec, targets[c])
+        for c, (offset, nbytes) in zip(chunks, found.entries[chunks].tolist()):
+            if offset == ABSENT:
+                targets[c].fill(found.fill_value)
+            else:
+                pieces.append(Piece(path, offset, nbytes, codec, targets[c]))
 
-    def _run_all(self, runs: list[Run]) -> None:
+    def _decode_all(self, pieces: list[Piece]) -> None:
         if self._pid != os.getpid():  # forked: maybe a DataLoader worker, sharing the cores with its siblings
             self.num_threads = self._asked_threads or _default_threads()
         if not isinstance(self.loc, LocalLocation):
-            self._run_remote(runs)
+            self._decode_remote(pieces)
             return
-        num_groups = min(self.num_threads, len(runs) // MIN_RUNS_PER_THREAD)
-        if num_groups <= 1:
-            for run in runs:
-                self._run_local(run)
+        total = sum(p.nbytes for p in pieces)
+        num_groups = max(1, min(self.num_threads, total // MIN_PARALLEL_BYTES, len(pieces)))
+        if num_groups == 1:
+            self._decode_local(pieces)
             return
-        bounds = np.linspace(0, len(runs), num_groups + 1).astype(int)
-        groups = [runs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        list(self._executor().map(self._run_group, groups))
+        groups = _split_by_bytes(pieces, num_groups, total)
+        pool = self._executor()
+        helpers = [pool.submit(self._decode_local, group) for group in groups[1:]]
+        try:
+            self._decode_local(groups[0])  # the caller works too rather than waiting idle
+        finally:
+            for future in helpers:
+                future.result()
 
-    def _run_group(self, runs: list[Run]) -> None:
-        for run in runs:
-            self._run_local(run)
+    def _decode_local(self, pieces: list[Piece]) -> None:
+        local = cast(LocalLocation, self.loc)  # _decode_all sends only local pieces here
+        view, view_path = memoryview(b""), ""
+        for piece in pieces:
+            if piece.path != view_path:
+                view, view_path = local.map(piece.path), piece.path
+            _decode(view[piece.offset:piece.offset + piece.nbytes], piece.codec, piece.target)
 
-    def _run_local(self, run: Run) -> None:
-        view = self._buffer(run.end - run.start)
-        self.loc.read_ranges_into(run.path, [(run.start, run.end)], [view])
-        _decode(view, run.items)
-
-    def _run_remote(self, runs: list[Run]) -> None:
-        """Object stores: every range of a file in one ``cat_ranges`` call (concurrent when async)."""
-        by_path: dict[str, list[Run]] = defaultdict(list)
-        for run in runs:
-            by_path[run.path].append(run)
-        for path, mine in by_path.items():
-            for run, raw in zip(mine, self.loc.read_ranges(path, [(r.start, r.end) for r in mine])):
-                _decode(memoryview(raw), run.items)
-
-    def _buffer(self, num_bytes: int) -> memoryview:
-        """This thread's read buffer, grown (and touched: first-touch page faults are slow) as needed."""
-        buffer = getattr(self._buffers, "buffer", None)
-        if buffer is None or buffer.size < num_bytes:
-            buffer = self._buffers.buffer = np.zeros(max(num_bytes, MAX_RUN_BYTES), dtype=np.uint8)
-            buffer.fill(1)
-        return memoryview(buffer)[:num_bytes]  # type: ignore[arg-type]
+    def _decode_remote(self, pieces: list[Piece]) -> None:
+        """Object stores: every range of the call in one ``cat_ranges`` request, adjacent chunks merged."""
+        runs: list[list[Piece]] = []
+        for piece in sorted(pieces, key=lambda p: (p.path, p.offset)):
+            last = runs[-1][-1] if runs else None
+            if (last is None or last.path != piece.path or last.offset + last.nbytes != piece.offset
+                    or piece.offset + piece.nbytes - runs[-1][0].offset > MAX_RUN_BYTES):
+                runs.append([piece])
+            else:
+                runs[-1].append(piece)
+        ranges = [(run[0].path, run[0].offset, run[-1].offset + run[-1].nbytes) for run in runs]
+        for run, raw in zip(runs, self.loc.read_path_ranges(ranges)):
+            view = memoryview(raw)
+            for piece in run:
+                start = piece.offset - run[0].offset
+                _decode(view[start:start + piece.nbytes], piece.codec, piece.target)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pid != os.getpid():  # threads do not survive fork
-            self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="mt2kd-read")
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.num_threads - 1),
+                                            thread_name_prefix="mt2kd-read")
             self._pid = os.getpid()
         return self._pool
+
+
+def _checked_index(table: np.ndarray, data_end: int, where: str) -> np.ndarray:
+    """The index as int64 with absent chunks marked; entries pointing outside the data are refused."""
+    missing = table == np.uint64(2**64 - 1)
+    half = missing[:, 0] != missing[:, 1]
+    if half.any():
+        raise StoreFormatError(f"{where}: a shard index entry must be a valid (offset, nbytes) pair or all 0xFF "
+                               f"(absent chunk). Got a half-absent entry for chunk {int(np.argmax(half))}.")
+    index = table.astype(np.int64)  # all-0xFF pairs wrap to -1 (ABSENT)
+    present = ~missing[:, 0]
+    ends = table[present, 0] + table[present, 1]
+    if ends.size and int(ends.max()) > data_end:
+        raise StoreFormatError(f"{where}: every chunk must end before the shard index at byte {data_end}. "
+                               f"Got a chunk ending at byte {int(ends.max())} (file corrupt).")
+    return index
+
+
+def _split_by_bytes(pieces: list[Piece], num_groups: int, total: int) -> list[list[Piece]]:
+    """``pieces`` cut into ``num_groups`` consecutive groups of about equal encoded bytes."""
+    groups: list[list[Piece]] = [[] for _ in range(num_groups)]
+    done = 0
+    for piece in pieces:
+        groups[min(num_groups - 1, done * num_groups // total)].append(piece)
+        done += piece.nbytes
+    return [g for g in groups if g]
 
 
 def _default_threads() -> int:
@@ -218,12 +270,10 @@ def _default_threads() -> int:
     return max(1, min(MAX_THREADS, num_cpus))
 
 
-def _decode(raw: memoryview, items: list[Item]) -> None:
-    for offset, nbytes, codec, target in items:
-        blob = raw[offset:offset + nbytes]
-        if codec is None:
-            target[...] = np.frombuffer(blob, dtype=target.dtype).reshape(target.shape)
-        elif isinstance(codec, numcodecs.Blosc):
-            blosc_decompress(blob, target)  # the codec object's decode adds checks costing ~10 us a chunk
-        else:
-            codec.decode(blob, out=target)
+def _decode(blob: Any, codec: Codec | None, target: np.ndarray) -> None:
+    if codec is None:
+        target[...] = np.frombuffer(blob, dtype=target.dtype).reshape(target.shape)
+    elif isinstance(codec, numcodecs.Blosc):
+        blosc_decompress(blob, target)  # the codec object's decode adds checks costing ~10 us a chunk
+    else:
+        codec.decode(blob, out=target)

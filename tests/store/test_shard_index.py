@@ -1,0 +1,83 @@
+"""Shard index entries the reader must honour: absent chunks (all 0xFF) and entries that cannot be right."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from mt2kd.errors import StoreFormatError
+from mt2kd.store import TeacherSpec, TeacherStore
+from mt2kd.store._format import MISSING, decode_index, encode_index, index_nbytes
+
+DIM = 2048  # 4 KiB float16 rows: 16 rows per inner chunk, so a few rows span several chunks
+ROWS_PER_CHUNK = 16
+
+
+def write_store(path: Path) -> tuple[TeacherStore, dict[str, np.ndarray]]:
+    """Cuts "a" (40 rows: chunks 0-2) and "b" (20 rows: chunks 2-3) in one shard."""
+    rng = np.random.default_rng(3)
+    frames = {"a": rng.standard_normal((40, DIM)).astype(np.float32),
+              "b": rng.standard_normal((20, DIM)).astype(np.float32)}
+    store = TeacherStore.create(str(path), [TeacherSpec("whisper", "frames", DIM, frame_rate=25.0)])
+    with store.shard_writer(0) as writer:
+        for cut_id, rows in frames.items():
+            writer.put(cut_id, {"whisper": rows})
+    assert store.shards["000000"].teachers["whisper"].rows_per_chunk == ROWS_PER_CHUNK
+    return store, frames
+
+
+def data_folder(path: Path, store: TeacherStore) -> Path:
+    return path / store.shards["000000"].path / "whisper" / "data"
+
+
+def rewrite_entry(folder: Path, chunk: int, entry: tuple[int, int]) -> None:
+    """Replace one (offset, nbytes) entry of the shard index, with a matching crc32c."""
+    shard = folder / "c" / "0" / "0"
+    blob = shard.read_bytes()
+    num_chunks = 4
+    tail = len(blob) - index_nbytes(num_chunks)
+    entries = [tuple(int(v) for v in row) for row in decode_index(blob[tail:], num_chunks, str(shard))]
+    entries[chunk] = entry
+    shard.write_bytes(blob[:tail] + encode_index(entries))
+
+
+def test_an_absent_chunk_reads_as_the_fill_value_like_plain_zarr(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    store, frames = write_store(path)
+    folder = data_folder(path, store)
+    rewrite_entry(folder, 1, (MISSING, MISSING))  # rows 16-31 of cut "a": what zarr writes for an empty chunk
+    meta = json.loads((folder / "zarr.json").read_text())
+    meta["fill_value"] = 1.5  # a fill value other than 0 shows it comes from the metadata
+    (folder / "zarr.json").write_text(json.dumps(meta))
+    reopened = TeacherStore.open(str(path))
+    got = reopened.get("a")["whisper"]
+    expected = frames["a"].astype(np.float16)
+    expected[16:32] = 1.5
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, zarr.open_array(str(folder), mode="r")[0:40])
+    both = reopened.get_many(["b", "a"])  # the batched path decodes the shared chunk 2 once
+    np.testing.assert_array_equal(both[0]["whisper"], frames["b"].astype(np.float16))
+    np.testing.assert_array_equal(both[1]["whisper"], expected)
+
+
+def test_a_half_absent_index_entry_is_a_format_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    store, _ = write_store(path)
+    rewrite_entry(data_folder(path, store), 2, (MISSING, 100))
+    with pytest.raises(StoreFormatError, match=r"whisper/data/c/0/0: .*half-absent entry for chunk 2"):
+        TeacherStore.open(str(path)).get("b")
+
+
+def test_an_entry_pointing_past_the_data_is_a_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    store, _ = write_store(path)
+    rewrite_entry(data_folder(path, store), 3, (10**9, 100))
+    reopened = TeacherStore.open(str(path))
+    with pytest.raises(StoreFormatError, match=r"c/0/0: every chunk must end before the shard index"):
+        reopened.get("a")
+    problems = reopened.verify()
+    assert len(problems) == 1 and "every chunk must end before the shard index" in str(problems[0])
