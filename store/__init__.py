@@ -3,6 +3,7 @@
 from mt2kd.store._multi import MultiStore, open_stores
 from mt2kd.store._spec import TeacherSpec
 from mt2kd.store._store import TeacherStore
+from mt2kd.store._verify import Problem
 from mt2kd.store._writer import ShardWriter
 
-__all__ = ["TeacherSpec", "TeacherStore", "open_stores", "ShardWriter", "MultiStore"]
+__all__ = ["TeacherSpec", "TeacherStore", "open_stores", "ShardWriter", "MultiStore", "Problem"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 from mt2kd.errors import ConfigError, CutNotFoundError, DuplicateCutError, StoreFormatError
 from mt2kd.store._spec import TeacherSpec
 from mt2kd.store._store import TeacherStore
+from mt2kd.store._verify import Problem
 
 
 class MultiStore:
@@ -74,14 +76,31 @@ class MultiStore:
                 out[slot] = arrays
         return out
 
-    def verify(self, durations: Mapping[str, float] | None = None) -> list[str]:
-        """Every store's problems (prefixed with its URL), plus manifest cuts found in none."""
-        problems = [f"{s.url}: {p}" for s in self.stores for p in s.verify()]
+    def shapes(self, cut_id: str) -> dict[str, tuple[int, ...]]:
+        """Shape of every stored teacher output of ``cut_id``, from the owning store's index."""
+        return self._store_of(cut_id).shapes(cut_id)
+
+    def num_frames(self, cut_id: str, teacher: str) -> int:
+        """Frames of ``teacher`` stored for ``cut_id`` (0 when the owning store has none of that teacher)."""
+        store = self._store_of(cut_id)
+        if teacher not in store.specs and teacher in self._specs:
+            return 0
+        return store.num_frames(cut_id, teacher)
+
+    def _store_of(self, cut_id: str) -> TeacherStore:
+        number = self._owner.get(cut_id)
+        if number is None:
+            raise CutNotFoundError(f"cut {cut_id!r} must be in one of the {len(self.stores)} stores. Got none.")
+        return self.stores[number]
+
+    def verify(self, durations: Mapping[str, float] | None = None) -> list[Problem]:
+        """Every store's problems (``store`` set to its URL, which ``str()`` puts first), plus manifest cuts found in none."""
+        problems: list[Problem] = []
+        for number, store in enumerate(self.stores):  # each store read once, with its share of the manifest
+            mine = None if durations is None else {c: d for c, d in durations.items() if self._owner.get(c) == number}
+            problems += [dataclasses.replace(p, store=store.url) for p in store.verify(mine)]
         if durations is not None:
-            for number, store in enumerate(self.stores):
-                mine = {c: d for c, d in durations.items() if self._owner.get(c) == number}
-                problems += [f"{store.url}: {p}" for p in store.verify(mine)]
-            problems += [f"cut {c!r} is in the manifest but in none of the stores"
+            problems += [Problem("missing", f"cut {c!r} is in the manifest but in none of the stores", cut_id=c)
                          for c in durations if c not in self._owner]
         return problems
 

@@ -6,7 +6,7 @@ import datetime
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from mt2kd.store._index import ShardRecord, StoreIndex, load_records
 from mt2kd.store._reader import ChunkReader
 from mt2kd.store._spec import TeacherSpec
 from mt2kd.store._writer import ShardWriter
+
+if TYPE_CHECKING:
+    from mt2kd.store._verify import Problem
 
 MODES = ("r", "a")
 RESERVED = (SHARDS_DIR, COMMITS_DIR, LOCKS_DIR, METADATA_FILE)  # root entries mt2kd itself writes
@@ -166,6 +169,48 @@ class TeacherStore:
         """Every recorded failure: ``{"cut_id", "teacher", "reason", "shard"}``."""
         return self._index.failures()
 
+    def shapes(self, cut_id: str) -> dict[str, tuple[int, ...]]:
+        """Shape of every stored teacher output of ``cut_id`` (as ``get`` would return), read from the index.
+
+        No array data is read: frame counts come from the commit records.
+
+        Examples
+        --------
+        >>> store.shapes("cut-1")  # doctest: +SKIP
+        {'whisper': (3, 4)}
+        """
+        record, position = self._locate(cut_id)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for teacher, spec in self._specs.items():
+            num_rows = _num_rows(record, teacher, position)
+            if num_rows:
+                shapes[teacher] = (num_rows, spec.dim) if spec.kind == "frames" else (spec.dim,)
+        return shapes
+
+    def num_frames(self, cut_id: str, teacher: str) -> int:
+        """Frames of ``teacher`` (a frames teacher) stored for ``cut_id``; 0 when it has no output of it.
+
+        Answered from the index, without reading array data.
+
+        Examples
+        --------
+        >>> store.num_frames("cut-1", "whisper")  # doctest: +SKIP
+        3
+        """
+        spec = self._specs.get(teacher)
+        if spec is None or spec.kind != "frames":
+            frames = [t for t, s in self._specs.items() if s.kind == "frames"]
+            raise ConfigError(f"num_frames needs a frames teacher, one of {frames}. Got {teacher!r}.")
+        record, position = self._locate(cut_id)
+        return _num_rows(record, teacher, position)
+
+    def _locate(self, cut_id: str) -> tuple[ShardRecord, int]:
+        found = self._index.where.get(cut_id)
+        if found is None:
+            raise CutNotFoundError(f"cut {cut_id!r} must be in the store {self.loc.url}. "
+                                   f"Got no such cut among {len(self._index):,}.")
+        return found
+
     def get(self, cut_id: str) -> dict[str, np.ndarray]:
         """Every stored teacher output of ``cut_id``: frames ``[T, dim]``, clip ``[dim]``."""
         return self.get_many([cut_id])[0]
@@ -179,14 +224,8 @@ class TeacherStore:
         >>> batch = store.get_many(["cut-1", "cut-2"], teachers=["whisper"])  # doctest: +SKIP
         """
         wanted = self._teachers(teachers)
-        index = self._index
-        jobs = []
-        for cut_id in cut_ids:
-            found = index.where.get(cut_id)
-            if found is None:
-                raise CutNotFoundError(f"cut {cut_id!r} must be in the store {self.loc.url}. "
-                                       f"Got no such cut among {len(index):,}.")
-            jobs.append(found)
+        where = self._index.where
+        jobs = [where.get(c) or self._locate(c) for c in cut_ids]  # _locate raises for an unknown cut
         return self._reader.read(jobs, wanted)
 
     def _teachers(self, teachers: Iterable[str] | None) -> list[str]:
@@ -204,11 +243,18 @@ class TeacherStore:
 
         return store_info(self)
 
-    def verify(self, durations: Mapping[str, float] | None = None) -> list[str]:
+    def verify(self, durations: Mapping[str, float] | None = None) -> list[Problem]:
         """Problems found by reading everything; an empty list means the store is sound.
 
         ``durations`` (cut ID -> seconds) adds: every cut must be present and
         its frame counts must match ``duration x frame_rate`` within 1 frame.
+        Each :class:`Problem` has a ``kind``, the ``cut_id``, ``teacher`` and
+        ``shard`` it concerns (None when not one), and ``str()`` reads as a line.
+
+        Examples
+        --------
+        >>> [str(p) for p in store.verify({"cut-1": 0.12})]  # doctest: +SKIP
+        []
         """
         from mt2kd.store._verify import verify_store
 
@@ -237,6 +283,11 @@ class TeacherStore:
 
     def __repr__(self) -> str:
         return f"TeacherStore({self.loc.url!r}, mode={self.mode!r}, teachers={list(self._specs)}, cuts={len(self)})"
+
+
+def _num_rows(record: ShardRecord, teacher: str, position: int) -> int:
+    rows = record.teachers.get(teacher)
+    return 0 if rows is None else int(rows.offsets[position + 1] - rows.offsets[position])
 
 
 def _checked_specs(specs: Sequence[TeacherSpec]) -> list[TeacherSpec]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,37 @@ SECONDS_PER_HOUR = 3600.0
 FLOAT32_BYTES = 4  # bytes of one float32 value
 FRAME_TOLERANCE = 1  # frames a cut may differ from duration x frame_rate
 VERIFY_BATCH = 64  # cuts per read while scanning for NaN/Inf
+PROBLEM_KINDS = ("offsets", "unreadable", "nonfinite", "missing", "frame_count", "leftover")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One finding of ``verify``; ``str()`` gives the readable line.
+
+    Examples
+    --------
+    >>> p = Problem("missing", "cut 'a' is in the manifest but not in the store", cut_id="a")
+    >>> str(p), p.kind
+    ("cut 'a' is in the manifest but not in the store", 'missing')
+    """
+
+    kind: str  # one of PROBLEM_KINDS
+    message: str  # the readable line, naming the cut, teacher and shard it concerns
+    cut_id: str | None = None  # the cut concerned; None for shard- or store-wide problems
+    teacher: str | None = None  # the teacher concerned; None when all or none
+    shard: str | None = None  # shard name ("000007"), when the problem lies in one
+    store: str | None = None  # URL of the store, set by multi-store views (then str() starts with it)
+
+    def __str__(self) -> str:
+        return self.message if self.store is None else f"{self.store}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "text": str(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Problem:
+        optional = {k: None if data.get(k) is None else str(data[k]) for k in ("cut_id", "teacher", "shard", "store")}
+        return cls(str(data["kind"]), str(data["message"]), **optional)
 
 
 def store_info(store: TeacherStore) -> dict[str, Any]:
@@ -57,25 +89,32 @@ def _teacher_info(spec: dict[str, Any], name: str, records: list[ShardRecord]) -
 # ---------------------------------------------------------------- verify
 
 
-def verify_store(store: TeacherStore, durations: Mapping[str, float] | None) -> list[str]:
-    """Every problem found, as one readable line each (see ``TeacherStore.verify``)."""
-    problems: list[str] = []
+def verify_store(store: TeacherStore, durations: Mapping[str, float] | None) -> list[Problem]:
+    """Every problem found (see ``TeacherStore.verify``)."""
+    problems: list[Problem] = []
     for record in store.shards.values():
         problems += _check_record(store, record)
     if durations is not None:
         problems += _check_durations(store, durations)
-    problems += [f"uncommitted leftover {path}: {why}" for path, why in find_leftovers(store) if why != "abandoned"]
+    problems += [Problem("leftover", f"uncommitted leftover {path}: {why}", shard=_shard_of(path))
+                 for path, why in find_leftovers(store) if why != "abandoned"]
     return problems
 
 
-def _check_record(store: TeacherStore, record: ShardRecord) -> list[str]:
+def _shard_of(path: str) -> str | None:
+    """``shards/000007.3f2a9c0d1b7e`` -> ``000007``."""
+    return path.split("/", 1)[1].split(".", 1)[0] if path.startswith(f"{SHARDS_DIR}/") else None
+
+
+def _check_record(store: TeacherStore, record: ShardRecord) -> list[Problem]:
     problems = []
     for teacher, rows in record.teachers.items():
         offsets = rows.offsets
         if offsets.shape != (record.num_cuts + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
                 or offsets[-1] != rows.num_rows:
-            problems.append(f"shard {record.name}: offsets of teacher {teacher!r} must rise from 0 to "
-                            f"{rows.num_rows} over {record.num_cuts} cuts. Got {offsets.tolist()[:8]}...")
+            problems.append(Problem("offsets", f"shard {record.name}: offsets of teacher {teacher!r} must rise "
+                                    f"from 0 to {rows.num_rows} over {record.num_cuts} cuts. "
+                                    f"Got {offsets.tolist()[:8]}...", teacher=teacher, shard=record.name))
     if problems:
         return problems
     for start in range(0, record.num_cuts, VERIFY_BATCH):
@@ -83,23 +122,27 @@ def _check_record(store: TeacherStore, record: ShardRecord) -> list[str]:
         try:
             got = store._reader.read(jobs, list(store.specs))
         except (MT2KDError, OSError, ValueError, RuntimeError) as e:
-            return [f"shard {record.name} ({record.path}) is unreadable: {type(e).__name__}: {e}"]
+            return [Problem("unreadable", f"shard {record.name} ({record.path}) is unreadable: "
+                            f"{type(e).__name__}: {e}", shard=record.name)]
         for (_, i), arrays in zip(jobs, got):
             for teacher, array in arrays.items():
                 num_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
                 if num_bad:
-                    problems.append(f"cut {record.cut_ids[i]!r}, teacher {teacher!r} (shard {record.name}): "
-                                    f"{num_bad} NaN/Inf values")
+                    cut_id = record.cut_ids[i]
+                    problems.append(Problem("nonfinite", f"cut {cut_id!r}, teacher {teacher!r} (shard "
+                                            f"{record.name}): {num_bad} NaN/Inf values", cut_id=cut_id,
+                                            teacher=teacher, shard=record.name))
     return problems
 
 
-def _check_durations(store: TeacherStore, durations: Mapping[str, float]) -> list[str]:
+def _check_durations(store: TeacherStore, durations: Mapping[str, float]) -> list[Problem]:
     problems = []
     frames = {n: s for n, s in store.specs.items() if s.kind == "frames"}
     for cut_id, duration in durations.items():
         found = store._index.where.get(cut_id)
         if found is None:
-            problems.append(f"cut {cut_id!r} is in the manifest but not in the store")
+            problems.append(Problem("missing", f"cut {cut_id!r} is in the manifest but not in the store",
+                                    cut_id=cut_id))
             continue
         record, position = found
         for name, spec in frames.items():
@@ -109,8 +152,9 @@ def _check_durations(store: TeacherStore, durations: Mapping[str, float]) -> lis
             num_frames = int(rows.offsets[position + 1] - rows.offsets[position])
             expected = float(duration) * float(spec.frame_rate or 0.0)
             if num_frames and abs(num_frames - expected) > FRAME_TOLERANCE:
-                problems.append(f"cut {cut_id!r}, teacher {name!r}: {num_frames} frames must match "
-                                f"{duration:g} s x {spec.frame_rate:g} Hz = {expected:.1f} +- {FRAME_TOLERANCE}")
+                problems.append(Problem("frame_count", f"cut {cut_id!r}, teacher {name!r}: {num_frames} frames "
+                                        f"must match {duration:g} s x {spec.frame_rate:g} Hz = {expected:.1f} "
+                                        f"+- {FRAME_TOLERANCE}", cut_id=cut_id, teacher=name, shard=record.name))
     return problems
 
 

@@ -134,7 +134,12 @@ def test_info_text_shows_the_json_facts(store_path: str) -> None:
     assert [value for _, value in teacher_lines] == list(facts["teachers"])
     assert len({line.index(":") for line in out.splitlines() if ":" in line}) == 1  # one aligned column
     assert text["Attr random_teachers"] == "true" and facts["attrs"] == {"random_teachers": True}
-    assert json.loads(text["Config"]) == facts["teachers"]["whisper"]["config"] == {"mode": "trim", "layer": -1}
+    assert facts["teachers"]["whisper"]["config"] == {"mode": "trim", "layer": -1}
+    lines = out.splitlines()
+    config_at = next(i for i, line in enumerate(lines) if line.strip().startswith("Config"))
+    # one `key = value` line per option, sorted, the `=` aligned under the value column
+    assert lines[config_at].split(": ", 1)[1] == "layer = -1"
+    assert lines[config_at + 1] == " " * 22 + "mode  = trim"
 
 
 def test_info_counts_recorded_failures(tmp_path: Path, outputs: dict) -> None:
@@ -161,6 +166,20 @@ def test_ls_lists_every_cut_with_its_shapes(store_path: str, outputs: dict) -> N
     assert facts["num_cuts"] == len(outputs)
     shapes = {c["cut_id"]: c["shapes"] for c in facts["cuts"]}
     assert shapes == {c: {t: list(a.shape) for t, a in arrays.items()} for c, arrays in outputs.items()}
+
+
+def test_ls_reads_the_index_only(tmp_path: Path, outputs: dict) -> None:
+    """With every data file gone, ls still lists each shape (show, which reads data, fails)."""
+    path = write_store(tmp_path / "ls.zarr", outputs)
+    removed = [p for p in Path(path).glob("shards/*/*/data/c/0/0")]
+    for data_file in removed:
+        data_file.unlink()
+    assert len(removed) == 2 * len(SPECS)
+    facts = run_json("ls", path, "--limit", "0")
+    assert {c["cut_id"]: c["shapes"] for c in facts["cuts"]} == {
+        c: {t: list(a.shape) for t, a in arrays.items()} for c, arrays in outputs.items()}
+    code, out = run("show", path, "spk1-ch1-0001")
+    assert code == 1 and "FileNotFoundError" in out
 
 
 def test_ls_limit_says_how_many_are_left(store_path: str) -> None:
@@ -220,7 +239,10 @@ def test_verify_reports_a_manifest_cut_missing_from_the_store(store_path: str, t
     code, out = run("verify", store_path, "--cuts", manifest, "--json")
     facts = json.loads(out)
     assert code == 1 and not facts["ok"] and facts["num_problems"] == len(facts["problems"]) >= 1
-    assert any("spk9-ch9-0009" in p for p in facts["problems"])
+    missing = [p for p in facts["problems"] if p["cut_id"] == "spk9-ch9-0009"]
+    assert missing == [{"kind": "missing", "message": "cut 'spk9-ch9-0009' is in the manifest but not in the store",
+                        "cut_id": "spk9-ch9-0009", "teacher": None, "shard": None, "store": None,
+                        "text": "cut 'spk9-ch9-0009' is in the manifest but not in the store"}]
 
 
 def test_verify_reports_frame_counts_that_disagree_with_durations(store_path: str, tmp_path: Path) -> None:

@@ -299,8 +299,11 @@ def test_verify_reports_missing_cuts_and_frame_counts(store_url: str, specs_of: 
     durations = {"a": (frames_a + 0.9) / 25.0, "b": (frames_b + 3) / 25.0, "gone": 2.0}
     problems = store.verify(durations)
     assert len(problems) == 2
-    assert problems[0].startswith(f"cut 'b', teacher 'whisper': {frames_b} frames must match")
-    assert problems[1] == "cut 'gone' is in the manifest but not in the store"
+    assert str(problems[0]).startswith(f"cut 'b', teacher 'whisper': {frames_b} frames must match")
+    assert (problems[0].kind, problems[0].cut_id, problems[0].teacher, problems[0].shard) == (
+        "frame_count", "b", "whisper", "000000")
+    assert str(problems[1]) == "cut 'gone' is in the manifest but not in the store"
+    assert (problems[1].kind, problems[1].cut_id, problems[1].teacher) == ("missing", "gone", None)
 
 
 def test_a_cut_committed_twice_by_racing_writers_is_refused_at_open(store_url: str, specs_of: Any,

@@ -81,7 +81,8 @@ def test_kill_between_data_and_commit_record_is_reported_then_cleaned(tmp_path: 
     store = TeacherStore.open(str(path), mode="a")
     assert len(store) == 0
     problems = store.verify()
-    assert len(problems) == 1 and "complete-looking shard group without a commit record" in problems[0]
+    assert len(problems) == 1 and "complete-looking shard group without a commit record" in str(problems[0])
+    assert (problems[0].kind, problems[0].shard, problems[0].cut_id) == ("leftover", "000000", None)
     assert len(store.clean()) == 2 and store.verify() == []
 
 

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from mt2kd.errors import StoreFormatError
-from mt2kd.store import TeacherSpec, TeacherStore
+from mt2kd.store import Problem, TeacherSpec, TeacherStore
 
 
 def write_two_shards(path: Path, specs: list[TeacherSpec], outputs: dict[str, dict[str, np.ndarray]]) -> TeacherStore:
@@ -92,7 +92,7 @@ def test_pickle_codec_is_refused_even_inside_a_shard(tmp_path: Path, specs_of: A
     reopened = TeacherStore.open(str(path))
     with pytest.raises(StoreFormatError, match="pickle and object codecs are never allowed"):
         reopened.get("a")
-    assert any("unreadable" in p and "numcodecs.pickle" in p for p in reopened.verify())
+    assert any(p.kind == "unreadable" and "numcodecs.pickle" in str(p) for p in reopened.verify())
 
 
 def test_corrupt_shard_file_is_reported_by_verify(tmp_path: Path, specs_of: Any, outputs_of: Any) -> None:
@@ -103,8 +103,8 @@ def test_corrupt_shard_file_is_reported_by_verify(tmp_path: Path, specs_of: Any,
     blob[-6] ^= 0xFF  # flip bits in the shard index: its crc32c no longer matches
     data.write_bytes(bytes(blob))
     problems = TeacherStore.open(str(path)).verify()
-    assert len(problems) == 1 and problems[0].startswith("shard 000001 (shards/000001.")
-    assert "checksum" in problems[0]
+    assert len(problems) == 1 and str(problems[0]).startswith("shard 000001 (shards/000001.")
+    assert "checksum" in str(problems[0]) and (problems[0].kind, problems[0].shard) == ("unreadable", "000001")
 
 
 def test_nan_written_behind_the_api_is_reported(tmp_path: Path) -> None:
@@ -117,8 +117,9 @@ def test_nan_written_behind_the_api_is_reported(tmp_path: Path) -> None:
     blob = bytearray(data.read_bytes())
     blob[16:20] = np.float32(np.nan).tobytes()  # cut "b", first value
     data.write_bytes(bytes(blob))
-    assert TeacherStore.open(str(tmp_path / "s.zarr")).verify() == [
-        "cut 'b', teacher 'ecapa' (shard 000000): 1 NaN/Inf values"]
+    problems = TeacherStore.open(str(tmp_path / "s.zarr")).verify()
+    assert [str(p) for p in problems] == ["cut 'b', teacher 'ecapa' (shard 000000): 1 NaN/Inf values"]
+    assert problems == [Problem("nonfinite", str(problems[0]), cut_id="b", teacher="ecapa", shard="000000")]
 
 
 def test_newer_format_version_is_refused(tmp_path: Path, specs_of: Any) -> None:

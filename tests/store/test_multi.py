@@ -34,7 +34,9 @@ def test_view_reads_every_store_in_request_order(tmp_path: Path, specs_of: Any, 
     np.testing.assert_array_equal(got[3]["whisper"], a["a3"]["whisper"].astype(np.float16))
     with pytest.raises(CutNotFoundError, match="'zz'"):
         view.get("zz")
-    assert view.verify({"a1": 1.0, "nowhere": 1.0})[-1] == "cut 'nowhere' is in the manifest but in none of the stores"
+    problems = view.verify({"a1": 1.0, "nowhere": 1.0})
+    assert str(problems[-1]) == "cut 'nowhere' is in the manifest but in none of the stores"
+    assert (problems[-1].kind, problems[-1].cut_id, problems[-1].store) == ("missing", "nowhere", None)
 
 
 def test_a_cut_in_two_stores_names_both(tmp_path: Path, specs_of: Any, outputs_of: Any) -> None:

@@ -81,3 +81,4 @@ def test_an_entry_pointing_past_the_data_is_a_format_error(tmp_path: Path) -> No
         reopened.get("a")
     problems = reopened.verify()
     assert len(problems) == 1 and "every chunk must end before the shard index" in str(problems[0])
+    assert (problems[0].kind, problems[0].shard) == ("unreadable", "000000")

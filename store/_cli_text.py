@@ -1,0 +1,263 @@
+"""Text and facts behind ``mt2kd store``: aligned ``key : value`` lines, value summaries, store diffs.
+
+Everything here is plain functions of stores and dicts, so the commands in
+``_cli.py`` stay thin and these pieces can be tested and reused (workflows
+read manifests with :func:`load_durations`). Nothing imports torch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mt2kd.store import TeacherSpec, TeacherStore
+
+AUDIOSET_CLASSES = 527  # a clip teacher of this size emits AudioSet logits
+TOP_K = 10  # logits listed by `show` and drawn by `plot`
+READ_BATCH = 64  # cuts per get_many while scanning a whole store
+KEY_WIDTH = 20  # column of the ':' in key : value output
+
+
+# ---------------------------------------------------------------- key : value lines
+
+
+def kv_lines(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
+    """Aligned ``key : value`` lines, zarr ``ArrayInfo`` style."""
+    pad = " " * indent
+    return [f"{pad}{key:<{KEY_WIDTH - indent}}: {value}" for key, value in pairs]
+
+
+def human_bytes(num_bytes: float) -> str:
+    """``1536`` -> ``'1.5K'``: binary units with one decimal, like zarr's info."""
+    value = float(num_bytes)
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(value) < 1024.0 or unit == "T":
+            return f"{int(value)}" if unit == "" else f"{value:.1f}{unit}"
+        value /= 1024.0
+    return f"{value:.1f}P"
+
+
+def fmt_number(value: Any, fmt: str = "{:,}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def info_lines(facts: Mapping[str, Any]) -> list[str]:
+    lines = kv_lines([
+        ("Type", "mt2kd.TeacherStore"), ("Store", facts["url"]),
+        ("Format version", fmt_number(facts["format_version"], "{}")),
+        ("Teachers", ", ".join(facts["teachers"])), ("Cuts", fmt_number(facts["num_cuts"])),
+        ("Committed shards", fmt_number(facts["num_shards"])), ("Failures", fmt_number(facts["num_failures"])),
+        ("Audio hours", fmt_number(facts["audio_hours"], "{:,.3f}")),
+        ("Bytes on disk", fmt_bytes(facts["bytes_on_disk"])),
+        ("Teacher data", fmt_bytes(facts["teacher_bytes_on_disk"])),
+        ("Storage ratio", fmt_number(facts["storage_ratio"], "{:.2f}") + " (teacher data / raw float32)"),
+        *((f"Attr {key}", json.dumps(value)) for key, value in sorted(facts.get("attrs", {}).items())),
+    ])
+    for name, t in facts["teachers"].items():
+        shape = f"[frames, {t['dim']}] at {t['frame_rate']:g} Hz" if t["kind"] == "frames" else f"[{t['dim']}] per cut"
+        lines += ["", *kv_lines([("Teacher", name)])]
+        lines += kv_lines([
+            ("Kind", f"{t['kind']} {shape}"), ("Dtype", t["dtype"]),
+            ("Codec", f"{t['codec']} (level {t['codec_level']})"), ("Fingerprint", t["fingerprint"] or "-"),
+            ("Cuts", fmt_number(t["num_cuts"])),
+            *([("Frames", fmt_number(t["num_frames"])), ("Audio hours", fmt_number(t["audio_hours"], "{:,.3f}"))]
+              if t["kind"] == "frames" else []),
+            ("Bytes on disk", fmt_bytes(t["bytes_on_disk"])),
+            ("Storage ratio", fmt_number(t["storage_ratio"], "{:.2f}")),
+        ], indent=2)
+        lines += config_lines(t.get("config", {}), indent=2)
+    return lines
+
+
+def config_lines(config: Mapping[str, Any], indent: int = 0) -> list[str]:
+    """A teacher's config as ``Config : key = value`` lines, nested keys dotted, the ``=`` aligned.
+
+    Examples
+    --------
+    >>> print("\\n".join(config_lines({"mode": "trim", "layer": -1})))
+    Config              : layer = -1
+                          mode  = trim
+    """
+    flat = flatten(config)
+    if not flat:
+        return kv_lines([("Config", "-")], indent)
+    width = max(len(key) for key in flat)
+    values = [f"{key:<{width}} = {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
+              for key, value in sorted(flat.items())]  # strings bare: `mode = trim` reads best; --json is exact
+    return [*kv_lines([("Config", values[0])], indent), *(" " * (KEY_WIDTH + 2) + value for value in values[1:])]
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def fmt_bytes(num_bytes: int | None) -> str:
+    return "-" if num_bytes is None else f"{num_bytes:,} ({human_bytes(num_bytes)})"
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(n) for n in shape) + "]"
+
+
+def summarize(array: np.ndarray, spec: TeacherSpec | None) -> dict[str, Any]:
+    """Shape and value statistics of one teacher output, plus top logits or a norm for clip outputs."""
+    values = np.asarray(array, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    facts: dict[str, Any] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+    if spec is not None and spec.kind == "frames":
+        facts["num_frames"] = int(array.shape[0])
+        facts["seconds"] = array.shape[0] / spec.frame_rate
+    for name, fn in (("min", np.min), ("max", np.max), ("mean", np.mean), ("std", np.std)):
+        facts[name] = float(fn(finite)) if finite.size else math.nan
+    facts["num_nonfinite"] = int(values.size - finite.size)
+    if values.ndim == 1:
+        facts["norm"] = float(np.linalg.norm(values))
+        if values.shape[0] == AUDIOSET_CLASSES:
+            top = np.argsort(-values, kind="stable")[:TOP_K]
+            facts["top_logits"] = [{"index": int(i), "logit": float(values[i])} for i in top]
+    return facts
+
+
+def show_pairs(facts: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = [("Shape", shape_text(facts["shape"])), ("Dtype", facts["dtype"])]
+    if "num_frames" in facts:
+        pairs.append(("Duration", f"{facts['seconds']:.2f} s ({facts['num_frames']} frames)"))
+    pairs += [(k.capitalize(), f"{facts[k]:.6g}") for k in ("min", "max", "mean", "std")]
+    if facts["num_nonfinite"]:
+        pairs.append(("Non-finite values", facts["num_nonfinite"]))
+    if "norm" in facts:
+        pairs.append(("L2 norm", f"{facts['norm']:.6g}"))
+    for rank, top in enumerate(facts.get("top_logits", []), start=1):
+        pairs.append((f"Logit #{rank}", f"{top['logit']:.4f}  (class {top['index']})"))
+    return pairs
+
+
+# ---------------------------------------------------------------- reading
+
+
+def scan(ts: TeacherStore, cut_ids: Sequence[str], teachers: Sequence[str] | None = None
+          ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """(cut ID, {teacher: array}) of every cut, read in batches so reads are coalesced."""
+    for start in range(0, len(cut_ids), READ_BATCH):
+        chunk = cut_ids[start:start + READ_BATCH]
+        yield from zip(chunk, ts.get_many(chunk, teachers=teachers))
+
+
+def load_durations(manifest: str) -> dict[str, float]:
+    """Cut ID -> duration (s) of a lhotse CutSet manifest (``.jsonl`` or ``.jsonl.gz``).
+
+    Lines are parsed as plain JSON, which keeps torch (imported by lhotse) out
+    of ``verify``; a manifest with cuts that carry no ``duration`` field (mixed
+    cuts) is handed to lhotse instead.
+    """
+    durations: dict[str, float] = {}
+    opener = gzip.open if manifest.endswith(".gz") else open
+    with opener(manifest, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            cut = json.loads(line)
+            if "duration" not in cut:
+                return _load_durations_with_lhotse(manifest)
+            durations[cut["id"]] = float(cut["duration"])
+    return durations
+
+
+def _load_durations_with_lhotse(manifest: str) -> dict[str, float]:
+    from lhotse import CutSet
+
+    return {cut.id: float(cut.duration) for cut in CutSet.from_jsonl_lazy(manifest)}
+
+
+# ---------------------------------------------------------------- diff
+
+
+class TeacherDiff:
+    """Running max/mean absolute difference and mean row cosine of one teacher."""
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.num_values = 0
+        self.sum_cos = 0.0
+        self.num_rows = 0
+        self.num_cuts = 0
+        self.shape_mismatches: list[str] = []
+
+    def add(self, cut_id: str, a: np.ndarray, b: np.ndarray) -> None:
+        if a.shape != b.shape:
+            self.shape_mismatches.append(f"{cut_id}: {shape_text(a.shape)} vs {shape_text(b.shape)}")
+            return
+        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        abs_diff = np.abs(a64 - b64)
+        self.num_cuts += 1
+        if abs_diff.size:
+            self.max_abs = max(self.max_abs, float(abs_diff.max()))
+        self.sum_abs += float(abs_diff.sum())
+        self.num_values += abs_diff.size
+        rows_a, rows_b = a64.reshape(-1, a64.shape[-1]), b64.reshape(-1, b64.shape[-1])
+        self.sum_cos += float(row_cosines(rows_a, rows_b).sum())
+        self.num_rows += rows_a.shape[0]
+
+    def facts(self) -> dict[str, Any]:
+        return {"num_cuts": self.num_cuts, "max_abs_diff": self.max_abs,
+                "mean_abs_diff": self.sum_abs / self.num_values if self.num_values else 0.0,
+                "mean_cosine": self.sum_cos / self.num_rows if self.num_rows else math.nan,
+                "shape_mismatches": self.shape_mismatches}
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row pair; two all-zero rows count as identical (1.0)."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.einsum("ij,ij->i", a, b)
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    return np.where(both_zero, 1.0, dots / np.where(norms > 0, norms, 1.0))
+
+
+def diff_stores(a: TeacherStore, b: TeacherStore) -> dict[str, Any]:
+    """Compare two stores over the cuts and teachers they share."""
+    ids_a, ids_b = list(a.cut_ids()), set(b.cut_ids())
+    shared = [c for c in ids_a if c in ids_b]
+    teachers = [t for t in a.specs if t in b.specs]
+    diffs = {t: TeacherDiff() for t in teachers}
+    for (cut_id, got_a), (_, got_b) in zip(scan(a, shared, teachers), scan(b, shared, teachers)):
+        for t in teachers:
+            if t in got_a and t in got_b:
+                diffs[t].add(cut_id, got_a[t], got_b[t])
+            elif t in got_a or t in got_b:  # a teacher may be absent for a cut (a recorded failure)
+                diffs[t].shape_mismatches.append(f"{cut_id}: present only in {'A' if t in got_a else 'B'}")
+    return {"num_shared_cuts": len(shared), "num_only_a": len(ids_a) - len(shared),
+            "num_only_b": len(ids_b) - len(shared),
+            "teachers_only_a": sorted(set(a.specs) - set(teachers)),
+            "teachers_only_b": sorted(set(b.specs) - set(teachers)),
+            "teachers": {t: d.facts() for t, d in diffs.items()}}
+
+
+def diff_lines(facts: Mapping[str, Any]) -> list[str]:
+    lines = kv_lines([("Store A", facts["store_a"]), ("Store B", facts["store_b"]),
+                      ("Shared cuts", f"{facts['num_shared_cuts']:,}"), ("Only in A", f"{facts['num_only_a']:,}"),
+                      ("Only in B", f"{facts['num_only_b']:,}")])
+    for side in ("a", "b"):
+        if facts[f"teachers_only_{side}"]:
+            lines += kv_lines([(f"Teachers only in {side.upper()}", ", ".join(facts[f"teachers_only_{side}"]))])
+    for name, d in facts["teachers"].items():
+        lines += ["", *kv_lines([("Teacher", name)])]
+        lines += kv_lines([("Cuts compared", f"{d['num_cuts']:,}"), ("Max abs diff", f"{d['max_abs_diff']:.6g}"),
+                           ("Mean abs diff", f"{d['mean_abs_diff']:.6g}"), ("Mean cosine", f"{d['mean_cosine']:.6f}"),
+                           ("Shape mismatches", len(d["shape_mismatches"]))], indent=2)
+        lines += [f"    - {m}" for m in d["shape_mismatches"][:TOP_K]]
+    return lines
