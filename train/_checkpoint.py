@@ -18,15 +18,11 @@ import numpy as np
 import torch
 
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError
-from mt2kd.train._config import StudentConfig
+from mt2kd.train._config import StudentConfig, checkpoint_path
 from mt2kd.train._model import Student
 
 FORMAT = "mt2kd-student-1"  # bumped when the checkpoint layout changes
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
-
-
-def checkpoint_path(exp_dir: str | Path, step: int) -> Path:
-    return Path(exp_dir) / f"checkpoint-{step:08d}.pt"
 
 
 def list_checkpoints(exp_dir: str | Path) -> list[Path]:

@@ -73,6 +73,17 @@ class StudentConfig:
         return _from_dict(cls, data)
 
 
+def checkpoint_path(exp_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written (kept here, torch-free, so configs can name it ahead).
+
+    Examples
+    --------
+    >>> checkpoint_path("exp", 30).name
+    'checkpoint-00000030.pt'
+    """
+    return Path(exp_dir) / f"checkpoint-{step:08d}.pt"
+
+
 STUDENT_PRESETS: dict[str, StudentConfig] = {
     "tiny": StudentConfig(
         frontend_channels=8, model_dim=32, num_blocks=4, num_heads=2, ffn_dim=64,

@@ -174,9 +174,17 @@ class Trainer:
     def run(self) -> list[dict[str, float]]:
         """Train until ``num_steps``; returns this call's per-step losses."""
         history: list[dict[str, float]] = []
-        progress = Progress(self.cfg, self.rank)
+        progress = Progress(self.cfg, self.rank, start_step=self.step)
         teachers = [self.weights.whisper_teacher, self.weights.beats_teacher, self.weights.ecapa_teacher]
         loader = make_loader(self.sampler, self.cfg.stores, self.cfg.num_workers, teachers)
+        try:
+            with progress.lines_above_bar():
+                self._loop(loader, progress, history)
+        finally:
+            progress.close()
+        return history
+
+    def _loop(self, loader: Any, progress: Progress, history: list[dict[str, float]]) -> None:
         while self.step < self.cfg.num_steps:
             start_step = self.step
             for batch in progress.timed(loader):
@@ -197,8 +205,6 @@ class Trainer:
                     )
                 self.sampler.set_epoch(self.sampler.epoch + 1)
                 self.batches_in_epoch = 0
-        progress.close()
-        return history
 
     def _maybe_checkpoint(self) -> None:
         last = self.step >= self.cfg.num_steps

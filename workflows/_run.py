@@ -1,4 +1,4 @@
-"""Run the chain of a :class:`WorkflowConfig`: prepare, extract, verify, then the stages hooked in."""
+"""Run the chain of a :class:`WorkflowConfig`: prepare, extract, verify, train, eval."""
 
 from __future__ import annotations
 
@@ -8,21 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mt2kd.errors import ConfigError, ValidationError
+from mt2kd.errors import ValidationError
 from mt2kd.workflows._config import WorkflowConfig
+from mt2kd.workflows._stages import eval_stage, train_stage
 
 Echo = Callable[[str], None]
-# Later stages plug in here (name -> function of the config and the results so far); `train` and
-# `eval` sections of a config run only when a hook of that name is registered.
-STAGE_HOOKS: dict[str, Callable[[WorkflowConfig, dict[str, Any]], Any]] = {}
-LATER_STAGES = ("train", "eval")
-
-
-def register_stage(name: str, hook: Callable[[WorkflowConfig, dict[str, Any]], Any]) -> None:
-    """Make the ``name`` section of workflow configs runnable (``train`` or ``eval``)."""
-    if name not in LATER_STAGES:
-        raise ConfigError(f"stage must be one of {list(LATER_STAGES)}. Got {name!r}.")
-    STAGE_HOOKS[name] = hook
 
 
 def prepare(config: WorkflowConfig, echo: Echo) -> None:
@@ -64,21 +54,20 @@ def verify(config: WorkflowConfig, echo: Echo) -> list[str]:
 
 
 def run_workflow(config: WorkflowConfig, echo: Echo | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run prepare -> extract -> verify -> (hooked) train -> eval; returns each stage's result.
+    """Run prepare -> extract -> verify -> train -> eval (the sections the config has); returns each result.
+
+    ``results["train"]`` is a :class:`TrainSummary`, ``results["eval"]`` the
+    evaluation report (also written to ``config.report`` when set).
 
     Examples
     --------
     >>> results = run_workflow(WorkflowConfig.load("run.yaml"))  # doctest: +SKIP
-    >>> results["verify"]
-    []
+    >>> results["verify"], results["eval"]["student"]["kd_l1"]["l1"]  # doctest: +SKIP
+    ([], 0.31)
     """
     from mt2kd.extract._job import extract
 
     say = echo or (lambda text: print(text, file=sys.stderr))
-    for stage in LATER_STAGES:
-        if getattr(config, stage) is not None and stage not in STAGE_HOOKS:
-            raise ConfigError(f"the {stage!r} section needs the {stage} stage hooked into workflows "
-                              f"(register_stage). Got none; run `mt2kd {stage}` on the store instead.")
     prepare(config, say)
     results: dict[str, Any] = {"extract": extract(config.extract, echo=say, progress=progress)}
     say(results["extract"].line())
@@ -87,9 +76,10 @@ def run_workflow(config: WorkflowConfig, echo: Echo | None = None, progress: boo
         if results["verify"]:
             raise ValidationError(f"the store {config.extract.store} must verify clean. "
                                   f"Got {len(results['verify'])} problems.")
-    for stage in LATER_STAGES:
-        if getattr(config, stage) is not None:
-            results[stage] = STAGE_HOOKS[stage](config, results)
+    if config.train is not None:
+        results["train"] = train_stage(config.train, say)
+    if config.eval is not None:
+        results["eval"] = eval_stage(config.eval, config.report, say)
     return results
 
 

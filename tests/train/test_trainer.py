@@ -79,8 +79,8 @@ def test_checkpoint_holds_everything_needed(tmp_path, corpus, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="mt2kd.train._progress"):
         train(_config(corpus, tmp_path / "exp", num_steps=6, checkpoint_every=2, keep_last=2, log_every=3))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    assert len(lines) == 2 and lines[1].startswith("step 6 |")
-    for part in ("whisper", "beats", "ecapa", "total", "audio h/s", "data-wait"):
+    assert len(lines) == 2 and lines[1].startswith("step 6/6 |")
+    for part in ("whisper", "beats", "ecapa", "total", "audio h/s", "data-wait", "ETA"):
         assert part in lines[1]
     paths = list_checkpoints(tmp_path / "exp")
     assert [p.name for p in paths] == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]

@@ -1,19 +1,23 @@
-"""``mt2kd demo`` and ``mt2kd run --config``: the chain on the bundled demo corpus, 2 local workers."""
+"""``mt2kd demo`` and ``mt2kd run --config``: the whole chain on the bundled demo corpus, 2 local workers.
+
+prepare -> extract -> verify -> stage-1 KD -> eval, for real: tiny random
+teachers, a LocalCluster, a tiny student trained for a few steps on CPU.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-import pytest
+import yaml
 from click.testing import CliRunner
 
 from mt2kd.cli import main
-from mt2kd.errors import ConfigError
 from mt2kd.store import TeacherStore
 from mt2kd.store._cli import load_durations
-from mt2kd.workflows._config import DEMO_DIR, DEMO_MANIFESTS, WorkflowConfig, demo_config
-from mt2kd.workflows._run import run_workflow
+from mt2kd.workflows._config import WorkflowConfig
+from mt2kd.workflows._demo import DEMO_DIR, DEMO_MANIFESTS, DEMO_TRAIN_STEPS
 
 
 def demo_cut_ids() -> set[str]:
@@ -31,55 +35,74 @@ def test_demo_corpus_has_speakers_transcripts_and_event_labels() -> None:
     assert all(not Path(c.recording.sources[0].source).is_absolute() for c in speech + events)
 
 
-def test_demo_extracts_every_cut_says_the_teachers_are_random_and_resumes(tmp_path: Path) -> None:
+def _finite(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def test_demo_runs_extract_train_eval_says_random_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
     runner = CliRunner()
-    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+    result = runner.invoke(main, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "RANDOM-weight" in result.output and "verify: OK" in result.output and "Teacher" in result.output
-    for manifest in DEMO_MANIFESTS:  # the copies in data/ load with plain lhotse from anywhere
-        from lhotse import CutSet
-
-        for cut in CutSet.from_file(tmp_path / "demo" / "data" / manifest):
-            assert Path(cut.recording.sources[0].source).is_file()
-    store = TeacherStore.open(tmp_path / "demo" / "store")
-    assert set(store.cut_ids()) == demo_cut_ids() and store.attrs["random_teachers"] is True
-    again = runner.invoke(main, ["demo", "--out", str(tmp_path / "demo")])
-    assert again.exit_code == 0, again.output
-    assert "0 shards written, 3 already committed" in again.output
-
-
-def test_run_config_runs_prepare_extract_verify(tmp_path: Path) -> None:
-    config = demo_config(tmp_path / "run")
-    data = config.to_dict()
-    data["extract"]["cuts"] = [str(DEMO_DIR / "events_cuts.jsonl.gz")]
-    (tmp_path / "run.json").write_text(json.dumps(data))
-    assert WorkflowConfig.load(tmp_path / "run.json").to_dict() == data
-    result = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "run.json")])
-    assert result.exit_code == 0, result.output
-    assert "verify: 20 cuts, 0 recorded failures, OK" in result.output
-    assert len(TeacherStore.open(config.extract.store)) == 20
-
-
-def test_train_section_without_a_train_hook_is_a_clear_error(tmp_path: Path) -> None:
-    config = WorkflowConfig.from_dict({**demo_config(tmp_path).to_dict(), "train": {"steps": 10}})
-    with pytest.raises(ConfigError, match="'train' section needs the train stage"):
-        run_workflow(config, progress=False)
-    with pytest.raises(ConfigError, match="unknown workflow config fields"):
-        WorkflowConfig.from_dict({**config.to_dict(), "stages": []})
-
-
-def test_demo_events_use_the_label_list_and_audio_matches_the_manifest() -> None:
-    import soundfile as sf
+    assert "RANDOM-weight" in result.output and "say nothing about the quality" in result.output
+    assert "verify : OK" in result.output and "Teacher" in result.output  # the store info is shown
+    assert f"train  : {DEMO_TRAIN_STEPS} steps" in result.output
+    for key in ("KD L1  : student", "mAP    : student", "EER    : student", "WER    : not measured"):
+        assert key in result.output, key
+    # everything lives under OUT
     from lhotse import CutSet
 
-    from mt2kd.eval._tagging import load_label_list
+    for manifest in DEMO_MANIFESTS:  # the copies in data/ load with plain lhotse from anywhere
+        for cut in CutSet.from_file(out / "data" / manifest):
+            assert Path(cut.recording.sources[0].source).is_file()
+    store = TeacherStore.open(out / "store")
+    assert set(store.cut_ids()) == demo_cut_ids() and store.attrs["random_teachers"] is True
+    checkpoint = out / "exp" / f"checkpoint-{DEMO_TRAIN_STEPS:08d}.pt"
+    assert checkpoint.is_file()
+    report = json.loads((out / "report.json").read_text())
+    student, teachers = report["student"], report["teachers"]
+    assert student["model"]["checkpoint"] == str(checkpoint)
+    assert student["kd_l1"]["num_cuts"] == len(demo_cut_ids()) and _finite(student["kd_l1"]["l1"])
+    # 20 event clips carry labels (4 classes), 24 utterances carry 4 speakers
+    assert student["map"]["num_cuts"] == 20 and _finite(student["map"]["map"]) and _finite(teachers["beats"]["map"]["map"])
+    assert student["eer"]["num_target_trials"] == 4 * 15 and _finite(student["eer"]["eer"])
+    assert _finite(teachers["ecapa"]["eer"]["eer"])
+    # the summary prints the report's own numbers
+    assert f"KD L1  : student {student['kd_l1']['l1']:.3f}" in result.output
 
-    label_index = load_label_list(DEMO_DIR / "labels.txt")
-    assert len(label_index) == 4
-    for cut in CutSet.from_jsonl_lazy(DEMO_DIR / "events_cuts.jsonl.gz"):
-        assert set(cut.custom["events"]) <= set(label_index)
-    for manifest in DEMO_MANIFESTS:
-        for cut in CutSet.from_jsonl_lazy(DEMO_DIR / manifest):
-            info = sf.info(DEMO_DIR / cut.recording.sources[0].source)
-            assert (info.samplerate, info.channels) == (16_000, 1)
-            assert info.frames == cut.recording.num_samples == round(cut.duration * 16_000)
+    again = runner.invoke(main, ["demo", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "0 shards written, 3 already committed" in again.output
+    assert f"already at step {DEMO_TRAIN_STEPS}" in again.output  # resumed at the end: nothing retrained
+    assert json.loads((out / "report.json").read_text())["student"] == student
+
+
+def test_run_config_yaml_trains_and_evaluates_what_it_extracted(tmp_path: Path) -> None:
+    from mt2kd.workflows._demo import demo_config, write_demo_manifests
+
+    base = demo_config(tmp_path / "run").to_dict()
+    events = write_demo_manifests(tmp_path / "data")[1]  # absolute audio paths: train/eval read plain lhotse
+    config = {
+        "extract": {**base["extract"], "cuts": [events]},
+        "tiny_teachers": base["tiny_teachers"],
+        # cuts and stores come from extract; the rest are TrainConfig fields as `mt2kd train kd` takes them
+        "train": {"exp_dir": str(tmp_path / "exp"), "student": "tiny", "num_steps": 4, "max_duration": 10,
+                  "num_buckets": 2, "num_workers": 0, "log_every": 2, "device": "cpu"},
+        "eval": {"labels": str(DEMO_DIR / "labels.txt")},  # checkpoint: train's last one
+        "report": str(tmp_path / "report.json"),
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = WorkflowConfig.load(path)
+    assert loaded.train is not None and loaded.train.cuts == (events,)
+    assert loaded.eval is not None and loaded.eval.checkpoint == str(tmp_path / "exp" / "checkpoint-00000004.pt")
+    assert WorkflowConfig.from_dict(loaded.to_dict()) == loaded
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "verify: 20 cuts, 0 recorded failures, OK" in result.output
+    assert "step 2/4 |" in result.output and "step 4/4 |" in result.output  # plain progress lines, no bar
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["student"]["kd_l1"]["num_cuts"] == 20 and _finite(report["student"]["map"]["map"])
+    # the event clips name no speaker: EER is reported as not computable, with its reason
+    assert report["student"]["eer"]["eer"] is None and "reason" in report["student"]["eer"]
+    assert "EER    : student - (needs both target and non-target trials)" in result.output

@@ -1,0 +1,88 @@
+"""The workflow config: train/eval sections are TrainConfig/EvalConfig, filled from the chain, checked early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mt2kd.errors import ConfigError
+from mt2kd.eval._config import EvalConfig
+from mt2kd.train._config import TrainConfig
+from mt2kd.workflows._config import WorkflowConfig
+from mt2kd.workflows._demo import demo_config
+
+EXTRACT = {"cuts": ["a.jsonl.gz", "b.jsonl.gz"], "store": "labels.zarr", "teachers": ["whisper=w.pt"]}
+
+
+def _config(**sections: Any) -> WorkflowConfig:
+    return WorkflowConfig.from_dict({"extract": EXTRACT, **sections})
+
+
+def test_sections_are_the_components_own_configs_filled_from_the_chain() -> None:
+    config = _config(train={"exp_dir": "exp1", "num_steps": 40, "lr": 1}, eval={"max_cuts": 5})
+    assert isinstance(config.train, TrainConfig) and isinstance(config.eval, EvalConfig)
+    assert config.train.cuts == ("a.jsonl.gz", "b.jsonl.gz") and config.train.stores == ("labels.zarr",)
+    assert config.train.lr == 1.0 and config.train.student == "paper"  # untouched fields keep their defaults
+    assert config.eval.cuts == config.train.cuts and config.eval.stores == ("labels.zarr",)
+    assert config.eval.checkpoint == str(Path("exp1") / "checkpoint-00000040.pt")  # train's last checkpoint
+
+
+def test_explicit_values_win_over_the_chain() -> None:
+    config = _config(train={"cuts": ["c.jsonl.gz"], "stores": ["x.zarr", "y.zarr"]},
+                     eval={"checkpoint": None, "cuts": ["dev.jsonl.gz"]})
+    assert config.train is not None and config.train.cuts == ("c.jsonl.gz",)
+    assert config.train.stores == ("x.zarr", "y.zarr")
+    assert config.eval is not None and config.eval.checkpoint is None  # null: teachers only
+    assert config.eval.cuts == ("dev.jsonl.gz",) and config.eval.stores == ("labels.zarr",)
+    assert _config(eval={}).eval.checkpoint is None  # no train section: nothing to default to
+
+
+def test_round_trip_through_json(tmp_path: Path) -> None:
+    config = demo_config(tmp_path / "out")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert WorkflowConfig.load(path) == config
+    no_stages = _config()
+    assert no_stages.train is None and no_stages.eval is None
+    assert WorkflowConfig.from_dict(no_stages.to_dict()) == no_stages
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"train": {"lr": "fast"}}, "train.lr must be a number. Got 'fast'."),
+    ({"train": {"num_steps": 2.5}}, "train.num_steps must be an integer. Got 2.5."),
+    ({"train": {"shuffle": "yes"}}, "train.shuffle must be true or false. Got 'yes'."),
+    ({"train": {"cuts": "a.jsonl.gz"}}, "train.cuts must be a list of strings. Got 'a.jsonl.gz'."),
+    ({"train": {"repeats": [1, "2"]}}, "train.repeats must be a list of integers. Got [1, '2']."),
+    ({"train": {"num_steps": 0}}, "in the 'train' section: num_steps must be > 0. Got 0."),
+    ({"train": {"student": "huge"}}, "in the 'train' section: student must be one of ['paper', 'tiny']. Got 'huge'."),
+    ({"train": {"steps": 10}}, "the 'train' section must hold TrainConfig fields only"),
+    ({"train": ["exp"]}, "the 'train' section must be a mapping of TrainConfig fields. Got list"),
+    ({"eval": {"max_cuts": -1}}, "in the 'eval' section: max_cuts must be > 0 or None. Got -1."),
+    ({"eval": {"batch_size": "8"}}, "eval.batch_size must be an integer. Got '8'."),
+    ({"eval": {"labels": 3}}, "eval.labels must be a string or null. Got 3."),
+    ({"eval": {"plots": "p"}}, "the 'eval' section must hold EvalConfig fields only"),
+    ({"verify": "yes"}, "workflow.verify must be true or false. Got 'yes'."),
+    ({"report": "r.json"}, "report needs an 'eval' section"),
+    ({"finetune": {}}, "stage-2 fine-tuning is not part of mt2kd yet"),
+    ({"stages": []}, "unknown workflow config fields ['stages']"),
+])
+def test_bad_sections_fail_naming_the_field(sections: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _config(**sections)
+    assert message in str(caught.value)
+
+
+def test_bad_yaml_file_fails_before_any_stage_runs(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mt2kd.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(f"extract:\n  cuts: [a.jsonl.gz]\n  store: {tmp_path / 'store'}\n  teachers: [whisper=w.pt]\n"
+                    "train:\n  lr: fast\n")
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 1 and "train.lr must be a number. Got 'fast'." in result.output
+    assert not (tmp_path / "store").exists()
