@@ -4,7 +4,8 @@ Identical synthetic whisper-like frames (ragged cuts, LibriSpeech-like
 durations, 25 Hz x 2560-D; see ``_common.py``) are written to
 
 - the mt2kd store with TeacherSpec's storage defaults (float16 frames and
-  the default codec) and the same with float32,
+  the default codec), the same with float32, and float16 with no codec
+  (``codec="none"``: raw little-endian bytes, what reads cost without decoding),
 - lhotse ``NumpyHdf5Writer`` at float32 (the format the MT2KD authors used)
   and float16,
 - lhotse ``LilcomChunkyWriter`` (lossy, lhotse's default feature format),
@@ -65,7 +66,7 @@ TARGET_BYTES = 0.48  # x float32 HDF5 bytes, at most (issue target)
 TARGET_READ = 1.0  # x float16 HDF5 random-read speed in one process, at least (issue target)
 QUICK_HOURS = 0.03  # about 9 cuts
 QUICK_DIM = 256  # smaller frames so --quick finishes in seconds
-FORMAT_NAMES = ("mt2kd-f16", "mt2kd-f32", BYTES_ANCHOR, ANCHOR, "lilcom")
+FORMAT_NAMES = ("mt2kd-f16", "mt2kd-f16-raw", "mt2kd-f32", BYTES_ANCHOR, ANCHOR, "lilcom")
 
 
 # ---------------------------------------------------------------- formats
@@ -82,16 +83,16 @@ class Format:
     read_one: Callable[[Any], Callable[[str], np.ndarray]]  # recipe -> get(id)
 
 
-def _mt2kd_write(dtype: str | None, cuts_per_shard: int) -> Callable[[SyntheticCorpus, Path], Any]:
-    """Writer into an mt2kd store; ``dtype=None`` keeps every storage default of TeacherSpec."""
+def _mt2kd_write(dtype: str | None, cuts_per_shard: int, codec: str | None = None
+                 ) -> Callable[[SyntheticCorpus, Path], Any]:
+    """Writer into an mt2kd store; ``None`` keeps that storage default of TeacherSpec."""
 
     def write(corpus: SyntheticCorpus, folder: Path) -> Any:
         from mt2kd.store import TeacherSpec, TeacherStore
 
         dim = corpus.frames[0].shape[1]
         spec = TeacherSpec(TEACHER, "frames", dim, frame_rate=WHISPER_FRAME_RATE)
-        if dtype is not None:
-            spec = spec.with_storage(dtype=dtype)
+        spec = spec.with_storage(dtype=dtype, codec=codec)
         path = folder / "store.zarr"
         store = TeacherStore.create(str(path), [spec])
         for shard_id, start in enumerate(range(0, len(corpus.cut_ids), cuts_per_shard)):
@@ -152,6 +153,7 @@ def _lhotse_open_one(recipe: Any) -> Callable[[str], np.ndarray]:
 def make_formats(cuts_per_shard: int) -> list[Format]:
     return [
         Format("mt2kd-f16", _mt2kd_write(None, cuts_per_shard), _mt2kd_open, _mt2kd_open_one),
+        Format("mt2kd-f16-raw", _mt2kd_write(None, cuts_per_shard, "none"), _mt2kd_open, _mt2kd_open_one),
         Format("mt2kd-f32", _mt2kd_write("float32", cuts_per_shard), _mt2kd_open, _mt2kd_open_one),
         Format(BYTES_ANCHOR, _lhotse_write("numpy_hdf5", "float32"), _lhotse_open, _lhotse_open_one),
         Format(ANCHOR, _lhotse_write("numpy_hdf5", "float16"), _lhotse_open, _lhotse_open_one),

@@ -221,9 +221,10 @@ class LocalLocation(Location):
 class FsspecLocation(Location):
     """A store behind an fsspec URL (``memory://``, ``s3://``, ...).
 
-    Object stores have no rename and no create-if-absent for every backend:
-    files are written once, whole, and :meth:`create` checks for the name
-    first (a narrow race that per-shard locks make unlikely, not impossible).
+    Object stores have no rename, and not every backend has create-if-absent:
+    files are written once, whole, and :meth:`create` uses the backend's
+    exclusive mode where it has one, else checks for the name first (a
+    narrow race that per-shard locks make unlikely, not impossible).
     """
 
     def __init__(self, url: str, fs: Any, root: str) -> None:
@@ -284,9 +285,20 @@ class FsspecLocation(Location):
         self.fs.pipe_file(self._abs(path), data)
 
     def create(self, path: str, data: bytes) -> bool:
-        if self.fs.exists(self._abs(path)):
+        """Exclusive create: ``open(mode="xb")``, which object stores that support conditional
+        writes (s3fs's If-None-Match, gcsfs's generation 0, local files) make atomic; a backend
+        without mode "x" gets check-then-write, whose race window docs/store-format.md describes.
+        """
+        full = self._abs(path)
+        if self.fs.exists(full):  # cheap answer for the common case, and the only check without "xb"
             return False
-        self.fs.pipe_file(self._abs(path), data)
+        try:
+            with self.fs.open(full, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        except (ValueError, NotImplementedError):  # this backend has no exclusive mode
+            self.fs.pipe_file(full, data)
         return True
 
     def remove(self, path: str) -> None:

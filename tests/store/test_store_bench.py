@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "store_bench.py"
-FORMATS = ("mt2kd-f16", "mt2kd-f32", "hdf5-f32", "hdf5-f16", "lilcom")
+FORMATS = ("mt2kd-f16", "mt2kd-f16-raw", "mt2kd-f32", "hdf5-f32", "hdf5-f16", "lilcom")
 METRICS = ("bytes / audio hour", "write MiB/s", "get cuts/s", "get_many cuts/s", "loader cuts/s")
 
 
