@@ -31,7 +31,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numcodecs
 import numpy as np
@@ -187,27 +187,20 @@ class ChunkReader:
         if not isinstance(self.loc, LocalLocation):
             self._decode_remote(pieces)
             return
+        views = {p.path: self.loc.map(p.path) for p in pieces}  # mapped here: helpers never touch the cache
         total = sum(p.nbytes for p in pieces)
         num_groups = max(1, min(self.num_threads, total // MIN_PARALLEL_BYTES, len(pieces)))
         if num_groups == 1:
-            self._decode_local(pieces)
+            _decode_mapped(pieces, views)
             return
         groups = _split_by_bytes(pieces, num_groups, total)
         pool = self._executor()
-        helpers = [pool.submit(self._decode_local, group) for group in groups[1:]]
+        helpers = [pool.submit(_decode_mapped, group, views) for group in groups[1:]]
         try:
-            self._decode_local(groups[0])  # the caller works too rather than waiting idle
+            _decode_mapped(groups[0], views)  # the caller works too rather than waiting idle
         finally:
             for future in helpers:
                 future.result()
-
-    def _decode_local(self, pieces: list[Piece]) -> None:
-        local = cast(LocalLocation, self.loc)  # _decode_all sends only local pieces here
-        view, view_path = memoryview(b""), ""
-        for piece in pieces:
-            if piece.path != view_path:
-                view, view_path = local.map(piece.path), piece.path
-            _decode(view[piece.offset:piece.offset + piece.nbytes], piece.codec, piece.target)
 
     def _decode_remote(self, pieces: list[Piece]) -> None:
         """Object stores: every range of the call in one ``cat_ranges`` request, adjacent chunks merged."""
@@ -268,6 +261,11 @@ def _default_threads() -> int:
     if info is not None:
         num_cpus = max(1, num_cpus // max(1, int(info.num_workers)))
     return max(1, min(MAX_THREADS, num_cpus))
+
+
+def _decode_mapped(pieces: list[Piece], views: Mapping[str, memoryview]) -> None:
+    for piece in pieces:
+        _decode(views[piece.path][piece.offset:piece.offset + piece.nbytes], piece.codec, piece.target)
 
 
 def _decode(blob: Any, codec: Codec | None, target: np.ndarray) -> None:

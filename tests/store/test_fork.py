@@ -66,3 +66,41 @@ def test_a_store_pickles_as_its_location(tmp_path: Any, specs_of: Any, outputs_o
     copy = pickle.loads(pickle.dumps(parent))
     assert copy.mode == "r" and copy.cut_ids() == ["a", "b"]
     np.testing.assert_array_equal(copy.get("b")["ecapa"], outputs["b"]["ecapa"])
+
+
+_FORKED_FROM: TeacherStore | None = None  # the parent's store, inherited by a forked child
+
+
+def _child_reads(results: Any) -> None:
+    assert _FORKED_FROM is not None
+    got = _FORKED_FROM.get("long")["whisper"]
+    reader = _FORKED_FROM._reader
+    results.put((got.tobytes(), reader._pool is not None and reader._pid == os.getpid()))
+
+
+def test_a_child_forked_while_the_parent_has_helper_threads_rebuilds_them(tmp_path: Any) -> None:
+    """The parent decodes a long cut on two threads; a forked child does the same with its own pool."""
+    import multiprocessing
+
+    from mt2kd.store import TeacherSpec
+    from mt2kd.store._reader import ChunkReader
+
+    global _FORKED_FROM
+    rows = np.random.default_rng(5).standard_normal((600, 2048)).astype(np.float32)  # ~2.3 MiB, incompressible
+    store = TeacherStore.create(str(tmp_path / "s.zarr"), [TeacherSpec("whisper", "frames", 2048, frame_rate=25.0)])
+    with store.shard_writer(0) as writer:
+        writer.put("long", {"whisper": rows})
+    parent = TeacherStore.open(str(tmp_path / "s.zarr"))
+    parent._reader = ChunkReader(parent.loc, parent.specs, num_threads=2)
+    np.testing.assert_array_equal(parent.get("long")["whisper"], rows.astype(np.float16))
+    assert parent._reader._pool is not None  # the read was split: the parent has a live helper thread
+    _FORKED_FROM = parent
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_child_reads, args=(results,))
+    child.start()
+    data, own_pool = results.get(timeout=60)
+    child.join(timeout=60)
+    _FORKED_FROM = None
+    assert child.exitcode == 0 and own_pool
+    assert data == rows.astype(np.float16).tobytes()
