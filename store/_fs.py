@@ -285,9 +285,9 @@ class FsspecLocation(Location):
         self.fs.pipe_file(self._abs(path), data)
 
     def create(self, path: str, data: bytes) -> bool:
-        """Exclusive create: ``open(mode="xb")``, which object stores that support conditional
-        writes (s3fs's If-None-Match, gcsfs's generation 0, local files) make atomic; a backend
-        without mode "x" gets check-then-write, whose race window docs/store-format.md describes.
+        """Exclusive create: ``open(mode="xb")``, which backends with conditional writes (s3fs's
+        If-None-Match, gcsfs's generation 0, adlfs) make atomic; a backend without mode "x" gets
+        check-then-write, whose race window docs/store-format.md describes.
         """
         full = self._abs(path)
         if self.fs.exists(full):  # cheap answer for the common case, and the only check without "xb"
