@@ -14,6 +14,7 @@ from typing import Any
 
 from mt2kd.errors import ConfigError
 from mt2kd.train._data import KDDataset
+from mt2kd.train._manifests import open_manifest
 
 
 def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), seed: int = 0) -> Any:
@@ -32,7 +33,7 @@ def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), s
     for path, times in zip(cut_paths, repeats):
         if not Path(path).is_file():
             raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {str(path)!r}.")
-        cuts = CutSet.from_jsonl_lazy(path)
+        cuts = open_manifest(path)  # audio paths relative to the manifest resolve as extraction resolves them
         num_cuts = sum(1 for _ in cuts)  # one cheap pass over the manifest, no audio
         if num_cuts == 0:
             raise ConfigError(f"CutSet manifest {str(path)!r} must hold at least one cut. Got 0.")

@@ -34,7 +34,7 @@ def is_terminal(stream: Any) -> bool:
 
 
 def _has_console_handler(logger: logging.Logger) -> bool:
-    return any(type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)
+    return any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)
 
 
 class Progress:

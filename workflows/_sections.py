@@ -96,6 +96,6 @@ def load_section(cls: type[T], data: Any, section: str, defaults: dict[str, Any]
     values = {**data, **{k: v for k, v in defaults.items() if k not in data or data[k] in ((), [], "")}}
     check_types(cls, values, section)
     try:
-        return cls.from_dict(values)  # type: ignore[attr-defined,no-any-return]
+        return cls.from_dict(values)  # type: ignore[attr-defined]
     except ConfigError as e:  # the dataclass's own checks: say which section they came from
         raise ConfigError(f"in the {section!r} section: {e}") from e

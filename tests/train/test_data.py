@@ -148,3 +148,37 @@ def test_two_forked_workers_give_the_same_batches_as_none(corpus) -> None:
     serial = batches(0)
     _same_batches(serial, batches(2))
     assert sorted(i for b in serial for i in b["cut_ids"]) == sorted(c.id for c in corpus["cuts"])
+
+
+def _cut_with_source(path, source: str):
+    import soundfile as sf
+    from lhotse import Recording
+    from lhotse.utils import fastcopy
+
+    sf.write(path, 0.1 * np.ones(1600, dtype=np.float32), 16_000)
+    cut = Recording.from_file(path, recording_id=path.stem).to_cut()
+    sources = [fastcopy(cut.recording.sources[0], source=source)]
+    return fastcopy(cut, recording=fastcopy(cut.recording, sources=sources))
+
+
+def test_audio_paths_relative_to_the_manifest_resolve_from_any_working_directory(tmp_path, monkeypatch) -> None:
+    from lhotse import CutSet
+
+    from mt2kd.train._manifests import open_manifest
+
+    corpus, cwd = tmp_path / "corpus", tmp_path / "cwd"
+    (corpus / "audio").mkdir(parents=True)
+    (cwd / "audio").mkdir(parents=True)
+    beside = _cut_with_source(corpus / "audio" / "a.wav", "audio/a.wav")  # relative to the manifest
+    in_cwd = _cut_with_source(cwd / "audio" / "b.wav", "audio/b.wav")  # relative to the working directory
+    mixed = beside.mix(beside, offset_other_by=0.05)
+    CutSet.from_cuts([beside, in_cwd, mixed]).to_file(corpus / "cuts.jsonl.gz")
+    monkeypatch.chdir(cwd)
+    loaded = list(open_manifest(corpus / "cuts.jsonl.gz"))
+    assert loaded[0].recording.sources[0].source == str(corpus / "audio" / "a.wav")
+    assert loaded[1].recording.sources[0].source == str(cwd / "audio" / "b.wav")
+    assert [t.cut.recording.sources[0].source for t in loaded[2].tracks] == [str(corpus / "audio" / "a.wav")] * 2
+    assert [c.load_audio().shape[1] for c in loaded] == [1600, 1600, 2400]
+    assert list(open_manifest(corpus / "cuts.jsonl.gz"))[0].id == beside.id
+    corpora = list(open_corpora([corpus / "cuts.jsonl.gz"], repeats=[2]))  # the training reader resolves too
+    assert len(corpora) == 6 and all(c.load_audio().shape[1] > 0 for c in corpora)
