@@ -62,7 +62,7 @@ def _print_summary(results: dict[str, Any], config: Any, title: str) -> None:
               help="folder for teachers, data, store, student checkpoints and report.json")
 @click.option("--workers", default=2, show_default=True, help="LocalCluster worker processes")
 def demo(out: str, workers: int) -> None:
-    """The whole chain on the bundled demo corpus with tiny RANDOM teachers, in about a minute on a CPU.
+    """The whole chain on the bundled demo corpus with tiny RANDOM teachers, in well under a minute on a CPU.
 
     prepare -> extract -> verify -> stage-1 KD (30 steps, tiny student) -> eval (KD L1, mAP, EER).
 
