@@ -64,7 +64,8 @@ def test_demo_runs_extract_train_eval_says_random_and_resumes(tmp_path: Path) ->
     assert student["model"]["checkpoint"] == str(checkpoint)
     assert student["kd_l1"]["num_cuts"] == len(demo_cut_ids()) and _finite(student["kd_l1"]["l1"])
     # 20 event clips carry labels (4 classes), 24 utterances carry 4 speakers
-    assert student["map"]["num_cuts"] == 20 and _finite(student["map"]["map"]) and _finite(teachers["beats"]["map"]["map"])
+    assert student["map"]["num_cuts"] == 20 and _finite(student["map"]["map"])
+    assert _finite(teachers["beats"]["map"]["map"])
     assert student["eer"]["num_target_trials"] == 4 * 15 and _finite(student["eer"]["eer"])
     assert _finite(teachers["ecapa"]["eer"]["eer"])
     # the summary prints the report's own numbers
