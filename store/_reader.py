@@ -43,6 +43,7 @@ from mt2kd.store._format import (
     CHUNK_FILE,
     DATA,
     METADATA_FILE,
+    MISSING,
     decode_index,
     index_nbytes,
     make_codec,
@@ -76,6 +77,7 @@ class ShardFile(NamedTuple):
 
     entries: np.ndarray  # int64 [num_chunks, 2] (offset, nbytes); offset ABSENT for an absent chunk
     fill_value: float  # value of the rows of absent chunks (the array's zarr fill_value)
+    row_bytes: int  # bytes of one row when every chunk is raw and chunk i starts at i x its size, else 0
 
 
 class ChunkReader:
@@ -105,7 +107,9 @@ class ChunkReader:
             tail = self.loc.read_ranges(path, [(data_end, rows.nbytes)])[0]
             index = _checked_index(decode_index(tail, num_chunks, f"{self.loc.url}/{path}"), data_end,
                                    f"{self.loc.url}/{path}")
-            found = self._files[path] = ShardFile(index, fill_value)
+            row_bytes = self.specs[teacher].dim * np.dtype(self.specs[teacher].dtype).itemsize
+            flat = self.codecs[teacher] is None and _chunks_back_to_back(index, rows.rows_per_chunk * row_bytes)
+            found = self._files[path] = ShardFile(index, fill_value, row_bytes if flat else 0)
         return found
 
     def _fill_value(self, record: ShardRecord, teacher: str) -> float:
@@ -153,6 +157,14 @@ class ChunkReader:
         spec = self.specs[teacher]
         step = record.teachers[teacher].rows_per_chunk
         dtype = np.dtype(spec.dtype)
+        found = self.shard_file(record, teacher)
+        path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
+        if found.row_bytes:  # raw chunks back to back: each output is one byte range of the file
+            for slot, start, end in requests:
+                out = np.empty((end - start, spec.dim), dtype=dtype)
+                outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
+                pieces.append(Piece(path, start * found.row_bytes, (end - start) * found.row_bytes, None, out))
+            return
         frames: dict[int, np.ndarray] = {}
         owners: dict[int, list[Request]] = defaultdict(list)  # chunk -> requests it holds rows of
         for slot, start, end in requests:
@@ -171,8 +183,6 @@ class ChunkReader:
             for slot, start, end in holders:
                 lo, hi = max(start, c * step), min(end, (c + 1) * step)
                 copies.append((scratch[lo - c * step:hi - c * step], frames[slot][lo - start:hi - start]))
-        found = self.shard_file(record, teacher)
-        path = f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}"
         codec = self.codecs[teacher]
         chunks = sorted(targets)
         for c, (offset, nbytes) in zip(chunks, found.entries[chunks].tolist()):
@@ -189,7 +199,8 @@ class ChunkReader:
             return
         views = {p.path: self.loc.map(p.path) for p in pieces}  # mapped here: helpers never touch the cache
         total = sum(p.nbytes for p in pieces)
-        num_groups = max(1, min(self.num_threads, total // MIN_PARALLEL_BYTES, len(pieces)))
+        to_decode = sum(p.nbytes for p in pieces if p.codec is not None)  # raw copies are memory-bound: no split
+        num_groups = max(1, min(self.num_threads, to_decode // MIN_PARALLEL_BYTES, len(pieces)))
         if num_groups == 1:
             _decode_mapped(pieces, views)
             return
@@ -229,7 +240,7 @@ class ChunkReader:
 
 def _checked_index(table: np.ndarray, data_end: int, where: str) -> np.ndarray:
     """The index as int64 with absent chunks marked; entries pointing outside the data are refused."""
-    missing = table == np.uint64(2**64 - 1)
+    missing = table == np.uint64(MISSING)
     half = missing[:, 0] != missing[:, 1]
     if half.any():
         raise StoreFormatError(f"{where}: a shard index entry must be a valid (offset, nbytes) pair or all 0xFF "
@@ -241,6 +252,12 @@ def _checked_index(table: np.ndarray, data_end: int, where: str) -> np.ndarray:
         raise StoreFormatError(f"{where}: every chunk must end before the shard index at byte {data_end}. "
                                f"Got a chunk ending at byte {int(ends.max())} (file corrupt).")
     return index
+
+
+def _chunks_back_to_back(index: np.ndarray, chunk_bytes: int) -> bool:
+    """Whether chunk i is stored whole at byte i x chunk_bytes, for every i (what mt2kd writes raw)."""
+    expected = np.arange(index.shape[0], dtype=np.int64) * chunk_bytes
+    return bool(np.array_equal(index[:, 0], expected) and np.all(index[:, 1] == chunk_bytes))
 
 
 def _split_by_bytes(pieces: list[Piece], num_groups: int, total: int) -> list[list[Piece]]:

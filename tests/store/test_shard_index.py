@@ -34,11 +34,10 @@ def data_folder(path: Path, store: TeacherStore) -> Path:
     return path / store.shards["000000"].path / "whisper" / "data"
 
 
-def rewrite_entry(folder: Path, chunk: int, entry: tuple[int, int]) -> None:
+def rewrite_entry(folder: Path, chunk: int, entry: tuple[int, int], num_chunks: int = 4) -> None:
     """Replace one (offset, nbytes) entry of the shard index, with a matching crc32c."""
     shard = folder / "c" / "0" / "0"
     blob = shard.read_bytes()
-    num_chunks = 4
     tail = len(blob) - index_nbytes(num_chunks)
     entries = [tuple(int(v) for v in row) for row in decode_index(blob[tail:], num_chunks, str(shard))]
     entries[chunk] = entry
@@ -82,3 +81,27 @@ def test_an_entry_pointing_past_the_data_is_a_format_error(tmp_path: Path) -> No
     problems = reopened.verify()
     assert len(problems) == 1 and "every chunk must end before the shard index" in str(problems[0])
     assert (problems[0].kind, problems[0].shard) == ("unreadable", "000000")
+
+
+def test_raw_chunks_back_to_back_read_as_one_range_per_cut(tmp_path: Path) -> None:
+    """codec="none": a cut's rows are one byte range; an index that is not back to back falls back."""
+    path = tmp_path / "s.zarr"
+    rng = np.random.default_rng(4)
+    frames = {f"c{i}": rng.standard_normal((int(n), DIM)).astype(np.float32) for i, n in enumerate([40, 7, 20, 33])}
+    store = TeacherStore.create(str(path), [TeacherSpec("whisper", "frames", DIM, frame_rate=25.0, codec="none")])
+    with store.shard_writer(0) as writer:
+        for cut_id, rows in frames.items():
+            writer.put(cut_id, {"whisper": rows})
+    reopened = TeacherStore.open(str(path))
+    order = ["c2", "c0", "c3", "c1"]  # neighbouring cuts share inner chunks (16 rows each)
+    for cut_id, got in zip(order, reopened.get_many(order)):
+        np.testing.assert_array_equal(got["whisper"], frames[cut_id].astype(np.float16))
+    record = reopened.shards["000000"]
+    assert reopened._reader.shard_file(record, "whisper").row_bytes == DIM * 2  # the one-range path was taken
+    num_chunks = -(-100 // ROWS_PER_CHUNK)
+    rewrite_entry(data_folder(path, reopened), 0, (MISSING, MISSING), num_chunks)
+    again = TeacherStore.open(str(path))
+    got = again.get("c0")["whisper"]
+    assert again._reader.shard_file(record, "whisper").row_bytes == 0
+    np.testing.assert_array_equal(got[16:], frames["c0"][16:].astype(np.float16))
+    assert not got[:16].any()  # the absent chunk reads as the fill value 0
