@@ -58,6 +58,8 @@ MAX_THREADS = 4  # threads (the caller's included) decoding one get / get_many
 MIN_PARALLEL_BYTES = 256 * 1024  # compressed bytes per thread below which a hand-off costs more than it saves
 MAX_RUN_BYTES = 4 * 1024 * 1024  # fsspec: adjacent chunks merged into one range request up to this size
 ABSENT = -1  # chunk offset of an absent chunk, once the index is read as int64
+BLOSC_HEADER_BYTES = 16  # blosc1 chunk header: version, flags, typesize, nbytes, blocksize, cbytes
+BLOSC_CBYTES = slice(12, 16)  # little-endian uint32: bytes of the whole compressed chunk
 Request = tuple[int, int, int]  # (output slot, first row, end row) within one file
 Copy = tuple[np.ndarray, np.ndarray]  # (rows of a decoded chunk, where they go)
 
@@ -228,7 +230,7 @@ class ChunkReader:
             view = memoryview(raw)
             for piece in run:
                 start = piece.offset - run[0].offset
-                _decode(view[start:start + piece.nbytes], piece.codec, piece.target)
+                _decode(view[start:start + piece.nbytes], piece)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pid != os.getpid():  # threads do not survive fork
@@ -282,13 +284,20 @@ def _default_threads() -> int:
 
 def _decode_mapped(pieces: list[Piece], views: Mapping[str, memoryview]) -> None:
     for piece in pieces:
-        _decode(views[piece.path][piece.offset:piece.offset + piece.nbytes], piece.codec, piece.target)
+        _decode(views[piece.path][piece.offset:piece.offset + piece.nbytes], piece)
 
 
-def _decode(blob: Any, codec: Codec | None, target: np.ndarray) -> None:
+def _decode(blob: Any, piece: Piece) -> None:
+    codec, target = piece.codec, piece.target
     if codec is None:
         target[...] = np.frombuffer(blob, dtype=target.dtype).reshape(target.shape)
     elif isinstance(codec, numcodecs.Blosc):
+        # blosc trusts the stored size in the chunk's header and would read past the chunk
+        # (past the file, at its end) if it were corrupt: check it against the shard index
+        stored = int.from_bytes(blob[BLOSC_CBYTES], "little") if len(blob) >= BLOSC_HEADER_BYTES else -1
+        if stored != len(blob):
+            raise StoreFormatError(f"{piece.path}: the blosc chunk at byte {piece.offset} must be {len(blob)} "
+                                   f"bytes as the shard index says. Got a header saying {stored} (corrupt file).")
         blosc_decompress(blob, target)  # the codec object's decode adds checks costing ~10 us a chunk
     else:
         codec.decode(blob, out=target)

@@ -105,3 +105,19 @@ def test_raw_chunks_back_to_back_read_as_one_range_per_cut(tmp_path: Path) -> No
     assert again._reader.shard_file(record, "whisper").row_bytes == 0
     np.testing.assert_array_equal(got[16:], frames["c0"][16:].astype(np.float16))
     assert not got[:16].any()  # the absent chunk reads as the fill value 0
+
+
+def test_a_chunk_whose_header_disagrees_with_the_index_is_refused(tmp_path: Path) -> None:
+    """A corrupt blosc header must not make the decoder read past the chunk (or the file)."""
+    path = tmp_path / "s.zarr"
+    store, _ = write_store(path)
+    shard = data_folder(path, store) / "c" / "0" / "0"
+    blob = bytearray(shard.read_bytes())
+    offset, _ = (int(v) for v in decode_index(bytes(blob[-index_nbytes(4):]), 4, str(shard))[3])
+    blob[offset + 12:offset + 16] = (10**6).to_bytes(4, "little")  # chunk 3 claims a megabyte
+    shard.write_bytes(bytes(blob))
+    reopened = TeacherStore.open(str(path))
+    np.testing.assert_array_equal(reopened.get("a")["whisper"].shape, (40, DIM))  # chunks 0-2 are fine
+    with pytest.raises(StoreFormatError, match=r"whisper/data/c/0/0: the blosc chunk at byte \d+ must be \d+ bytes"):
+        reopened.get("b")
+    assert [p.kind for p in reopened.verify()] == ["unreadable"]
