@@ -167,31 +167,27 @@ class ChunkReader:
                 outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
                 pieces.append(Piece(path, start * found.row_bytes, (end - start) * found.row_bytes, None, out))
             return
-        frames: dict[int, np.ndarray] = {}
-        owners: dict[int, list[Request]] = defaultdict(list)  # chunk -> requests it holds rows of
-        for slot, start, end in requests:
+        codec, entries = self.codecs[teacher], found.entries
+        scratch: dict[int, np.ndarray] = {}  # partial chunks (at most two per request), decoded once
+        for slot, start, end in sorted(requests, key=lambda r: r[1]):  # disjoint row ranges, in file order
             out = np.empty((end - start, spec.dim), dtype=dtype)
-            frames[slot] = out
             outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
-            for c in range(start // step, (end - 1) // step + 1):
-                owners[c].append((slot, start, end))
-        targets: dict[int, np.ndarray] = {}
-        for c, holders in owners.items():
-            slot, start, end = holders[0]
-            if len(holders) == 1 and c * step >= start and (c + 1) * step <= end:
-                targets[c] = frames[slot][c * step - start:(c + 1) * step - start]  # decode in place
-                continue
-            targets[c] = scratch = np.empty((step, spec.dim), dtype=dtype)
-            for slot, start, end in holders:
-                lo, hi = max(start, c * step), min(end, (c + 1) * step)
-                copies.append((scratch[lo - c * step:hi - c * step], frames[slot][lo - start:hi - start]))
-        codec = self.codecs[teacher]
-        chunks = sorted(targets)
-        for c, (offset, nbytes) in zip(chunks, found.entries[chunks].tolist()):
-            if offset == ABSENT:
-                targets[c].fill(found.fill_value)
-            else:
-                pieces.append(Piece(path, offset, nbytes, codec, targets[c]))
+            first = start // step
+            for c, (offset, nbytes) in enumerate(entries[first:(end - 1) // step + 1].tolist(), start=first):
+                lo, hi = c * step, (c + 1) * step
+                if lo >= start and hi <= end:  # the chunk belongs to this output only: decode in place
+                    target = out[lo - start:hi - start]
+                else:  # decode once into a scratch chunk, copy this output's rows out afterwards
+                    planned = c in scratch
+                    target = scratch[c] if planned else scratch.setdefault(c, np.empty((step, spec.dim), dtype))
+                    low, high = max(start, lo), min(end, hi)
+                    copies.append((target[low - lo:high - lo], out[low - start:high - start]))
+                    if planned:  # shared with the previous request
+                        continue
+                if offset == ABSENT:
+                    target.fill(found.fill_value)
+                else:
+                    pieces.append(Piece(path, offset, nbytes, codec, target))
 
     def _decode_all(self, pieces: list[Piece]) -> None:
         if self._pid != os.getpid():  # forked: maybe a DataLoader worker, sharing the cores with its siblings
