@@ -5,7 +5,8 @@ file. ``read`` groups every requested (cut, teacher) by file, finds the
 chunks they need (each once, even when two cuts share it) and turns them
 into *pieces*: one chunk's byte range and the array it decodes into
 (straight into the output when the chunk belongs to one output only, else
-into a scratch array copied out afterwards).
+into a scratch array copied out afterwards). Raw chunks (``codec="none"``)
+stored back to back make a cut's rows one byte range: one piece per cut.
 
 Local files are memory-mapped once (per process) and pieces decode straight
 from the page cache: no read call, no copy of the compressed bytes. Pieces
