@@ -14,6 +14,7 @@ from mt2kd.extract._config import ExtractConfig
 from mt2kd.extract._plan import Plan, make_plan
 from mt2kd.extract._progress import ExtractSummary, Progress
 from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
+from mt2kd.store._format import shard_name
 
 if TYPE_CHECKING:
     from mt2kd.store import TeacherSpec, TeacherStore
@@ -29,15 +30,12 @@ def plan_fingerprint(plan: Plan) -> str:
     return h.hexdigest()[:16]
 
 
-def teacher_specs(config: ExtractConfig) -> tuple[dict[str, TeacherSpec], bool]:
-    """Specs with fingerprints (teachers loaded once on CPU, then freed) and whether any is random."""
+def teacher_specs(config: ExtractConfig) -> dict[str, TeacherSpec]:
+    """Specs with fingerprints, the teachers loaded once on CPU here and freed (dry runs only)."""
     from mt2kd.extract._plugin import load_teachers
-    from mt2kd.extract._tiny import checkpoint_is_random
 
     teachers = load_teachers(config.teachers, config.precision, "cpu")
-    specs = {name: t.spec for name, t in teachers.items()}
-    random = any(checkpoint_is_random(t.checkpoint) for t in config.teachers)
-    return specs, random
+    return {name: t.spec for name, t in teachers.items()}
 
 
 def store_attrs(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSpec], random: bool
@@ -100,59 +98,76 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     """
     say = echo or (lambda text: print(text, file=sys.stderr))
     start = time.monotonic()
+    from mt2kd.extract._tiny import checkpoint_is_random
+
     plan = make_plan(config.cuts, config.shard_hours)
-    specs, random = teacher_specs(config)
+    random = any(checkpoint_is_random(t.checkpoint) for t in config.teachers)
     if random:
         say("NOTE: random-weight teacher checkpoints: the outputs are for tests and demos, not real labels.")
     summary = dict(store=config.store, num_cuts=plan.num_cuts, num_shards=len(plan.shards),
                    audio_hours=plan.audio_hours, random_teachers=random)
     if config.dry_run:
-        say("\n".join(f"{k:<16}: {v}" for k, v in plan.describe(specs)))
+        say("\n".join(f"{k:<16}: {v}" for k, v in plan.describe(teacher_specs(config))))
         return ExtractSummary(**summary, num_shards_skipped=0, num_shards_written=0, num_failures=0,
                               seconds=time.monotonic() - start, dry_run=True)
-    store = prepare_store(config, plan, specs, random)
-    committed = set(store.shards)
-    from mt2kd.store._format import shard_name
+    from mt2kd.extract._cluster import open_client
 
-    todo = [s for s in plan.shards if shard_name(s.shard_id) not in committed]
-    results = run_tasks(config, plan, todo, say, progress) if todo else []
+    with open_client(config) as client:
+        resources = start_workers(client, config, say)
+        specs = worker_specs(client, resources)
+        store = prepare_store(config, plan, specs, random)
+        committed = set(store.shards)
+        todo = [s for s in plan.shards if shard_name(s.shard_id) not in committed]
+        results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
+    locked = [r for r in results if r.status == LOCKED]
+    if locked:
+        raise ShardLockedError(f"{len(locked)} shard(s) were being written by another extraction process and were "
+                               f"left to it; rerun this command once it has finished. First: {locked[0].message}")
     return ExtractSummary(**summary, num_shards_skipped=len(plan.shards) - len(todo),
                           num_shards_written=sum(r.status != ALREADY_COMMITTED for r in results),
                           num_failures=len({f[0] for r in results for f in r.failures}),
                           seconds=time.monotonic() - start)
 
 
-def run_tasks(config: ExtractConfig, plan: Plan, todo: list[Any], say: Callable[[str], None], progress: bool
-              ) -> list[ShardResult]:
+def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]) -> dict[str, int] | None:
+    """Load the teachers into every worker (plugin); returns the resources a task must ask for."""
+    from mt2kd.extract._cluster import GPU_RESOURCE, dashboard_link, declares_gpus
+    from mt2kd.extract._plugin import TeacherPlugin
+
+    link = dashboard_link(client)
+    if link:
+        say(f"dask dashboard: {link}")
+    threads = max(1, int(client.ncores() and min(client.ncores().values()) or 1))
+    client.register_plugin(TeacherPlugin(config.teachers, config.precision, config.device, threads))
+    return {GPU_RESOURCE: 1} if declares_gpus(client) else None
+
+
+def worker_specs(client: Any, resources: dict[str, int] | None) -> dict[str, TeacherSpec]:
+    """The teachers' specs as a worker loaded them: the client never loads a model itself."""
+    from mt2kd.extract._plugin import loaded_specs
+    from mt2kd.store import TeacherSpec
+
+    data = client.submit(loaded_specs, resources=resources, pure=False, key="mt2kd-teacher-specs").result()
+    return {name: TeacherSpec.from_dict(spec) for name, spec in data.items()}
+
+
+def run_tasks(client: Any, resources: dict[str, int] | None, config: ExtractConfig, plan: Plan, todo: list[Any],
+              progress: bool) -> list[ShardResult]:
     """Submit one task per shard in ``todo`` and collect them, stopping past ``max_failures``."""
     from distributed import as_completed
 
-    from mt2kd.extract._cluster import GPU_RESOURCE, dashboard_link, declares_gpus, open_client
-    from mt2kd.extract._plugin import TeacherPlugin
     from mt2kd.extract._shard import run_shard
 
     settings = ShardSettings(config.store, config.max_duration, config.decode_threads, config.prefetch_cuts,
                              config.events_log)
     done_hours = plan.audio_hours - sum(s.audio_seconds for s in todo) / 3600
-    with open_client(config) as client:
-        link = dashboard_link(client)
-        if link:
-            say(f"dask dashboard: {link}")
-        threads = max(1, int(client.ncores() and min(client.ncores().values()) or 1))
-        client.register_plugin(TeacherPlugin(config.teachers, config.precision, config.device, threads))
-        resources = {GPU_RESOURCE: 1} if declares_gpus(client) else None
-        futures = [client.submit(run_shard, s, settings, key=f"mt2kd-shard-{s.shard_id}", resources=resources,
-                                 pure=False) for s in todo]
-        bar = Progress(plan.audio_hours, len(plan.shards), done_hours, len(plan.shards) - len(todo), progress)
-        try:
-            results = collect(as_completed(futures), bar, config.max_failures, client, futures)
-        finally:
-            bar.close()
-    locked = [r for r in results if r.status == LOCKED]
-    if locked:
-        raise ShardLockedError(f"{len(locked)} shard(s) were being written by another extraction process and were "
-                               f"left to it; rerun this command once it has finished. First: {locked[0].message}")
-    return results
+    futures = [client.submit(run_shard, s, settings, key=f"mt2kd-shard-{s.shard_id}", resources=resources,
+                             pure=False) for s in todo]
+    bar = Progress(plan.audio_hours, len(plan.shards), done_hours, len(plan.shards) - len(todo), progress)
+    try:
+        return collect(as_completed(futures), bar, config.max_failures, client, futures)
+    finally:
+        bar.close()
 
 
 def collect(completed: Any, bar: Progress, max_failures: int, client: Any, futures: list[Any]) -> list[ShardResult]:

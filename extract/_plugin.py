@@ -105,3 +105,8 @@ def worker_teachers() -> dict[str, Teacher]:
     # its executor thread, which would otherwise start OMP_NUM_THREADS threads and crowd the decoders
     torch.set_num_threads(plugin.num_threads)
     return plugin.teachers
+
+
+def loaded_specs() -> dict[str, dict[str, Any]]:
+    """The store specs of the teachers this worker loaded (a task: the client asks one worker)."""
+    return {name: teacher.spec.to_dict() for name, teacher in worker_teachers().items()}
