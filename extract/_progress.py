@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
+
+from mt2kd._console import is_terminal
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -40,33 +43,66 @@ class ExtractSummary:
 
 
 class Progress:
-    """A tqdm bar over audio hours with shards done and failures as a postfix."""
+    """Audio hours done of the total, hours per second, ETA, shards done and failed cuts.
+
+    On a terminal this is a live tqdm bar. Anywhere else (a log file, a pipe,
+    a batch job's output) it is a plain line at most every ``interval``
+    seconds and one at the end, since a redrawn bar written to a file piles
+    up as one endless line of carriage returns.
+    """
 
     def __init__(self, total_hours: float, num_shards: int, done_hours: float = 0.0, num_done: int = 0,
-                 enabled: bool = True) -> None:
-        from tqdm import tqdm
-
+                 enabled: bool = True, stream: TextIO | None = None, interval: float = 30.0) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.total_hours, self.start_hours, self.done_hours = total_hours, done_hours, done_hours
         self.num_shards, self.num_done, self.num_failures = num_shards, num_done, 0
-        self.start = time.monotonic()
-        self.bar = tqdm(total=round(total_hours, 6), initial=round(done_hours, 6), unit="h", desc="extract",
-                        file=sys.stderr, disable=not enabled, dynamic_ncols=True,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4f}/{total:.4f} audio h "
-                                   "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-        self._postfix()
+        self.enabled, self.interval = enabled, interval
+        self.start = self.last_line = time.monotonic()
+        self.bar: Any = None
+        if enabled and is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(total_hours, 6), initial=round(done_hours, 6), unit="h", desc="extract",
+                            file=self.stream, dynamic_ncols=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4f}/{total:.4f} audio h "
+                                       "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            self._postfix()
 
     def shard_done(self, audio_seconds: float, num_failures: int) -> None:
         self.num_done += 1
         self.num_failures = num_failures
-        self._postfix()
-        # rounded per-shard hours can sum past the total: clamp, or tqdm warns (and tests fail on warnings)
-        step = round(audio_seconds / SECONDS_PER_HOUR, 6)
-        self.bar.update(max(0.0, min(step, (self.bar.total or 0) - self.bar.n)))
+        self.done_hours = min(self.total_hours, self.done_hours + audio_seconds / SECONDS_PER_HOUR)
+        if self.bar is not None:
+            self._postfix()
+            # rounded per-shard hours can sum past the total: clamp, or tqdm warns (and tests fail on warnings)
+            step = round(audio_seconds / SECONDS_PER_HOUR, 6)
+            self.bar.update(max(0.0, min(step, (self.bar.total or 0) - self.bar.n)))
+        elif self.enabled and time.monotonic() - self.last_line >= self.interval:
+            self._line()
 
     def _postfix(self) -> None:
         self.bar.set_postfix_str(f"shards {self.num_done}/{self.num_shards}, failed cuts {self.num_failures}")
 
+    def line(self) -> str:
+        """Where the run stands, in one plain line."""
+        elapsed = self.seconds
+        rate = (self.done_hours - self.start_hours) / elapsed if elapsed > 0 else 0.0
+        left = self.total_hours - self.done_hours
+        eta = str(datetime.timedelta(seconds=round(left / rate))) if rate > 0 else "?"
+        share = 100.0 * self.done_hours / self.total_hours if self.total_hours > 0 else 100.0
+        return (f"extract: {self.done_hours:.4f}/{self.total_hours:.4f} audio h ({share:.1f}%), "
+                f"{rate:.4f} h/s, ETA {eta}, shards {self.num_done}/{self.num_shards}, "
+                f"failed cuts {self.num_failures}")
+
+    def _line(self) -> None:
+        print(self.line(), file=self.stream, flush=True)
+        self.last_line = time.monotonic()
+
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            self._line()
 
     @property
     def seconds(self) -> float:

@@ -20,17 +20,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from mt2kd._console import is_terminal
 from mt2kd.train._config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = 3600.0
 LOSS_KEYS = ("whisper", "beats", "ecapa", "total")
-
-
-def is_terminal(stream: Any) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(callable(isatty) and isatty())
 
 
 def _has_console_handler(logger: logging.Logger) -> bool:
