@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mt2kd.extract._teacher import SAMPLE_RATE, Teacher, load_teacher, register_teacher, teacher_names
 
+if TYPE_CHECKING:
+    from mt2kd.extract._config import ExtractConfig, TeacherConfig
+    from mt2kd.extract._job import extract
+    from mt2kd.extract._progress import ExtractSummary
+    from mt2kd.extract._tiny import checkpoint_is_random, make_tiny_checkpoints
+
 __all__ = [
     "SAMPLE_RATE",
+    "ExtractConfig",
+    "ExtractSummary",
     "Teacher",
+    "TeacherConfig",
     "checkpoint_is_random",
+    "extract",
     "load_teacher",
     "make_tiny_checkpoints",
     "register_teacher",
     "teacher_names",
 ]
 
-# Names whose modules import torch: resolved on first use so that importing
-# mt2kd.extract (the job's client, `--dry-run`) stays light.
+# Resolved on first use so that importing mt2kd.extract stays light (the
+# teachers' modules import torch; the job's modules import dask and lhotse).
 _LAZY = {
+    "ExtractConfig": "mt2kd.extract._config",
+    "ExtractSummary": "mt2kd.extract._progress",
+    "TeacherConfig": "mt2kd.extract._config",
+    "extract": "mt2kd.extract._job",
     "checkpoint_is_random": "mt2kd.extract._tiny",
     "make_tiny_checkpoints": "mt2kd.extract._tiny",
 }

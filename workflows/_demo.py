@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from mt2kd.eval._config import EvalConfig
-from mt2kd.extract._config import ExtractConfig
+from mt2kd.extract import ExtractConfig
 from mt2kd.train._config import TrainConfig, checkpoint_path
 from mt2kd.workflows._config import WorkflowConfig
 

@@ -65,7 +65,7 @@ def run_workflow(config: WorkflowConfig, echo: Echo | None = None, progress: boo
     >>> results["verify"], results["eval"]["student"]["kd_l1"]["l1"]  # doctest: +SKIP
     ([], 0.31)
     """
-    from mt2kd.extract._job import extract
+    from mt2kd.extract import extract
 
     say = echo or (lambda text: print(text, file=sys.stderr))
     prepare(config, say)

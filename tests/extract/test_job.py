@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from mt2kd.errors import FingerprintMismatchError, TooManyFailuresError
-from mt2kd.extract._config import ExtractConfig, TeacherConfig
-from mt2kd.extract._job import extract
+from mt2kd.extract import ExtractConfig, TeacherConfig, extract
 from mt2kd.extract._plan import make_plan
 from mt2kd.store import TeacherStore
 from mt2kd.tests.extract._corpus import BAD_CASES, DEMO, make_bad_corpus

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from mt2kd.extract._cluster import make_slurm_cluster
-from mt2kd.extract._config import ExtractConfig, TeacherConfig
+from mt2kd.extract import ExtractConfig, TeacherConfig
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dask-jobqueue's own deprecated-config shims

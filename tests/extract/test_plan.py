@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mt2kd.errors import ConfigError, DuplicateCutError
-from mt2kd.extract._config import ExtractConfig, TeacherConfig
+from mt2kd.extract import ExtractConfig, TeacherConfig
 from mt2kd.extract._plan import SECONDS_PER_HOUR, expected_frames, make_plan
 from mt2kd.store import TeacherSpec
 from mt2kd.tests.extract._corpus import DEMO, cut, tone, write_manifest
