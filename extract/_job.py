@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import sys
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mt2kd.errors import FingerprintMismatchError, ShardLockedError, TooManyFailuresError
 from mt2kd.extract._config import ExtractConfig
-from mt2kd.extract._plan import Plan, make_plan
+from mt2kd.extract._plan import Plan, check_manifests, make_plan
 from mt2kd.extract._progress import ExtractSummary, Progress
 from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
 from mt2kd.store._format import shard_name
@@ -100,25 +101,30 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     start = time.monotonic()
     from mt2kd.extract._tiny import checkpoint_is_random
 
-    plan = make_plan(config.cuts, config.shard_hours)
     random = any(checkpoint_is_random(t.checkpoint) for t in config.teachers)
     if random:
         say("NOTE: random-weight teacher checkpoints: the outputs are for tests and demos, not real labels.")
-    summary = dict(store=config.store, num_cuts=plan.num_cuts, num_shards=len(plan.shards),
-                   audio_hours=plan.audio_hours, random_teachers=random)
     if config.dry_run:
+        plan = make_plan(config.cuts, config.shard_hours)
         say("\n".join(f"{k:<16}: {v}" for k, v in plan.describe(teacher_specs(config))))
-        return ExtractSummary(**summary, num_shards_skipped=0, num_shards_written=0, num_failures=0,
-                              seconds=time.monotonic() - start, dry_run=True)
+        return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
+                              num_failures=0, seconds=time.monotonic() - start, dry_run=True)
+    check_manifests(config.cuts)
     from mt2kd.extract._cluster import open_client
 
-    with open_client(config) as client:
-        resources = start_workers(client, config, say)
-        specs = worker_specs(client, resources)
-        store = prepare_store(config, plan, specs, random)
-        committed = set(store.shards)
-        todo = [s for s in plan.shards if shard_name(s.shard_id) not in committed]
-        results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
+    # the manifests are read on a thread while the workers start and load their teachers (or, on SLURM,
+    # while the jobs wait in the queue); a bad manifest still stops the run before any shard starts
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mt2kd-plan") as pool:
+        planned = pool.submit(make_plan, config.cuts, config.shard_hours)
+        with open_client(config) as client:
+            resources = start_workers(client, config, say)
+            specs = worker_specs(client, resources)
+            plan = planned.result()
+            store = prepare_store(config, plan, specs, random)
+            committed = set(store.shards)
+            todo = [s for s in plan.shards if shard_name(s.shard_id) not in committed]
+            results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
+    summary = plan_summary(config, plan, random)
     locked = [r for r in results if r.status == LOCKED]
     if locked:
         raise ShardLockedError(f"{len(locked)} shard(s) were being written by another extraction process and were "
@@ -127,6 +133,11 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                           num_shards_written=sum(r.status != ALREADY_COMMITTED for r in results),
                           num_failures=len({f[0] for r in results for f in r.failures}),
                           seconds=time.monotonic() - start)
+
+
+def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, Any]:
+    return dict(store=config.store, num_cuts=plan.num_cuts, num_shards=len(plan.shards),
+                audio_hours=plan.audio_hours, random_teachers=random)
 
 
 def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]) -> dict[str, int] | None:

@@ -99,13 +99,19 @@ def iter_cut_dicts(manifest: str) -> Iterator[dict[str, Any]]:
     """
     from lhotse import CutSet
 
-    if not os.path.isfile(manifest):
-        raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {manifest!r}.")
+    check_manifests([manifest])
     folder = os.path.dirname(os.path.abspath(manifest))
     for cut in CutSet.from_jsonl_lazy(manifest):
         data = cut.to_dict()
         _absolute_sources(data, folder)
         yield data
+
+
+def check_manifests(manifests: Sequence[str]) -> None:
+    """Every manifest must exist before any is read."""
+    for manifest in manifests:
+        if not os.path.isfile(manifest):
+            raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {manifest!r}.")
 
 
 def _absolute_sources(data: dict[str, Any], folder: str) -> None:
@@ -126,6 +132,7 @@ def make_plan(manifests: Sequence[str], shard_hours: float) -> Plan:
     >>> len(plan.shards), plan.num_cuts
     (2, 24)
     """
+    check_manifests(manifests)
     limit = shard_hours * SECONDS_PER_HOUR
     seen: dict[str, str] = {}
     shards: list[ShardTask] = []

@@ -89,3 +89,16 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     assert "Cuts            : 44" in result.output and "Shards          : 3" in result.output
     assert "Teacher whisper" in result.output and "random-weight" in result.output
     assert not (tmp_path / "store").exists()
+
+
+def test_a_missing_manifest_stops_the_job_before_any_cluster_or_store(tmp_path: Path) -> None:
+    from mt2kd.extract import extract
+
+    missing = str(tmp_path / "nope.jsonl.gz")
+    with pytest.raises(ConfigError, match="nope.jsonl.gz"):
+        make_plan([SPEECH, missing], 1.0)  # checked before the first manifest is read
+    config = ExtractConfig(cuts=(SPEECH, missing), store=str(tmp_path / "store"),
+                           teachers=(TeacherConfig("beats", str(tmp_path / "beats.pt")),))
+    with pytest.raises(ConfigError, match="nope.jsonl.gz"):
+        extract(config, echo=lambda _: None, progress=False)
+    assert not (tmp_path / "store").exists()
