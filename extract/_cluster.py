@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 GPU_RESOURCE = "GPU"  # the dask worker resource a shard task asks for on GPU clusters
-LOCAL_DASHBOARD = ":0"
+LOCAL_DASHBOARD = ":0"  # any free port: several runs (or tests) on one machine never collide
 WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     # distributed sets MALLOC_TRIM_THRESHOLD_ for workers it spawns; any explicit value turns off glibc's
@@ -21,7 +21,17 @@ WORKER_CONFIG = {
     # ran about 1.3x slower. None leaves glibc's default.
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
 }
-PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # the same setting for workers started by SLURM  # any free port: several runs (or tests) on one machine never collide
+PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # the same setting for workers started by SLURM
+
+
+def local_torch_threads(workers: int) -> int:
+    """Torch threads per LocalCluster worker: its share of the cores less one for decoding and writing.
+
+    Measured on 2 cores (bench/extract_bench.py): one worker with 2 torch
+    threads spent 1.8x its forward time in tasks, as OpenMP and the decoding
+    threads fought over the cores; with 1 thread, 1.1x and 30% less wall time.
+    """
+    return max(1, (os.cpu_count() or 1) // workers - 1)
 
 
 def make_slurm_cluster(config: ExtractConfig) -> Any:
@@ -74,7 +84,7 @@ def open_client(config: ExtractConfig) -> Iterator[Client]:
 
 def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[Client]:
     if config.scheduler == "local":
-        threads = max(1, (os.cpu_count() or 1) // config.workers)
+        threads = local_torch_threads(config.workers)
         resources = {GPU_RESOURCE: 1} if config.device.startswith("cuda") else None
         cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
                                dashboard_address=LOCAL_DASHBOARD, resources=resources,
