@@ -1,20 +1,36 @@
 """Extraction job vs the teachers' pure forward time and vs a one-process lhotse + HDF5 baseline.
 
-All rows run the same cuts (the demo corpus repeated ``--repeat`` times under
-new cut IDs) through the same tiny random teachers of the real architectures
-on CPU, with the same duration-sorted batches of ``--max-duration`` seconds.
+Every row runs the same cuts (the demo corpus repeated ``--repeat`` times
+under new cut IDs) through the same teachers: the real architectures with
+random weights, at ``--size`` tiny, small, or large (whisper large-v3, the
+released BEATs and ECAPA-TDNN dimensions; for a GPU).
 
-- forward: audio decoded beforehand, only ``teacher.extract`` timed (the anchor);
-- baseline: lhotse ``UnsupervisedWaveformDataset`` + ``SimpleCutSampler`` in
-  one process, teachers batched, outputs written float32 with lhotse's
-  ``NumpyHdf5Writer`` (how the MT2KD authors' recipe stores labels);
-- job: ``mt2kd.extract`` end to end on a LocalCluster with N workers, wall
-  time including cluster start and per-worker teacher loading, and the
-  summed in-task time (shard start to commit, from the events log).
+- forward (the anchor): audio decoded beforehand; only ``teacher.extract``
+  is timed, on exactly the batches the job's tasks run (shard by shard,
+  longest first, ``--max-duration`` s each), with the torch thread count a
+  job worker gets;
+- baseline: the MT2KD authors' way, as a fresh process timed from spawn to
+  exit: load the teachers, lhotse ``UnsupervisedWaveformDataset`` +
+  ``SimpleCutSampler`` (global duration sort), teachers batched, outputs
+  written float32 with lhotse's ``NumpyHdf5Writer``; ``--baseline-threads``
+  torch threads (default: every core);
+- job: ``mt2kd extract`` as a fresh process on a LocalCluster of N workers,
+  from spawn to exit (cluster start, teacher loading in every worker, cluster
+  shutdown included); also its summed in-task time (shard start to commit,
+  from the events log) and its steady state (first shard start to last
+  commit).
 
-Usage: ``python bench/extract_bench.py [--repeat 5] [--max-duration 30]``.
-Ratios: time / forward (target <= 1.15 for the job's tasks) and job
-throughput / baseline throughput (target >= 1.0).
+Both write the same values per cut: whisper's 2560-D rows at 25 Hz (two
+1280-D 50 Hz frames side by side: twice the features per row, the same
+numbers), the 527 BEATs logits and the 192-D ECAPA embedding. The baseline
+stores them float32 and uncompressed; the job float16 and compressed, with
+validation, failure records and crash-safe commits on top.
+
+Targets: in-task time <= 1.15x the forward (decoding and writing hidden
+behind compute), job throughput >= 1.0x the baseline's.
+
+Usage: ``python bench/extract_bench.py [--size small] [--repeat 5] [--workers 1,2]
+[--device cuda] [--shard-hours 0.02]``.
 """
 
 from __future__ import annotations
@@ -22,6 +38,9 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,40 +64,53 @@ def write_corpus(folder: Path, repeat: int) -> Path:
     return path
 
 
-def sorted_batches(items: list[tuple[str, float, Any]], max_duration: float) -> list[list[tuple[str, float, Any]]]:
-    items = sorted(items, key=lambda x: (-x[1], x[0]))
-    out: list[list[tuple[str, float, Any]]] = [[]]
-    seconds = 0.0
-    for item in items:
-        if out[-1] and seconds + item[1] > max_duration:
-            out.append([])
-            seconds = 0.0
-        out[-1].append(item)
-        seconds += item[1]
-    return out
-
-
-def time_forward(manifest: Path, teachers: dict[str, Any], max_duration: float) -> float:
+def decode_all(manifest: Path) -> dict[str, Any]:
+    """Every cut's decoded audio by cut ID (the forward anchor must not pay for decoding)."""
     from mt2kd.extract._audio import CutAudio, load_cut_audio
     from mt2kd.extract._plan import iter_cut_dicts
 
-    audio = [a for a in map(load_cut_audio, iter_cut_dicts(str(manifest))) if isinstance(a, CutAudio)]
-    batches = sorted_batches([(a.cut_id, a.duration, a.samples) for a in audio], max_duration)
+    return {a.cut_id: a for a in map(load_cut_audio, iter_cut_dicts(str(manifest))) if isinstance(a, CutAudio)}
+
+
+def job_batches(manifest: Path, audio: dict[str, Any], shard_hours: float, max_duration: float) -> list[list[Any]]:
+    """The batches the job's tasks run: shard by shard, longest first, at most ``max_duration`` s each."""
+    from mt2kd.extract._audio import batches, by_duration
+    from mt2kd.extract._plan import make_plan
+
+    plan = make_plan((str(manifest),), shard_hours)
+    return [batch for shard in plan.shards
+            for batch, _ in batches((audio[c["id"]] for c in by_duration(shard.cuts)), max_duration)]
+
+
+def time_forward(batches: list[list[Any]], teachers: dict[str, Any], warmup: int = 0) -> float:
+    """Seconds the teachers take on ``batches`` of decoded audio (after ``warmup`` untimed batches)."""
+    import torch
+
+    for batch in batches[:warmup]:
+        for teacher in teachers.values():
+            teacher.extract([a.samples for a in batch])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for batch in batches:
         for teacher in teachers.values():
-            teacher.extract([x[2] for x in batch])
+            teacher.extract([a.samples for a in batch])  # returns numpy: the device work is done
     return time.perf_counter() - start
 
 
-def time_baseline(manifest: Path, teachers: dict[str, Any], max_duration: float, out: Path) -> float:
+def run_baseline(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, out: Path) -> None:
+    """The baseline as a user's script: load the teachers, read the cuts, run, write float32 HDF5."""
     import torch
     from lhotse import CutSet, NumpyHdf5Writer
     from lhotse.dataset import SimpleCutSampler, UnsupervisedWaveformDataset
 
-    start = time.perf_counter()
+    from mt2kd.extract import TeacherConfig
+    from mt2kd.extract._plugin import load_teachers
+
+    torch.set_num_threads(args.baseline_threads)
+    teachers = load_teachers([TeacherConfig(n, str(p)) for n, p in paths.items()], args.precision, args.device)
     cuts = CutSet.from_jsonl_lazy(manifest).to_eager().sort_by_duration(ascending=False)
-    sampler = SimpleCutSampler(cuts, max_duration=max_duration)
+    sampler = SimpleCutSampler(cuts, max_duration=args.max_duration)
     loader = torch.utils.data.DataLoader(UnsupervisedWaveformDataset(collate=False), sampler=sampler,
                                          batch_size=None, num_workers=0)
     with NumpyHdf5Writer(out) as writer:
@@ -87,73 +119,135 @@ def time_baseline(manifest: Path, teachers: dict[str, Any], max_duration: float,
             for name, teacher in teachers.items():
                 for cut, value in zip(batch["cuts"], teacher.extract(waves)):
                     writer.store_array(f"{name}/{cut.id}", np.asarray(value, np.float32))
+
+
+def timed_command(argv: list[str]) -> float:
+    """Wall seconds of a fresh process, from spawn to exit (imports and model loading included)."""
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - start
 
 
-def time_job(manifest: Path, paths: dict[str, Path], max_duration: float, workers: int, folder: Path
-             ) -> tuple[float, float]:
-    from mt2kd.extract._config import ExtractConfig, TeacherConfig
-    from mt2kd.extract._job import extract
+def time_baseline(manifest: Path, paths: dict[str, Path], folder: Path) -> float:
+    teachers = json.dumps({name: str(path) for name, path in paths.items()})
+    return timed_command([sys.executable, __file__, *sys.argv[1:], "--baseline-in", str(manifest),
+                          "--baseline-out", str(folder / "baseline.h5"), "--teachers-in", teachers])
 
+
+def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, workers: int, folder: Path
+             ) -> tuple[float, float, float]:
+    """`mt2kd extract` as a command: its wall time, the summed in-task time and first start to last commit."""
     events = folder / f"events-{workers}.jsonl"
-    config = ExtractConfig(cuts=(str(manifest),), store=str(folder / f"store-{workers}"), workers=workers,
-                           teachers=tuple(TeacherConfig(n, str(p)) for n, p in paths.items()),
-                           max_duration=max_duration, shard_hours=0.02, events_log=str(events))
-    start = time.perf_counter()
-    extract(config, echo=lambda _: None, progress=False)
-    wall = time.perf_counter() - start
+    argv = [sys.executable, "-m", "mt2kd", "extract", "--cuts", str(manifest), "--store", str(folder / f"store-{workers}"),
+            "--workers", str(workers), "--device", args.device, "--precision", args.precision,
+            "--max-duration", str(args.max_duration), "--shard-hours", str(args.shard_hours),
+            "--decode-threads", str(args.decode_threads), "--events-log", str(events)]
+    for name, path in paths.items():
+        argv += ["--teacher", f"{name}={path}"]
+    wall = timed_command(argv)
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     began = {e["shard"]: e["time"] for e in lines if e["event"] == "start"}
+    ended = [e["time"] for e in lines if e["event"] == "commit"]
     in_task = sum(e["time"] - began[e["shard"]] for e in lines if e["event"] == "commit")
-    return wall, in_task
+    return wall, in_task, max(ended) - min(began.values())
 
 
-def enlarge(paths: dict[str, Path]) -> None:
-    """Rewrite whisper and beats at a size where the forward pass, not the plumbing, costs the time."""
+SIZES: dict[str, dict[str, dict[str, Any]]] = {  # teacher dims per --size (all random weights)
+    "tiny": {},  # make_tiny_checkpoints as written
+    "small": {"whisper": {"n_audio_state": 384, "n_audio_head": 6, "n_audio_layer": 4},
+              "beats": {"encoder_embed_dim": 256, "encoder_layers": 4, "encoder_ffn_embed_dim": 1024,
+                        "encoder_attention_heads": 4}},
+    "large": {"whisper": {"n_mels": 128, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32},
+              "beats": {"encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
+                        "encoder_attention_heads": 12, "embed_dim": 512},
+              "ecapa": {"channels": (1024, 1024, 1024, 1024, 3072), "attention_channels": 128}},
+}
+
+
+def enlarge(paths: dict[str, Path], size: str) -> None:
+    """Rewrite the teachers at ``size``: large = whisper large-v3, released BEATs and ECAPA dims."""
+    from mt2kd.extract._tiny import write_tiny_ecapa_checkpoint
     from mt2kd.extract.beats import write_tiny_beats_checkpoint
     from mt2kd.extract.whisper import write_tiny_whisper_checkpoint
 
-    write_tiny_whisper_checkpoint(paths["whisper"], n_audio_state=384, n_audio_head=6, n_audio_layer=4)
-    write_tiny_beats_checkpoint(paths["beats"], encoder_embed_dim=256, encoder_layers=4,
-                                encoder_ffn_embed_dim=1024, encoder_attention_heads=4)
+    dims = SIZES[size]
+    if "whisper" in dims:
+        write_tiny_whisper_checkpoint(paths["whisper"], **dims["whisper"])
+    if "beats" in dims:
+        write_tiny_beats_checkpoint(paths["beats"], **dims["beats"])
+    if "ecapa" in dims:
+        write_tiny_ecapa_checkpoint(paths["ecapa"], **dims["ecapa"])
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="extraction job vs forward-only and an HDF5 baseline")
     parser.add_argument("--repeat", type=int, default=5, help="copies of the 100 s demo corpus")
     parser.add_argument("--max-duration", type=float, default=30.0, help="s of audio per batch")
-    parser.add_argument("--size", choices=("tiny", "small"), default="small",
-                        help="small: whisper-tiny-sized encoder and a 4-layer BEATs (still random weights)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small",
+                        help="small: whisper-tiny-sized encoder and a 4-layer BEATs; large: whisper large-v3, "
+                             "released BEATs and ECAPA dims (GPU); always random weights")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--workers", default="", help="comma-separated job worker counts (default 1,2 cpu; 1 cuda)")
+    parser.add_argument("--decode-threads", type=int, default=2, help="decoding threads per job worker")
+    parser.add_argument("--baseline-threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of the one-process baseline (default: every core, as the job's workers "
+                             "together have)")
+    parser.add_argument("--shard-hours", type=float, default=0.02, help="h of audio per shard")
+    for hidden in ("--baseline-in", "--baseline-out", "--teachers-in"):  # the baseline's own process
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
+    args.workers = [int(w) for w in (args.workers or ("1" if cuda else "1,2")).split(",")]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.baseline_in:
+        paths = {name: Path(path) for name, path in json.loads(args.teachers_in).items()}
+        run_baseline(Path(args.baseline_in), paths, args, Path(args.baseline_out))
+        return
     import torch
 
-    from mt2kd.extract import make_tiny_checkpoints
+    from mt2kd.extract import TeacherConfig, make_tiny_checkpoints
     from mt2kd.extract._plugin import load_teachers
-    from mt2kd.extract._config import TeacherConfig
 
-    torch.set_num_threads(1)  # one core per process, as each job worker gets
+    from mt2kd.extract._cluster import local_torch_threads
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         manifest = write_corpus(folder, args.repeat)
         paths = make_tiny_checkpoints(folder / "teachers")
-        if args.size == "small":
-            enlarge(paths)
-        teachers = load_teachers([TeacherConfig(n, str(p)) for n, p in paths.items()], "fp32", "cpu")
+        enlarge(paths, args.size)
         audio_s = sum(json.loads(line)["duration"] for line in gzip.open(manifest, "rt"))
-        forward = time_forward(manifest, teachers, args.max_duration)
-        baseline = time_baseline(manifest, teachers, args.max_duration, folder / "baseline.h5")
-        rows = [("forward only (anchor)", forward, forward), ("baseline lhotse+HDF5, 1 process", baseline, baseline)]
-        for workers in (1, 2):
-            wall, in_task = time_job(manifest, paths, args.max_duration, workers, folder)
-            rows.append((f"job {workers} worker(s): in-task sum", in_task, None))
-            rows.append((f"job {workers} worker(s): wall", wall, wall))
-    print(f"{audio_s:.0f} s of audio, {args.size} random teachers on CPU, max_duration {args.max_duration:g} s")
-    print(f"{'row':<36} {'seconds':>8} {'audio-s/s':>10} {'x forward':>10} {'thr. vs baseline':>17}")
-    for name, seconds, wall in rows:
-        speed = f"{audio_s / wall:10.1f}" if wall else f"{'-':>10}"
-        versus = f"{baseline / wall:17.2f}" if wall else f"{'-':>17}"
-        print(f"{name:<36} {seconds:8.2f} {speed} {seconds / forward:10.2f} {versus}")
-
+        teachers = load_teachers([TeacherConfig(n, str(p)) for n, p in paths.items()], args.precision, args.device)
+        batches = job_batches(manifest, decode_all(manifest), args.shard_hours, args.max_duration)
+        forward: dict[int, float] = {}  # torch threads -> s: each job is held to a forward with its workers' threads
+        for threads in sorted({local_torch_threads(w) for w in args.workers}):
+            torch.set_num_threads(threads)
+            forward[threads] = time_forward(batches, teachers, warmup=5)
+        del teachers
+        baseline = time_baseline(manifest, paths, folder)
+        rows: list[tuple[str, float, float | None, bool]] = [  # name, seconds, anchor, is a wall time
+            (f"forward only, {t} torch thread(s) (anchor)", s, s, True) for t, s in forward.items()]
+        rows.append((f"baseline lhotse+HDF5, 1 process, {args.baseline_threads} thr.", baseline, None, True))
+        for workers in args.workers:
+            anchor = forward[local_torch_threads(workers)]
+            wall, in_task, span = time_job(manifest, paths, args, workers, folder)
+            rows.append((f"job {workers} worker(s): in-task sum", in_task, anchor, False))
+            rows.append((f"job {workers} worker(s): first start-last commit", span, None, True))
+            rows.append((f"job {workers} worker(s): wall", wall, None, True))
+    print(f"{audio_s:.0f} s of audio, {args.size} RANDOM-weight teachers on {args.device} ({args.precision}), "
+          f"max_duration {args.max_duration:g} s, shards of {args.shard_hours:g} h, decode threads "
+          f"{args.decode_threads}, {os.cpu_count()} CPU cores")
+    print(f"{'row':<48} {'seconds':>8} {'audio-s/s':>10} {'x forward':>10} {'thr. vs baseline':>17}")
+    for name, seconds, against, is_wall in rows:
+        speed = f"{audio_s / seconds:10.1f}" if is_wall else f"{'-':>10}"
+        versus = f"{baseline / seconds:17.2f}" if is_wall else f"{'-':>17}"
+        ratio = f"{seconds / against:10.2f}" if against else f"{'-':>10}"
+        print(f"{name:<48} {seconds:8.2f} {speed} {ratio} {versus}")
 
 if __name__ == "__main__":
     main()
