@@ -26,7 +26,7 @@ _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "
 @click.option("--scheduler", default=_DEFAULTS.scheduler, show_default=True,
               help="'local' (LocalCluster here), 'slurm' (dask-jobqueue) or a scheduler address")
 @click.option("--workers", default=_DEFAULTS.workers, show_default=True,
-              help="local worker processes, or SLURM jobs (one GPU worker each)")
+              help="local worker processes, or SLURM jobs (one worker per GPU each)")
 @click.option("--device", default=_DEFAULTS.device, show_default=True, help="cpu or cuda")
 @click.option("--max-duration", default=_DEFAULTS.max_duration, show_default=True, help="s of audio per batch")
 @click.option("--shard-hours", default=_DEFAULTS.shard_hours, show_default=True, help="h of audio per shard")
@@ -45,8 +45,10 @@ _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "
 @click.option("--slurm-account", default="", help="SLURM account")
 @click.option("--slurm-walltime", default=_DEFAULTS.slurm_walltime, show_default=True)
 @click.option("--slurm-memory", default=_DEFAULTS.slurm_memory, show_default=True)
-@click.option("--slurm-cores", default=_DEFAULTS.slurm_cores, show_default=True)
-@click.option("--slurm-gpus", default=_DEFAULTS.slurm_gpus, show_default=True)
+@click.option("--slurm-cores", default=_DEFAULTS.slurm_cores, show_default=True,
+              help="CPUs per job: its workers' torch threads and audio decoding")
+@click.option("--slurm-gpus", default=_DEFAULTS.slurm_gpus, show_default=True,
+              help="GPUs per job, one dask worker each (with --device cuda)")
 @click.option("--slurm-job-extra", multiple=True, help="extra #SBATCH directive, e.g. --constraint=a100; repeat")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def extract(as_json: bool, **fields: Any) -> None:

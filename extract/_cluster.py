@@ -34,11 +34,30 @@ def local_torch_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers - 1)
 
 
-def make_slurm_cluster(config: ExtractConfig) -> Any:
-    """A dask-jobqueue SLURMCluster: one job = one worker = ``slurm_gpus`` GPUs, declared as a resource.
+def slurm_workers_per_job(config: ExtractConfig) -> int:
+    """One worker per GPU of a job (each loads the teachers onto its own GPU); one per job on CPU."""
+    return config.slurm_gpus if config.device.startswith("cuda") else 1
 
-    Nothing is submitted until the cluster is scaled; ``cluster.job_script()``
-    shows the script SLURM would run.
+
+def worker_torch_threads(config: ExtractConfig, client: Client) -> int:
+    """Torch threads for a worker's teachers, so that the workers sharing a machine do not crowd it."""
+    if config.scheduler == "local":
+        return local_torch_threads(config.workers)
+    if config.scheduler == "slurm":  # the job's cores shared out among its workers, one kept for decoding
+        return max(1, config.slurm_cores // slurm_workers_per_job(config) - 1)
+    # a running scheduler: a GPU worker runs one task at a time and may use its cores; a CPU worker runs
+    # one task per thread, each on one core
+    ncores = min(client.ncores().values(), default=1)
+    return max(1, ncores - 1) if declares_gpus(client) else 1
+
+
+def make_slurm_cluster(config: ExtractConfig) -> Any:
+    """A dask-jobqueue SLURMCluster: one worker per GPU of a job, each running one shard at a time.
+
+    A job asks SLURM for ``slurm_cores`` CPUs and ``slurm_gpus`` GPUs and
+    starts one dask worker per GPU (one on CPU), each with one task thread
+    and the resource ``GPU=1``. Nothing is submitted until the cluster is
+    scaled; ``cluster.job_script()`` shows the script SLURM would run.
 
     Examples
     --------
@@ -46,16 +65,19 @@ def make_slurm_cluster(config: ExtractConfig) -> Any:
     """
     from dask_jobqueue import SLURMCluster
 
-    directives = [f"--gres=gpu:{config.slurm_gpus}"] if config.device.startswith("cuda") else []
+    cuda = config.device.startswith("cuda")
+    per_job = slurm_workers_per_job(config)
+    directives = [f"--gres=gpu:{config.slurm_gpus}"] if cuda else []
     directives += list(config.slurm_job_extra)
-    worker_args = ["--resources", f"{GPU_RESOURCE}={config.slurm_gpus}"] if config.device.startswith("cuda") else []
+    worker_args = ["--resources", f"{GPU_RESOURCE}=1"] if cuda else []
     return SLURMCluster(
         queue=config.slurm_queue or None,
         account=config.slurm_account or None,
         walltime=config.slurm_walltime,
         memory=config.slurm_memory,
-        cores=config.slurm_cores,
-        processes=1,  # one worker per job: teachers load once per GPU
+        cores=per_job,  # dask's threads per job: one per worker, so a worker runs one shard at a time
+        job_cpu=config.slurm_cores,  # what SLURM reserves: the workers' torch threads and decoders use it
+        processes=per_job,
         job_extra_directives=directives,
         worker_extra_args=worker_args,
         job_name="mt2kd-extract",

@@ -93,8 +93,8 @@ class ExtractConfig:
     slurm_account: str = ""  # SLURM account to charge
     slurm_walltime: str = "04:00:00"  # HH:MM:SS per SLURM job
     slurm_memory: str = "32GB"  # memory per SLURM job
-    slurm_cores: int = 8  # CPU cores per SLURM job (audio decoding threads)
-    slurm_gpus: int = 1  # GPUs per SLURM job (one dask worker each)
+    slurm_cores: int = 8  # CPUs per SLURM job (its workers' torch threads and audio decoding)
+    slurm_gpus: int = 1  # GPUs per SLURM job (one dask worker per GPU)
     slurm_job_extra: tuple[str, ...] = ()  # extra #SBATCH directives, e.g. "--constraint=a100"
 
     def __post_init__(self) -> None:

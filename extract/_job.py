@@ -142,16 +142,13 @@ def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, A
 
 def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]) -> dict[str, int] | None:
     """Load the teachers into every worker (plugin); returns the resources a task must ask for."""
-    from mt2kd.extract._cluster import GPU_RESOURCE, dashboard_link, declares_gpus, local_torch_threads
+    from mt2kd.extract._cluster import GPU_RESOURCE, dashboard_link, declares_gpus, worker_torch_threads
     from mt2kd.extract._plugin import TeacherPlugin
 
     link = dashboard_link(client)
     if link:
         say(f"dask dashboard: {link}")
-    if config.scheduler == "local":  # one task per worker at a time, but the cores are shared out among them
-        threads = local_torch_threads(config.workers)
-    else:  # a worker's own thread count (SLURM: --slurm-cores)
-        threads = max(1, int(client.ncores() and min(client.ncores().values()) or 1))
+    threads = worker_torch_threads(config, client)
     client.register_plugin(TeacherPlugin(config.teachers, config.precision, config.device, threads))
     return {GPU_RESOURCE: 1} if declares_gpus(client) else None
 

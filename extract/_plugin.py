@@ -31,15 +31,28 @@ def load_teachers(configs: Sequence[TeacherConfig], precision: str, device: str)
 
 
 def worker_device(device: str, worker_name: Any) -> str:
-    """``cuda`` on a machine with several GPUs: local worker N takes GPU N (modulo the count)."""
+    """``cuda`` where a worker sees several GPUs: the worker with index N takes GPU N (modulo the count).
+
+    LocalCluster names its workers 0, 1, ...; a SLURM job with several
+    workers (one per GPU) names them ``JOB-0``, ``JOB-1``, ...
+    """
     if device != "cuda":
         return device
     import torch
 
     count = torch.cuda.device_count()
-    if count > 1 and isinstance(worker_name, int):
-        return f"cuda:{worker_name % count}"
+    index = worker_index(worker_name)
+    if count > 1 and index is not None:
+        return f"cuda:{index % count}"
     return device
+
+
+def worker_index(worker_name: Any) -> int | None:
+    """The worker's index among its siblings: its name if an int, else a trailing ``-N``."""
+    if isinstance(worker_name, int):
+        return worker_name
+    tail = str(worker_name).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
 
 
 WARMUP_SECONDS = 1.0  # s of quiet noise each teacher sees once at setup

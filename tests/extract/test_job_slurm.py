@@ -28,6 +28,76 @@ def test_slurm_job_script_asks_for_one_gpu_worker_per_job() -> None:
     assert "--gres=gpu:1" in directives and "--constraint=a100" in directives
     command = script.strip().splitlines()[-1]
     assert "distributed.cli.dask_worker" in command or "dask worker" in command or "dask-worker" in command
-    assert "--resources GPU=1" in command and "--nthreads 6" in command
+    assert "--resources GPU=1" in command
+    assert "--nthreads 1" in command  # one shard at a time; the 6 CPUs are the torch threads' and decoders'
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in script
-    assert "--nworkers" not in command  # one worker per job: teachers load once per GPU
+    assert "--nworkers" not in command  # one GPU, one worker: teachers load once per GPU
+
+
+def _script(**fields: object) -> str:
+    config = ExtractConfig(cuts=("c.jsonl.gz",), store="s", teachers=(TeacherConfig("beats", "b.pt"),),
+                           scheduler="slurm", **fields)  # type: ignore[arg-type]
+    cluster = make_slurm_cluster(config)
+    try:
+        return str(cluster.job_script())
+    finally:
+        cluster.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_job_with_several_gpus_runs_one_worker_per_gpu() -> None:
+    script = _script(device="cuda", slurm_gpus=4, slurm_cores=16)
+    directives = re.findall(r"^#SBATCH (.+)$", script, flags=re.M)
+    assert "--gres=gpu:4" in directives and "--cpus-per-task=16" in directives
+    command = script.strip().splitlines()[-1]
+    assert "--nworkers 4" in command and "--nthreads 1" in command
+    assert "--resources GPU=1" in command  # per worker: each takes one shard and one GPU at a time
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_cpu_job_runs_one_worker_one_shard_at_a_time() -> None:
+    script = _script(device="cpu", slurm_gpus=2, slurm_cores=8)
+    directives = re.findall(r"^#SBATCH (.+)$", script, flags=re.M)
+    assert "--cpus-per-task=8" in directives and not any(d.startswith("--gres") for d in directives)
+    command = script.strip().splitlines()[-1]
+    assert "--nthreads 1" in command and "--nworkers" not in command and "--resources" not in command
+
+
+def test_worker_torch_threads_share_the_cores_and_keep_one_for_decoding() -> None:
+    import os
+
+    from mt2kd.extract._cluster import worker_torch_threads
+
+    def config(**fields: object) -> ExtractConfig:
+        return ExtractConfig(cuts=("c.jsonl.gz",), store="s", teachers=(TeacherConfig("beats", "b.pt"),),
+                             **fields)  # type: ignore[arg-type]
+
+    class Client:  # what worker_torch_threads asks a running scheduler
+        def __init__(self, ncores: dict[str, int], gpus: bool) -> None:
+            self._ncores, self._gpus = ncores, gpus
+
+        def ncores(self) -> dict[str, int]:
+            return self._ncores
+
+        def scheduler_info(self, **_: object) -> dict[str, object]:
+            resources = {"GPU": 1} if self._gpus else {}
+            return {"workers": {a: {"resources": resources} for a in self._ncores}}
+
+    cores = os.cpu_count() or 1
+    assert worker_torch_threads(config(workers=1), Client({}, False)) == max(1, cores - 1)
+    assert worker_torch_threads(config(workers=cores), Client({}, False)) == 1
+    slurm = config(scheduler="slurm", device="cuda", slurm_gpus=4, slurm_cores=32)
+    assert worker_torch_threads(slurm, Client({}, True)) == 7
+    assert worker_torch_threads(config(scheduler="slurm", slurm_cores=8), Client({}, False)) == 7
+    remote = config(scheduler="tcp://h:8786")
+    assert worker_torch_threads(remote, Client({"a": 8, "b": 12}, True)) == 7
+    assert worker_torch_threads(remote, Client({"a": 8}, False)) == 1  # 8 tasks at once, one core each
+
+
+def test_workers_pick_their_gpu_by_index() -> None:
+    from mt2kd.extract._plugin import worker_index
+
+    assert worker_index(3) == 3
+    assert worker_index("SLURMCluster-12-2") == 2  # the third worker of job 12
+    assert worker_index("tcp://10.0.0.1:4000") is None
+    assert worker_index("gpu-node") is None
