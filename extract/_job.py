@@ -15,7 +15,6 @@ from mt2kd.extract._config import ExtractConfig
 from mt2kd.extract._plan import Plan, check_manifests, make_plan
 from mt2kd.extract._progress import ExtractSummary, Progress
 from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
-from mt2kd.store._format import shard_name
 
 if TYPE_CHECKING:
     from mt2kd.store import TeacherSpec, TeacherStore
@@ -121,8 +120,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
             specs = worker_specs(client, resources)
             plan = planned.result()
             store = prepare_store(config, plan, specs, random)
-            committed = set(store.shards)
-            todo = [s for s in plan.shards if shard_name(s.shard_id) not in committed]
+            todo = [s for s in plan.shards if not store.is_committed(s.shard_id)]
             results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
     summary = plan_summary(config, plan, random)
     locked = [r for r in results if r.status == LOCKED]

@@ -156,6 +156,10 @@ class TeacherStore:
         """Commit records of the committed shards, by shard name."""
         return dict(self._index.records)
 
+    def is_committed(self, shard_id: int | str) -> bool:
+        """Whether shard ``shard_id`` was committed when this view was opened (what a resumed job skips)."""
+        return shard_name(shard_id) in self._index.records
+
     def __len__(self) -> int:
         return len(self._index)
 

@@ -214,6 +214,7 @@ def test_committed_shard_needs_replace(store_url: str, specs_of: Any, outputs_of
     reopened = TeacherStore.open(store_url)
     assert reopened.cut_ids() == ["b"] and reopened.leftovers() == [] and reopened.verify() == []
     assert_same(reopened.get("b"), outputs["b"], reopened.specs)
+    assert reopened.is_committed(0) and reopened.is_committed("000000") and not reopened.is_committed(1)
 
 
 def test_one_writer_per_shard(store_url: str, specs_of: Any, outputs_of: Any) -> None:
