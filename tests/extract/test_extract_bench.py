@@ -8,24 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from mt2kd.tests._bench import load_bench
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "extract_bench.py"
 
 
-def load_bench_module() -> object:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import extract_bench
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return extract_bench
-
-
 def test_anchor_batches_are_the_tasks_batches(tmp_path: Path) -> None:
-    bench: object = load_bench_module()
-    manifest = bench.write_corpus(tmp_path, 2)  # type: ignore[attr-defined]
-    audio = bench.decode_all(manifest)  # type: ignore[attr-defined]
+    bench = load_bench("extract_bench")
+    manifest = bench.write_corpus(tmp_path, 2)
+    audio = bench.decode_all(manifest)
     assert len(audio) == 88  # the 44 demo cuts twice, under new IDs
-    batches = bench.job_batches(manifest, audio, 0.01, 20.0)  # type: ignore[attr-defined]
+    batches = bench.job_batches(manifest, audio, 0.01, 20.0)
     ids = [a.cut_id for batch in batches for a in batch]
     assert sorted(ids) == sorted(audio)  # every cut once
     for batch in batches:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mt2kd.tests._bench import load_bench
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "store_bench.py"
 FORMATS = ("mt2kd-f16", "mt2kd-f16-raw", "mt2kd-f32", "hdf5-f32", "hdf5-f16", "lilcom")
 METRICS = ("bytes / audio hour", "write MiB/s", "get cuts/s", "get_many cuts/s", "get CPU ms/MiB", "loader cuts/s")
@@ -30,19 +32,9 @@ def test_quick_bench_prints_a_table_with_every_format(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # the benchmark cleans up after itself
 
 
-def load_common():  # bench/ is scripts, not a package: load its helper module by path
-    import importlib.util
-
-    if "bench_common" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_common", BENCH.parent / "_common.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_common"] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules["bench_common"]
-
 
 def test_synthetic_durations_are_librispeech_like() -> None:
-    common = load_common()
+    common = load_bench("_common")
     durations = common.sample_durations(200.0, seed=3)
     assert durations.min() >= 1.0 and durations.max() <= 35.0
     assert abs(durations.mean() - 12.3) < 0.2
@@ -53,7 +45,7 @@ def test_synthetic_durations_are_librispeech_like() -> None:
 def test_synthetic_frames_are_correlated_gaussian_with_per_dim_scale() -> None:
     import numpy as np
 
-    common = load_common()
+    common = load_bench("_common")
     assert common.num_stacked_frames(2.0) == 50 and common.num_stacked_frames(30.0) == 750
     corpus = common.make_whisper_corpus(0.02, seed=1, dim=64)
     assert [f.shape[0] for f in corpus.frames] == [common.num_stacked_frames(d) for d in corpus.durations]
