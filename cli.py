@@ -44,3 +44,6 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="mt2kd")
 def main() -> None:
     """mt2kd: teacher-label extraction and KD training for speech/audio students."""
+    from mt2kd._process import skip_final_gc_at_exit
+
+    skip_final_gc_at_exit()  # the process ends with the command

@@ -147,7 +147,8 @@ def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]
     if link:
         say(f"dask dashboard: {link}")
     threads = worker_torch_threads(config, client)
-    client.register_plugin(TeacherPlugin(config.teachers, config.precision, config.device, threads))
+    owned = config.scheduler in ("local", "slurm")  # workers this run started, and stops
+    client.register_plugin(TeacherPlugin(config.teachers, config.precision, config.device, threads, owned))
     return {GPU_RESOURCE: 1} if declares_gpus(client) else None
 
 

@@ -80,9 +80,11 @@ class TeacherPlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, configs: Sequence[TeacherConfig], precision: str, device: str, num_threads: int) -> None:
+    def __init__(self, configs: Sequence[TeacherConfig], precision: str, device: str, num_threads: int,
+                 owns_worker: bool = False) -> None:
         self.configs = tuple(configs)
         self.precision, self.device, self.num_threads = precision, device, num_threads
+        self.owns_worker = owns_worker  # the run started this worker (LocalCluster, SLURM), not someone else
         self.teachers: dict[str, Teacher] = {}
 
     def setup(self, worker: Worker) -> None:
@@ -93,6 +95,10 @@ class TeacherPlugin(WorkerPlugin):
         os.environ.setdefault("OMP_NUM_THREADS", str(self.num_threads))
         self.teachers = load_teachers(self.configs, self.precision, worker_device(self.device, worker.name))
         warm_up(self.teachers)
+        if self.owns_worker:  # the worker ends with the run
+            from mt2kd._process import skip_final_gc_at_exit
+
+            skip_final_gc_at_exit()
 
     def teardown(self, worker: Worker) -> None:
         self.teachers.clear()

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is built: checkpoint_is_random stays cheap for the job's client
+    import torch
 
 __all__ = ["RANDOM_WEIGHTS_FILE", "TINY_NOTE_FILE", "checkpoint_is_random", "make_tiny_checkpoints",
            "write_tiny_ecapa_checkpoint"]
@@ -113,6 +114,8 @@ def _mark_random(folder: Path, teacher: str) -> None:
 
 def _perturb_batchnorms(model: torch.nn.Module, generator: torch.Generator) -> None:
     """Give every BatchNorm non-identity running stats and affine values, so eval mode matters."""
+    import torch
+
     for module in model.modules():
         if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             continue
@@ -149,6 +152,7 @@ def write_tiny_ecapa_checkpoint(folder: str | Path, seed: int = 0, lin_neurons: 
     >>> load_teacher("ecapa", folder).extract([np.zeros(16_000, np.float32)])[0].shape
     (192,)
     """
+    import torch
     from speechbrain.lobes.models.ECAPA_TDNN import Classifier
 
     from mt2kd.extract.ecapa import EMBEDDING_FILE, EcapaConfig, EcapaEncoder
