@@ -14,6 +14,40 @@ from mt2kd.errors import StoreFormatError
 from mt2kd.store import Problem, TeacherSpec, TeacherStore
 
 
+def json_object(value: object) -> dict[str, Any]:
+    """A JSON value (a zarr attribute) that must be an object."""
+    assert isinstance(value, dict), value
+    return value
+
+
+def node_at(parent: zarr.Group, *keys: str) -> zarr.Array[Any] | zarr.Group:
+    """``parent[keys[0]][keys[1]]...`` (every step but the last must be a group)."""
+    node: zarr.Array[Any] | zarr.Group = parent
+    for key in keys:
+        assert isinstance(node, zarr.Group), f"{key!r} under an array"
+        node = node[key]
+    return node
+
+
+def group_at(parent: zarr.Group, *keys: str) -> zarr.Group:
+    group = node_at(parent, *keys)
+    assert isinstance(group, zarr.Group), keys
+    return group
+
+
+def array_at(parent: zarr.Group, *keys: str) -> zarr.Array[Any]:
+    array = node_at(parent, *keys)
+    assert isinstance(array, zarr.Array), keys
+    return array
+
+
+def read(array: zarr.Array[Any], selection: slice = slice(None)) -> np.ndarray:
+    """``array[selection]``: a numpy array for a slice."""
+    values = array[selection]
+    assert isinstance(values, np.ndarray), type(values)
+    return values
+
+
 def write_two_shards(path: Path, specs: list[TeacherSpec], outputs: dict[str, dict[str, np.ndarray]]) -> TeacherStore:
     store = TeacherStore.create(str(path), specs)
     cut_ids = list(outputs)
@@ -28,25 +62,25 @@ def test_plain_zarr_reads_a_cut_as_docs_describe(tmp_path: Path, specs_of: Any, 
     outputs = outputs_of(["a", "b/ü", "c", "d"], seed=9)
     del outputs["c"]["beats"]
     write_two_shards(tmp_path / "s.zarr", specs_of(), outputs)
-    # what docs/store-format.md tells a plain-zarr user to do
+    # what docs/store-format.md tells a plain-zarr user to do (each lookup through a typed helper above)
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
-    assert root.attrs["mt2kd"]["format_version"] == 1
-    for shard in root["commits"].group_keys():
-        record = root["commits"][shard].attrs["mt2kd_commit"]
-        group = root[record["path"]]
-        raw, ends = group["cut_id_bytes"][:], group["cut_id_offsets"][:]
+    assert json_object(root.attrs["mt2kd"])["format_version"] == 1
+    for shard in group_at(root, "commits").group_keys():
+        record = json_object(group_at(root, "commits", shard).attrs["mt2kd_commit"])
+        group = group_at(root, record["path"])
+        raw, ends = read(array_at(group, "cut_id_bytes")), read(array_at(group, "cut_id_offsets"))
         cut_ids = [bytes(raw[ends[i]:ends[i + 1]]).decode("utf-8") for i in range(len(ends) - 1)]
         assert cut_ids == record["cut_ids"]
         for i, cut_id in enumerate(cut_ids):
             for teacher in ("whisper", "beats"):
-                offsets = group[teacher]["offsets"][:]
-                rows = group[teacher]["data"][offsets[i]:offsets[i + 1]]
+                offsets = read(array_at(group, teacher, "offsets"))
+                rows = read(array_at(group, teacher, "data"), slice(offsets[i], offsets[i + 1]))
                 if teacher not in outputs[cut_id]:
                     assert rows.shape[0] == 0
                     continue
                 expected = outputs[cut_id][teacher]
                 np.testing.assert_array_equal(rows.reshape(expected.shape), expected.astype(rows.dtype))
-    data = root[record["path"]]["whisper"]["data"]
+    data = array_at(root, record["path"], "whisper", "data")
     assert data.shards is not None and data.dtype == np.float16  # Zarr v3 sharding codec
 
 
