@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,6 +42,12 @@ def make_outputs(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
+def json_object(value: object) -> dict[str, Any]:
+    """A JSON value (a zarr attribute) that must be an object."""
+    assert isinstance(value, dict), value
+    return value
+
+
 def write_store(path: Path, outputs: dict[str, dict[str, np.ndarray]], cuts_per_shard: int = 2) -> str:
     ts = TeacherStore.create(str(path), SPECS, attrs={"random_teachers": True})
     cut_ids = list(outputs)
@@ -54,7 +61,7 @@ def write_store(path: Path, outputs: dict[str, dict[str, np.ndarray]], cuts_per_
 def write_manifest(path: Path, durations: dict[str, float]) -> str:
     from lhotse import AudioSource, CutSet, MonoCut, Recording
 
-    cuts = []
+    cuts: list[MonoCut] = []
     for cut_id, d in durations.items():
         rec = Recording(id=f"rec-{len(cuts)}", sources=[AudioSource("file", [0], f"/audio/{len(cuts)}.flac")],
                         sampling_rate=16_000, num_samples=int(d * 16_000), duration=d)
@@ -260,7 +267,8 @@ def test_verify_finds_a_nan_written_with_plain_zarr(tmp_path: Path, outputs: dic
         for cut_id, arrays in outputs.items():
             writer.put(cut_id, arrays)
     assert run("verify", str(tmp_path / "nan.zarr"))[0] == 0
-    record = zarr.open_group(str(tmp_path / "nan.zarr" / "commits" / "000000"), mode="r").attrs["mt2kd_commit"]
+    commit = zarr.open_group(str(tmp_path / "nan.zarr" / "commits" / "000000"), mode="r")
+    record = json_object(commit.attrs["mt2kd_commit"])
     data = zarr.open_array(str(tmp_path / "nan.zarr" / record["path"] / "whisper" / "data"), mode="r+")
     row = int(record["teachers"]["whisper"]["offsets"][2]) + 3  # the fourth frame of the third cut
     data[row, 5] = np.nan
