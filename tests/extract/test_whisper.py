@@ -7,6 +7,7 @@ Every checkpoint is written by ``write_tiny_whisper_checkpoint`` in the real
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from mt2kd.extract import load_teacher
 from mt2kd.extract._frames import WINDOW_SAMPLES, num_encoder_frames, num_stacked_frames
 from mt2kd.extract.whisper import WhisperOptions, WhisperTeacher, write_tiny_whisper_checkpoint
+
+if TYPE_CHECKING:
+    from whisper.model import Whisper
 
 SAMPLE_RATE = 16_000  # Hz
 STATE = 64  # n_audio_state of the tiny checkpoints
@@ -30,7 +34,7 @@ def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint: Path) -> torch.nn.Module:
+def reference(checkpoint: Path) -> Whisper:
     import whisper
 
     return whisper.load_model(str(checkpoint), device="cpu").eval()
@@ -49,7 +53,7 @@ def stack(frames: np.ndarray, num_stack: int = 2) -> np.ndarray:
     return frames[: num_frames * num_stack].reshape(num_frames, -1)
 
 
-def reference_frames(model: torch.nn.Module, x: np.ndarray, block: int | None = None) -> np.ndarray:
+def reference_frames(model: Whisper, x: np.ndarray, block: int | None = None) -> np.ndarray:
     """``embed_audio(log_mel_spectrogram(pad_or_trim(x)))[:, :n]`` stacked, or block ``block``'s raw output."""
     import whisper
 
@@ -66,7 +70,7 @@ def reference_frames(model: torch.nn.Module, x: np.ndarray, block: int | None = 
     return stack(out[0, : num_encoder_frames(len(x))].numpy())
 
 
-def test_pad30_equals_whisper_embed_audio(checkpoint: Path, reference: torch.nn.Module) -> None:
+def test_pad30_equals_whisper_embed_audio(checkpoint: Path, reference: Whisper) -> None:
     teacher = load_teacher("whisper", checkpoint, mode="pad30")
     for seconds, extra in [(7.0, 123), (2.5, 80), (0.5, 0)]:
         x = audio(seconds, seed=1, extra_samples=extra)
@@ -97,7 +101,7 @@ def test_trim_differs_from_pad30_on_short_cuts(checkpoint: Path) -> None:
     assert np.abs(trim - pad30).max() > 1e-2
 
 
-def test_exactly_30s_is_the_same_in_both_modes(checkpoint: Path, reference: torch.nn.Module) -> None:
+def test_exactly_30s_is_the_same_in_both_modes(checkpoint: Path, reference: Whisper) -> None:
     x = audio(30.0, seed=6)
     trim = load_teacher("whisper", checkpoint, mode="trim").extract([x])[0]
     pad30 = load_teacher("whisper", checkpoint, mode="pad30").extract([x])[0]
@@ -139,7 +143,7 @@ def test_stack_is_applied_after_joining_windows(checkpoint: Path) -> None:
 
 
 @pytest.mark.parametrize("layer", list(range(NUM_LAYERS)))
-def test_layer_k_is_the_raw_output_of_block_k(checkpoint: Path, reference: torch.nn.Module, layer: int) -> None:
+def test_layer_k_is_the_raw_output_of_block_k(checkpoint: Path, reference: Whisper, layer: int) -> None:
     x = audio(5.0, seed=9)
     got = load_teacher("whisper", checkpoint, mode="pad30", layer=layer).extract([x])[0]
     np.testing.assert_allclose(got, reference_frames(reference, x, block=layer), atol=1e-5, rtol=0)
