@@ -6,6 +6,7 @@ import concurrent.futures
 import hashlib
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -113,15 +114,20 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
 
     # the manifests are read on a thread while the workers start and load their teachers (or, on SLURM,
     # while the jobs wait in the queue); a bad manifest still stops the run before any shard starts
+    stop = threading.Event()  # a failure or Ctrl-C must not wait for the rest of the manifests to be read
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mt2kd-plan") as pool:
-        planned = pool.submit(make_plan, config.cuts, config.shard_hours)
-        with open_client(config) as client:
-            resources = start_workers(client, config, say)
-            specs = worker_specs(client, resources)
-            plan = planned.result()
-            store = prepare_store(config, plan, specs, random)
-            todo = [s for s in plan.shards if not store.is_committed(s.shard_id)]
-            results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
+        planned = pool.submit(make_plan, config.cuts, config.shard_hours, stop)
+        try:
+            with open_client(config) as client:
+                resources = start_workers(client, config, say)
+                specs = worker_specs(client, resources)
+                plan = planned.result()
+                store = prepare_store(config, plan, specs, random)
+                todo = [s for s in plan.shards if not store.is_committed(s.shard_id)]
+                results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
+        except BaseException:
+            stop.set()
+            raise
     summary = plan_summary(config, plan, random)
     locked = [r for r in results if r.status == LOCKED]
     if locked:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -107,6 +108,10 @@ def iter_cut_dicts(manifest: str) -> Iterator[dict[str, Any]]:
         yield data
 
 
+class PlanCancelled(Exception):
+    """Planning was stopped from outside (its result is no longer wanted)."""
+
+
 def check_manifests(manifests: Sequence[str]) -> None:
     """Every manifest must exist before any is read."""
     for manifest in manifests:
@@ -123,7 +128,7 @@ def _absolute_sources(data: dict[str, Any], folder: str) -> None:
         source["source"] = beside if os.path.exists(beside) else os.path.abspath(path)
 
 
-def make_plan(manifests: Sequence[str], shard_hours: float) -> Plan:
+def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Event | None = None) -> Plan:
     """Assign every cut of ``manifests`` to a shard; duplicate cut IDs are an error naming both manifests.
 
     Examples
@@ -131,6 +136,10 @@ def make_plan(manifests: Sequence[str], shard_hours: float) -> Plan:
     >>> plan = make_plan(["speech_cuts.jsonl.gz"], shard_hours=0.01)  # doctest: +SKIP
     >>> len(plan.shards), plan.num_cuts
     (2, 24)
+
+    ``stop``, once set, ends the reading early with :class:`PlanCancelled`
+    (the job sets it when it fails or is interrupted while planning runs on
+    a thread).
     """
     check_manifests(manifests)
     limit = shard_hours * SECONDS_PER_HOUR
@@ -140,6 +149,8 @@ def make_plan(manifests: Sequence[str], shard_hours: float) -> Plan:
     seconds = total = 0.0
     for manifest in manifests:
         for data in iter_cut_dicts(manifest):
+            if stop is not None and stop.is_set():
+                raise PlanCancelled(f"planning stopped while reading {manifest}")
             cut_id, duration = data["id"], float(data["duration"])
             if cut_id in seen:
                 raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} in both "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,41 @@ def test_a_missing_manifest_stops_the_job_before_any_cluster_or_store(tmp_path: 
     with pytest.raises(ConfigError, match="nope.jsonl.gz"):
         extract(config, echo=lambda _: None, progress=False)
     assert not (tmp_path / "store").exists()
+
+
+def test_planning_stops_early_when_asked(tmp_path: Path) -> None:
+    import threading
+
+    from mt2kd.extract._plan import PlanCancelled
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PlanCancelled, match="speech_cuts"):
+        make_plan([SPEECH, EVENTS], 1.0, stop)
+
+
+def test_a_failing_cluster_stops_the_planning_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import threading
+
+    import mt2kd.extract._cluster as cluster
+    import mt2kd.extract._job as job
+    from mt2kd.extract import extract
+
+    seen: list[bool] = []
+
+    def slow_plan(manifests: object, shard_hours: float, stop: threading.Event) -> None:
+        seen.append(stop.wait(timeout=30))  # a huge manifest: still reading when the cluster fails
+
+    @contextlib.contextmanager
+    def no_cluster(config: object) -> Iterator[None]:
+        raise RuntimeError("the scheduler cannot be reached")
+        yield
+
+    monkeypatch.setattr(job, "make_plan", slow_plan)
+    monkeypatch.setattr(cluster, "open_client", no_cluster)
+    config = ExtractConfig(cuts=(SPEECH,), store=str(tmp_path / "store"),
+                           teachers=(TeacherConfig("beats", str(tmp_path / "beats.pt")),))
+    with pytest.raises(RuntimeError, match="cannot be reached"):
+        extract(config, echo=lambda _: None, progress=False)
+    assert seen == [True]  # told to stop, not left to read to the end
