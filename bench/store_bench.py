@@ -38,7 +38,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -200,7 +200,8 @@ def time_loader(fmt: Format, recipe: Any, id_batches: list[list[str]], num_worke
     import torch.utils.data
 
     _close_lhotse_handles()  # workers must not inherit an HDF5 handle opened here
-    dataset = BatchDataset(fmt, recipe, id_batches)
+    # map-style: DataLoader only needs __len__ and __getitem__, which BatchDataset has
+    dataset = cast("torch.utils.data.Dataset[list[Any]]", BatchDataset(fmt, recipe, id_batches))
     with warnings.catch_warnings():
         # more workers than cores is this benchmark's stated setting (the header prints the cpus)
         warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
