@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mt2kd.errors import FingerprintMismatchError, ShardLockedError, TooManyFailuresError
@@ -16,9 +16,10 @@ from mt2kd.extract._config import ExtractConfig
 from mt2kd.extract._plan import Plan, check_manifests, make_plan
 from mt2kd.extract._progress import ExtractSummary, Progress
 from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
+from mt2kd.store import TeacherSpec
 
 if TYPE_CHECKING:
-    from mt2kd.store import TeacherSpec, TeacherStore
+    from mt2kd.store import TeacherStore
 
 RUN_FORMAT = 1  # version of the run description kept in the store attrs
 
@@ -120,8 +121,11 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
         try:
             with open_client(config) as client:
                 resources = start_workers(client, config, say)
-                specs = worker_specs(client, resources)
+                asked = ask_specs(client, resources)
+                # a bad manifest shows as soon as it is read, not once the workers are out of the queue
+                wait_done_or_failed([planned, asked])
                 plan = planned.result()
+                specs = {name: TeacherSpec.from_dict(spec) for name, spec in asked.result().items()}
                 store = prepare_store(config, plan, specs, random)
                 todo = [s for s in plan.shards if not store.is_committed(s.shard_id)]
                 results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
@@ -158,13 +162,24 @@ def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]
     return {GPU_RESOURCE: 1} if declares_gpus(client) else None
 
 
-def worker_specs(client: Any, resources: dict[str, int] | None) -> dict[str, TeacherSpec]:
-    """The teachers' specs as a worker loaded them: the client never loads a model itself."""
+def ask_specs(client: Any, resources: dict[str, int] | None) -> Any:
+    """A future of the teachers' specs as a worker loaded them: the client never loads a model itself."""
     from mt2kd.extract._plugin import loaded_specs
-    from mt2kd.store import TeacherSpec
 
-    data = client.submit(loaded_specs, resources=resources, pure=False, key="mt2kd-teacher-specs").result()
-    return {name: TeacherSpec.from_dict(spec) for name, spec in data.items()}
+    return client.submit(loaded_specs, resources=resources, pure=False, key="mt2kd-teacher-specs")
+
+
+def wait_done_or_failed(futures: Sequence[Any], poll_seconds: float = 0.2) -> None:
+    """Return once every future is done or one of them has failed (``result()`` then raises its error)."""
+    pending = list(futures)
+    while pending:
+        for future in list(pending):
+            if future.done():
+                if future.exception() is not None:
+                    return
+                pending.remove(future)
+        if pending:
+            time.sleep(poll_seconds)
 
 
 def run_tasks(client: Any, resources: dict[str, int] | None, config: ExtractConfig, plan: Plan, todo: list[Any],

@@ -141,3 +141,38 @@ def test_a_failing_cluster_stops_the_planning_thread(tmp_path: Path, monkeypatch
     with pytest.raises(RuntimeError, match="cannot be reached"):
         extract(config, echo=lambda _: None, progress=False)
     assert seen == [True]  # told to stop, not left to read to the end
+
+
+def test_a_bad_manifest_shows_while_the_workers_are_still_queued(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures
+    import contextlib
+    import threading
+
+    import mt2kd.extract._cluster as cluster
+    import mt2kd.extract._job as job
+    from mt2kd.extract import extract
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.flac", tone(1.0), 16_000)
+    twin = write_manifest([cut("spk-anna-00", tmp_path / "a.flac", 16_000, 16_000)], tmp_path / "twin.jsonl.gz")
+    queued: concurrent.futures.Future[dict[str, object]] = concurrent.futures.Future()  # no worker yet
+    timer = threading.Timer(30, queued.set_result, args=({},))  # a broken wait ends here, and fails below
+    timer.start()
+
+    @contextlib.contextmanager
+    def fake_cluster(config: object) -> Iterator[object]:
+        yield object()
+
+    monkeypatch.setattr(cluster, "open_client", fake_cluster)
+    monkeypatch.setattr(job, "start_workers", lambda client, config, say: None)
+    monkeypatch.setattr(job, "ask_specs", lambda client, resources: queued)
+    config = ExtractConfig(cuts=(SPEECH, str(twin)), store=str(tmp_path / "store"),
+                           teachers=(TeacherConfig("beats", str(tmp_path / "beats.pt")),))
+    try:
+        with pytest.raises(DuplicateCutError, match="spk-anna-00"):
+            extract(config, echo=lambda _: None, progress=False)
+        assert not queued.done()  # the error did not wait for the workers
+    finally:
+        timer.cancel()
