@@ -138,8 +138,9 @@ def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, w
              ) -> tuple[float, float, float]:
     """`mt2kd extract` as a command: its wall time, the summed in-task time and first start to last commit."""
     events = folder / f"events-{workers}.jsonl"
-    argv = [sys.executable, "-m", "mt2kd", "extract", "--cuts", str(manifest), "--store", str(folder / f"store-{workers}"),
-            "--workers", str(workers), "--device", args.device, "--precision", args.precision,
+    argv = [sys.executable, "-m", "mt2kd", "extract", "--cuts", str(manifest),
+            "--store", str(folder / f"store-{workers}"), "--workers", str(workers),
+            "--device", args.device, "--precision", args.precision,
             "--max-duration", str(args.max_duration), "--shard-hours", str(args.shard_hours),
             "--decode-threads", str(args.decode_threads), "--events-log", str(events)]
     for name, path in paths.items():
