@@ -104,3 +104,20 @@ def test_max_failures_stops_the_job_and_committed_shards_stay(tiny: dict[str, Pa
         extract(config, progress=False)
     store = TeacherStore.open(config.store)
     assert len(store.failures()) >= 2 and store.verify() == []
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_job_matches_the_cpu_store(tiny: dict[str, Path], demo_store: Any, tmp_path: Path) -> None:
+    """One GPU worker (GPU resource, teachers on the device, fp32) writes what the CPU job wrote."""
+    cpu_config, _ = demo_store
+    config = dataclasses.replace(cpu_config, store=str(tmp_path / "cuda-store"), device="cuda", workers=1)
+    summary = extract(config, progress=False)
+    assert summary.num_failures == 0 and summary.num_shards_written == 3
+    cpu, gpu = TeacherStore.open(cpu_config.store), TeacherStore.open(config.store)
+    assert sorted(gpu.cut_ids()) == sorted(cpu.cut_ids()) and gpu.verify() == []
+    assert gpu.specs["whisper"].fingerprint == cpu.specs["whisper"].fingerprint  # the device is not an option
+    for cut_id in cpu.cut_ids()[::7]:
+        # GPU kernels (cuDNN may pick TF32 for convolutions) against CPU ones: close, not bitwise equal
+        for name, value in cpu.get(cut_id).items():
+            np.testing.assert_allclose(gpu.get(cut_id)[name].astype(np.float32), value.astype(np.float32),
+                                       rtol=1e-2, atol=1e-2, err_msg=f"{cut_id} {name}")
