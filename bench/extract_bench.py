@@ -135,8 +135,8 @@ def time_baseline(manifest: Path, paths: dict[str, Path], folder: Path) -> float
 
 
 def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, workers: int, folder: Path
-             ) -> tuple[float, float, float]:
-    """`mt2kd extract` as a command: its wall time, the summed in-task time and first start to last commit."""
+             ) -> tuple[float, float, float, str]:
+    """`mt2kd extract` as a command: wall time, summed in-task time, first start to last commit, where it waited."""
     events = folder / f"events-{workers}.jsonl"
     argv = [sys.executable, "-m", "mt2kd", "extract", "--cuts", str(manifest),
             "--store", str(folder / f"store-{workers}"), "--workers", str(workers),
@@ -148,9 +148,12 @@ def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, w
     wall = timed_command(argv)
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     began = {e["shard"]: e["time"] for e in lines if e["event"] == "start"}
-    ended = [e["time"] for e in lines if e["event"] == "commit"]
-    in_task = sum(e["time"] - began[e["shard"]] for e in lines if e["event"] == "commit")
-    return wall, in_task, max(ended) - min(began.values())
+    commits = [e for e in lines if e["event"] == "commit"]
+    ended = [e["time"] for e in commits]
+    in_task = sum(e["time"] - began[e["shard"]] for e in commits)
+    decode, write = (100 * sum(e[key] for e in commits) / in_task for key in ("decode_wait", "write_wait"))
+    waits = f"job {workers} worker(s): teachers waited {decode:.1f}% of task time for decoding, {write:.1f}% for writing"
+    return wall, in_task, max(ended) - min(began.values()), waits
 
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {  # teacher dims per --size (all random weights)
@@ -234,9 +237,11 @@ def main() -> None:
         rows: list[tuple[str, float, float | None, bool]] = [  # name, seconds, anchor, is a wall time
             (f"forward only, {t} torch thread(s) (anchor)", s, s, True) for t, s in forward.items()]
         rows.append((f"baseline lhotse+HDF5, 1 process, {args.baseline_threads} thr.", baseline, None, True))
+        notes: list[str] = []
         for workers in args.workers:
             anchor = forward[local_torch_threads(workers)]
-            wall, in_task, span = time_job(manifest, paths, args, workers, folder)
+            wall, in_task, span, waits = time_job(manifest, paths, args, workers, folder)
+            notes.append(waits)
             rows.append((f"job {workers} worker(s): in-task sum", in_task, anchor, False))
             rows.append((f"job {workers} worker(s): first start-last commit", span, None, True))
             rows.append((f"job {workers} worker(s): wall", wall, None, True))
@@ -249,6 +254,7 @@ def main() -> None:
         versus = f"{baseline / seconds:17.2f}" if is_wall else f"{'-':>17}"
         ratio = f"{seconds / against:10.2f}" if against else f"{'-':>10}"
         print(f"{name:<48} {seconds:8.2f} {speed} {ratio} {versus}")
+    print("\n".join(notes))
 
 if __name__ == "__main__":
     main()

@@ -140,7 +140,9 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     return ExtractSummary(**summary, num_shards_skipped=len(plan.shards) - len(todo),
                           num_shards_written=sum(r.status != ALREADY_COMMITTED for r in results),
                           num_failures=len({f[0] for r in results for f in r.failures}),
-                          seconds=time.monotonic() - start)
+                          seconds=time.monotonic() - start, task_seconds=sum(r.seconds for r in results),
+                          decode_wait=sum(r.decode_wait for r in results),
+                          write_wait=sum(r.write_wait for r in results))
 
 
 def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from mt2kd._console import is_terminal
 
 SECONDS_PER_HOUR = 3600.0
+WAIT_HINT_PERCENT = 10.0  # decoding waits above this share of task time get a hint in the summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,9 @@ class ExtractSummary:
     seconds: float  # wall time of the run
     dry_run: bool = False
     random_teachers: bool = False  # the store was built from random-weight checkpoints
+    task_seconds: float = 0.0  # summed over the shards this run wrote: start to commit
+    decode_wait: float = 0.0  # of which the teachers waited for decoded audio
+    write_wait: float = 0.0  # of which the teachers waited for the writer
 
     def line(self) -> str:
         if self.dry_run:
@@ -34,9 +38,17 @@ class ExtractSummary:
         rate = self.audio_hours / self.seconds if self.seconds > 0 else 0.0
         text = (f"done: {self.num_shards_written} shards written, {self.num_shards_skipped} already committed, "
                 f"{self.num_shards} in the plan; {self.num_cuts:,} cuts, {self.audio_hours:.3f} h of audio, "
-                f"{self.num_failures} failed cuts; {self.seconds:.1f} s ({rate * SECONDS_PER_HOUR:.1f} audio-s/s) "
-                f"-> {self.store}")
+                f"{self.num_failures} failed cuts; {self.seconds:.1f} s ({rate * SECONDS_PER_HOUR:.1f} audio-s/s)"
+                f"{self._waits()} -> {self.store}")
         return text + ("  [RANDOM teachers: outputs are not real labels]" if self.random_teachers else "")
+
+    def _waits(self) -> str:
+        """Where the teachers waited: a share of decoding over a tenth says --decode-threads is too low."""
+        if self.task_seconds <= 0:
+            return ""
+        decode, write = 100 * self.decode_wait / self.task_seconds, 100 * self.write_wait / self.task_seconds
+        hint = " (raise --decode-threads)" if decode > WAIT_HINT_PERCENT else ""
+        return f"; teachers waited {decode:.1f}% of task time for decoding{hint}, {write:.1f}% for writing"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,8 +9,8 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mt2kd.store import ShardWriter
 
 COMMITTED, ALREADY_COMMITTED, LOCKED = "committed", "already committed", "locked by another writer"
+T = TypeVar("T")
 WRITE_BEHIND_BATCHES = 2  # batches of outputs waiting for the writer thread before the teachers wait
 
 
@@ -47,14 +48,17 @@ class ShardResult:
     failures: tuple[tuple[str, str | None, str], ...]  # (cut ID, teacher or None, reason)
     audio_seconds: float
     message: str = ""
+    seconds: float = 0.0  # shard start to commit
+    decode_wait: float = 0.0  # s the teachers waited for decoded audio
+    write_wait: float = 0.0  # s the teachers waited for the writer (and the last writes before the commit)
 
 
-def log_event(path: str, event: str, shard_id: int) -> None:
+def log_event(path: str, event: str, shard_id: int, **extra: float) -> None:
     """Append one line to the events log; small O_APPEND writes do not interleave."""
     if not path:
         return
     line = json.dumps({"event": event, "shard": shard_id, "pid": os.getpid(), "host": socket.gethostname(),
-                       "time": time.time()}) + "\n"
+                       "time": time.time(), **extra}) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
 
@@ -72,22 +76,29 @@ def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str,
 
     store = TeacherStore.open(settings.store_url, "a")
     log_event(settings.events_log, "start", task.shard_id)
+    start = time.monotonic()
     failures: list[tuple[str, str | None, str]] = []
     try:
         with store.shard_writer(task.shard_id) as writer:
-            num_cuts = fill_shard(writer, task, settings, teachers, failures)
+            num_cuts, decode_wait, write_wait = fill_shard(writer, task, settings, teachers, failures)
     except ShardCommittedError as e:
         # a second run of this task (dask retry, or another process) got there first: same plan, same store
         return ShardResult(task.shard_id, ALREADY_COMMITTED, 0, (), task.audio_seconds, str(e))
     except ShardLockedError as e:
         return ShardResult(task.shard_id, LOCKED, 0, (), 0.0, str(e))
-    log_event(settings.events_log, "commit", task.shard_id)
-    return ShardResult(task.shard_id, COMMITTED, num_cuts, tuple(failures), task.audio_seconds)
+    seconds = time.monotonic() - start
+    log_event(settings.events_log, "commit", task.shard_id, decode_wait=decode_wait, write_wait=write_wait)
+    return ShardResult(task.shard_id, COMMITTED, num_cuts, tuple(failures), task.audio_seconds,
+                       seconds=seconds, decode_wait=decode_wait, write_wait=write_wait)
 
 
 def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher],
-               failures: list[tuple[str, str | None, str]]) -> int:
-    """Decode ahead, batch by duration, run every teacher, put each cut; returns the cuts put.
+               failures: list[tuple[str, str | None, str]]) -> tuple[int, float, float]:
+    """Decode ahead, batch by duration, run every teacher, put each cut.
+
+    Returns the cuts put and the seconds the teachers' thread waited for
+    decoded audio and for the writer: the two numbers that say whether
+    ``--decode-threads`` or the store keep up with the model.
 
     Three stages overlap: decoding threads fill the window ahead, the teachers
     run on the calling thread, and one write-behind thread validates,
@@ -95,11 +106,26 @@ def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, te
     touches ``writer`` and ``failures``, so their order is the batch order.
     """
     decoded = prefetched(by_duration(task.cuts), settings.decode_threads, settings.prefetch_cuts)
+    ready = Waited(batches(decoded, settings.max_duration))
     with WriteBehind(WRITE_BEHIND_BATCHES) as behind:
-        for batch, bad in batches(decoded, settings.max_duration):
+        for batch, bad in ready:
             outputs = {name: run_teacher(teacher, batch) for name, teacher in teachers.items()}
             behind.submit(write_batch, writer, batch, bad, outputs, failures)
-        return sum(behind.results())
+        return sum(behind.results()), ready.waited, behind.waited
+
+
+class Waited(Iterator[T]):
+    """An iterator that adds up the seconds its consumer spends waiting in ``next()``."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self.items, self.waited = iter(items), 0.0
+
+    def __next__(self) -> T:
+        start = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.waited += time.perf_counter() - start
 
 
 def write_batch(writer: ShardWriter, batch: Sequence[CutAudio], bad: Sequence[CutFailure],
@@ -126,6 +152,7 @@ class WriteBehind:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mt2kd-write")
         self.pending: collections.deque[concurrent.futures.Future[int]] = collections.deque()
         self.done: list[int] = []
+        self.waited = 0.0  # s the submitting thread spent blocked on the calls
 
     def __enter__(self) -> WriteBehind:
         return self
@@ -136,14 +163,19 @@ class WriteBehind:
         self.pool.shutdown(wait=True)
 
     def submit(self, fn: Callable[..., int], *args: Any) -> None:
-        while len(self.pending) >= self.depth:
-            self.done.append(self.pending.popleft().result())
+        self._collect(self.depth - 1)
         self.pending.append(self.pool.submit(fn, *args))
 
     def results(self) -> list[int]:
-        while self.pending:
-            self.done.append(self.pending.popleft().result())
+        self._collect(0)
         return self.done
+
+    def _collect(self, keep: int) -> None:
+        """Wait until at most ``keep`` calls are pending, counting the time blocked."""
+        start = time.perf_counter()
+        while len(self.pending) > keep:
+            self.done.append(self.pending.popleft().result())
+        self.waited += time.perf_counter() - start
 
 
 def run_teacher(teacher: Teacher, batch: Sequence[CutAudio]) -> list[np.ndarray | str]:

@@ -35,7 +35,10 @@ def test_quick_bench_prints_anchor_baseline_and_job_rows() -> None:
                            "--shard-hours", "0.01"], capture_output=True, text=True, check=True, timeout=600)
     lines = done.stdout.splitlines()
     assert "RANDOM-weight teachers" in lines[0]
-    rows = {line[:48].strip(): line[48:].split() for line in lines[2:]}
+    waits = [line for line in lines if " teachers waited " in line]
+    assert len(waits) == 1 and waits[0].startswith("job 1 worker(s): teachers waited ")
+    assert waits[0].endswith("% for writing")
+    rows = {line[:48].strip(): line[48:].split() for line in lines[2:] if line not in waits}
     names = sorted(rows)
     assert len(names) == 5 and names[0].startswith("baseline lhotse+HDF5, 1 process, ")  # the machine's cores
     assert names[1].startswith("forward only, ") and names[1].endswith(" torch thread(s) (anchor)")

@@ -176,3 +176,55 @@ def test_decoding_leaves_the_cut_dicts_intact(tmp_path: Path) -> None:
     for _ in range(2):
         assert all(isinstance(load_cut_audio(cut), CutAudio) for cut in cuts)
     assert cuts == before
+
+
+def _shard_with(tmp_path: Path, num_cuts: int) -> tuple[ShardTask, ShardSettings]:
+    _, cuts = write_corpus(tmp_path / "wav", [8000] * num_cuts)
+    store_path = tmp_path / "store"
+    TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
+    task = ShardTask(shard_id=0, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    return task, ShardSettings(str(store_path), max_duration=1.0, decode_threads=1, prefetch_cuts=2)
+
+
+def test_slow_decoding_shows_as_decode_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mt2kd.extract import _audio
+
+    task, settings = _shard_with(tmp_path, 8)
+    real = _audio.load_cut_audio
+
+    def slow_decode(data: dict) -> object:  # type: ignore[type-arg]
+        time.sleep(0.05)
+        return real(data)
+
+    monkeypatch.setattr(_audio, "load_cut_audio", slow_decode)
+    result = write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
+    assert result.status == COMMITTED and result.num_cuts == 8
+    assert result.decode_wait >= 0.2  # 8 decodes of 50 ms on one thread, the teacher takes ~0
+    assert result.decode_wait > 0.5 * result.seconds and result.write_wait < result.decode_wait
+
+
+def test_slow_writing_shows_as_write_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task, settings = _shard_with(tmp_path, 8)
+    real = _shard.write_batch
+
+    def slow_write(*args: object) -> int:
+        time.sleep(0.1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_shard, "write_batch", slow_write)
+    result = write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
+    assert result.status == COMMITTED and result.num_cuts == 8
+    assert result.write_wait >= 0.3  # 4 batches of 2 cuts, 100 ms each, at most 2 queued
+    assert result.write_wait > result.decode_wait and result.write_wait <= result.seconds
+
+
+def test_summary_line_says_where_the_teachers_waited() -> None:
+    from mt2kd.extract._progress import ExtractSummary
+
+    summary = ExtractSummary(store="s", num_cuts=8, num_shards=1, num_shards_skipped=0, num_shards_written=1,
+                             num_failures=0, audio_hours=0.1, seconds=20.0, task_seconds=10.0, decode_wait=2.5,
+                             write_wait=0.1)
+    assert "waited 25.0% of task time for decoding (raise --decode-threads), 1.0% for writing -> s" in summary.line()
+    quiet = ExtractSummary(store="s", num_cuts=8, num_shards=1, num_shards_skipped=1, num_shards_written=0,
+                           num_failures=0, audio_hours=0.1, seconds=2.0)
+    assert "waited" not in quiet.line()  # nothing written, nothing to say
