@@ -151,8 +151,10 @@ def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, w
     commits = [e for e in lines if e["event"] == "commit"]
     ended = [e["time"] for e in commits]
     in_task = sum(e["time"] - began[e["shard"]] for e in commits)
-    decode, write = (100 * sum(e[key] for e in commits) / in_task for key in ("decode_wait", "write_wait"))
-    waits = f"job {workers} worker(s): teachers waited {decode:.1f}% of task time for decoding, {write:.1f}% for writing"
+    decode, first, write = (100 * sum(e[key] for e in commits) / in_task
+                            for key in ("decode_wait", "first_batch_wait", "write_wait"))
+    waits = (f"job {workers} worker(s): teachers waited {decode:.1f}% of task time for decoding "
+             f"({first:.1f}% for first batches), {write:.1f}% for writing")
     return wall, in_task, max(ended) - min(began.values()), waits
 
 

@@ -141,8 +141,9 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                           num_shards_written=sum(r.status != ALREADY_COMMITTED for r in results),
                           num_failures=len({f[0] for r in results for f in r.failures}),
                           seconds=time.monotonic() - start, task_seconds=sum(r.seconds for r in results),
-                          decode_wait=sum(r.decode_wait for r in results),
-                          write_wait=sum(r.write_wait for r in results))
+                          decode_wait=sum(r.waits.decode for r in results),
+                          first_batch_wait=sum(r.waits.first_batch for r in results),
+                          write_wait=sum(r.waits.write for r in results))
 
 
 def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from mt2kd._console import is_terminal
 
 SECONDS_PER_HOUR = 3600.0
-WAIT_HINT_PERCENT = 10.0  # decoding waits above this share of task time get a hint in the summary
+WAIT_HINT_PERCENT = 10.0  # decoding waits past the first batches above this share of task time get a hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ExtractSummary:
     random_teachers: bool = False  # the store was built from random-weight checkpoints
     task_seconds: float = 0.0  # summed over the shards this run wrote: start to commit
     decode_wait: float = 0.0  # of which the teachers waited for decoded audio
+    first_batch_wait: float = 0.0  # of that, for each shard's first batch (its decode window starts empty)
     write_wait: float = 0.0  # of which the teachers waited for the writer
 
     def line(self) -> str:
@@ -43,12 +44,14 @@ class ExtractSummary:
         return text + ("  [RANDOM teachers: outputs are not real labels]" if self.random_teachers else "")
 
     def _waits(self) -> str:
-        """Where the teachers waited: a share of decoding over a tenth says --decode-threads is too low."""
+        """Where the teachers waited; decoding waits past the first batches over a tenth get a hint."""
         if self.task_seconds <= 0:
             return ""
-        decode, write = 100 * self.decode_wait / self.task_seconds, 100 * self.write_wait / self.task_seconds
-        hint = " (raise --decode-threads)" if decode > WAIT_HINT_PERCENT else ""
-        return f"; teachers waited {decode:.1f}% of task time for decoding{hint}, {write:.1f}% for writing"
+        decode, first, write = (100 * w / self.task_seconds
+                                for w in (self.decode_wait, self.first_batch_wait, self.write_wait))
+        hint = "; raise --decode-threads" if decode - first > WAIT_HINT_PERCENT else ""
+        return (f"; teachers waited {decode:.1f}% of task time for decoding ({first:.1f}% for first batches"
+                f"{hint}), {write:.1f}% for writing")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,6 +39,15 @@ class ShardSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class Waits:
+    """Seconds a task's teachers spent waiting instead of computing."""
+
+    decode: float  # for decoded audio, in all
+    first_batch: float  # of which for the first batch (the decode window starts empty)
+    write: float  # for the writer, and for the last writes before the commit
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardResult:
     """What a task reports back to the client."""
 
@@ -49,8 +58,7 @@ class ShardResult:
     audio_seconds: float
     message: str = ""
     seconds: float = 0.0  # shard start to commit
-    decode_wait: float = 0.0  # s the teachers waited for decoded audio
-    write_wait: float = 0.0  # s the teachers waited for the writer (and the last writes before the commit)
+    waits: Waits = dataclasses.field(default_factory=lambda: Waits(0.0, 0.0, 0.0))
 
 
 def log_event(path: str, event: str, shard_id: int, **extra: float) -> None:
@@ -80,25 +88,26 @@ def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str,
     failures: list[tuple[str, str | None, str]] = []
     try:
         with store.shard_writer(task.shard_id) as writer:
-            num_cuts, decode_wait, write_wait = fill_shard(writer, task, settings, teachers, failures)
+            num_cuts, waits = fill_shard(writer, task, settings, teachers, failures)
     except ShardCommittedError as e:
         # a second run of this task (dask retry, or another process) got there first: same plan, same store
         return ShardResult(task.shard_id, ALREADY_COMMITTED, 0, (), task.audio_seconds, str(e))
     except ShardLockedError as e:
         return ShardResult(task.shard_id, LOCKED, 0, (), 0.0, str(e))
     seconds = time.monotonic() - start
-    log_event(settings.events_log, "commit", task.shard_id, decode_wait=decode_wait, write_wait=write_wait)
-    return ShardResult(task.shard_id, COMMITTED, num_cuts, tuple(failures), task.audio_seconds,
-                       seconds=seconds, decode_wait=decode_wait, write_wait=write_wait)
+    log_event(settings.events_log, "commit", task.shard_id, decode_wait=waits.decode,
+              first_batch_wait=waits.first_batch, write_wait=waits.write)
+    return ShardResult(task.shard_id, COMMITTED, num_cuts, tuple(failures), task.audio_seconds, seconds=seconds,
+                       waits=waits)
 
 
 def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher],
-               failures: list[tuple[str, str | None, str]]) -> tuple[int, float, float]:
+               failures: list[tuple[str, str | None, str]]) -> tuple[int, Waits]:
     """Decode ahead, batch by duration, run every teacher, put each cut.
 
-    Returns the cuts put and the seconds the teachers' thread waited for
-    decoded audio and for the writer: the two numbers that say whether
-    ``--decode-threads`` or the store keep up with the model.
+    Returns the cuts put and how long the teachers' thread waited for
+    decoded audio and for the writer: what says whether ``--decode-threads``
+    and the store keep up with the model.
 
     Three stages overlap: decoding threads fill the window ahead, the teachers
     run on the calling thread, and one write-behind thread validates,
@@ -111,21 +120,29 @@ def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, te
         for batch, bad in ready:
             outputs = {name: run_teacher(teacher, batch) for name, teacher in teachers.items()}
             behind.submit(write_batch, writer, batch, bad, outputs, failures)
-        return sum(behind.results()), ready.waited, behind.waited
+        return sum(behind.results()), Waits(ready.waited, max(ready.first, 0.0), behind.waited)
 
 
 class Waited(Iterator[T]):
-    """An iterator that adds up the seconds its consumer spends waiting in ``next()``."""
+    """An iterator that adds up the seconds its consumer spends waiting in ``next()``.
+
+    ``first`` is the wait for the first item alone: a task starts with an
+    empty decode window, so that wait says nothing about whether the
+    decoders keep up afterwards.
+    """
 
     def __init__(self, items: Iterable[T]) -> None:
-        self.items, self.waited = iter(items), 0.0
+        self.items, self.waited, self.first = iter(items), 0.0, -1.0
 
     def __next__(self) -> T:
         start = time.perf_counter()
         try:
             return next(self.items)
         finally:
-            self.waited += time.perf_counter() - start
+            waited = time.perf_counter() - start
+            self.waited += waited
+            if self.first < 0:
+                self.first = waited
 
 
 def write_batch(writer: ShardWriter, batch: Sequence[CutAudio], bad: Sequence[CutFailure],

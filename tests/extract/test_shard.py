@@ -199,8 +199,10 @@ def test_slow_decoding_shows_as_decode_wait(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(_audio, "load_cut_audio", slow_decode)
     result = write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
     assert result.status == COMMITTED and result.num_cuts == 8
-    assert result.decode_wait >= 0.2  # 8 decodes of 50 ms on one thread, the teacher takes ~0
-    assert result.decode_wait > 0.5 * result.seconds and result.write_wait < result.decode_wait
+    waits = result.waits
+    assert waits.decode >= 0.2  # 8 decodes of 50 ms on one thread, the teacher takes ~0
+    assert waits.decode > 0.5 * result.seconds and waits.write < waits.decode
+    assert 0.04 <= waits.first_batch < waits.decode  # the first batch waited for its own decode, not for all
 
 
 def test_slow_writing_shows_as_write_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,17 +216,22 @@ def test_slow_writing_shows_as_write_wait(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(_shard, "write_batch", slow_write)
     result = write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
     assert result.status == COMMITTED and result.num_cuts == 8
-    assert result.write_wait >= 0.3  # 4 batches of 2 cuts, 100 ms each, at most 2 queued
-    assert result.write_wait > result.decode_wait and result.write_wait <= result.seconds
+    assert result.waits.write >= 0.3  # 4 batches of 2 cuts, 100 ms each, at most 2 queued
+    assert result.waits.write > result.waits.decode and result.waits.write <= result.seconds
 
 
 def test_summary_line_says_where_the_teachers_waited() -> None:
     from mt2kd.extract._progress import ExtractSummary
 
-    summary = ExtractSummary(store="s", num_cuts=8, num_shards=1, num_shards_skipped=0, num_shards_written=1,
-                             num_failures=0, audio_hours=0.1, seconds=20.0, task_seconds=10.0, decode_wait=2.5,
-                             write_wait=0.1)
-    assert "waited 25.0% of task time for decoding (raise --decode-threads), 1.0% for writing -> s" in summary.line()
+    def summary(decode: float, first: float) -> str:
+        return ExtractSummary(store="s", num_cuts=8, num_shards=1, num_shards_skipped=0, num_shards_written=1,
+                              num_failures=0, audio_hours=0.1, seconds=20.0, task_seconds=10.0, decode_wait=decode,
+                              first_batch_wait=first, write_wait=0.1).line()
+
+    assert ("waited 25.0% of task time for decoding (5.0% for first batches; raise --decode-threads), "
+            "1.0% for writing -> s") in summary(2.5, 0.5)
+    # waits for the first batches only (short shards, fast teachers): more decoding threads would not help
+    assert "waited 25.0% of task time for decoding (20.0% for first batches), 1.0%" in summary(2.5, 2.0)
     quiet = ExtractSummary(store="s", num_cuts=8, num_shards=1, num_shards_skipped=1, num_shards_written=0,
                            num_failures=0, audio_hours=0.1, seconds=2.0)
     assert "waited" not in quiet.line()  # nothing written, nothing to say
