@@ -34,6 +34,11 @@ def local_torch_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers - 1)
 
 
+def starts_its_workers(config: ExtractConfig) -> bool:
+    """Whether the run starts (and stops) its workers: a LocalCluster or SLURM jobs, not a running scheduler."""
+    return config.scheduler in ("local", "slurm")
+
+
 def slurm_workers_per_job(config: ExtractConfig) -> int:
     """One worker per GPU of a job (each loads the teachers onto its own GPU); one per job on CPU."""
     return config.slurm_gpus if config.device.startswith("cuda") else 1

@@ -153,15 +153,16 @@ def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, A
 
 def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]) -> dict[str, int] | None:
     """Load the teachers into every worker (plugin); returns the resources a task must ask for."""
-    from mt2kd.extract._cluster import GPU_RESOURCE, dashboard_link, declares_gpus, worker_torch_threads
+    from mt2kd.extract._cluster import (GPU_RESOURCE, dashboard_link, declares_gpus, starts_its_workers,
+                                        worker_torch_threads)
     from mt2kd.extract._plugin import TeacherPlugin
 
     link = dashboard_link(client)
     if link:
         say(f"dask dashboard: {link}")
     threads = worker_torch_threads(config, client)
-    owned = config.scheduler in ("local", "slurm")  # workers this run started, and stops
-    client.register_plugin(TeacherPlugin(config.teachers, config.precision, config.device, threads, owned))
+    plugin = TeacherPlugin(config.teachers, config.precision, config.device, threads, starts_its_workers(config))
+    client.register_plugin(plugin)
     return {GPU_RESOURCE: 1} if declares_gpus(client) else None
 
 

@@ -120,7 +120,7 @@ def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, te
         for batch, bad in ready:
             outputs = {name: run_teacher(teacher, batch) for name, teacher in teachers.items()}
             behind.submit(write_batch, writer, batch, bad, outputs, failures)
-        return sum(behind.results()), Waits(ready.waited, max(ready.first, 0.0), behind.waited)
+        return sum(behind.results()), Waits(ready.waited, ready.first or 0.0, behind.waited)
 
 
 class Waited(Iterator[T]):
@@ -132,7 +132,8 @@ class Waited(Iterator[T]):
     """
 
     def __init__(self, items: Iterable[T]) -> None:
-        self.items, self.waited, self.first = iter(items), 0.0, -1.0
+        self.items, self.waited = iter(items), 0.0
+        self.first: float | None = None  # None until the first item was asked for
 
     def __next__(self) -> T:
         start = time.perf_counter()
@@ -141,7 +142,7 @@ class Waited(Iterator[T]):
         finally:
             waited = time.perf_counter() - start
             self.waited += waited
-            if self.first < 0:
+            if self.first is None:
                 self.first = waited
 
 
