@@ -18,7 +18,9 @@ released BEATs and ECAPA-TDNN dimensions; for a GPU).
   from spawn to exit (cluster start, teacher loading in every worker, cluster
   shutdown included); also its summed in-task time (shard start to commit,
   from the events log) and its steady state (first shard start to last
-  commit).
+  commit). On CPU the workers are forked from a server that imported torch
+  and the teachers' libraries once; ``--compare-spawn`` adds the job with
+  spawned workers (dask's default), each importing for itself.
 
 Both write the same values per cut: whisper's 2560-D rows at 25 Hz (two
 1280-D 50 Hz frames side by side: twice the features per row, the same
@@ -30,7 +32,7 @@ Targets: in-task time <= 1.15x the forward (decoding and writing hidden
 behind compute), job throughput >= 1.0x the baseline's.
 
 Usage: ``python bench/extract_bench.py [--size small] [--repeat 5] [--workers 1,2]
-[--device cuda] [--shard-hours 0.02]``.
+[--device cuda] [--shard-hours 0.02] [--compare-spawn]``.
 """
 
 from __future__ import annotations
@@ -121,10 +123,11 @@ def run_baseline(manifest: Path, paths: dict[str, Path], args: argparse.Namespac
                     writer.store_array(f"{name}/{cut.id}", np.asarray(value, np.float32))
 
 
-def timed_command(argv: list[str]) -> float:
+def timed_command(argv: list[str], env: dict[str, str] | None = None) -> float:
     """Wall seconds of a fresh process, from spawn to exit (imports and model loading included)."""
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   env=None if env is None else {**os.environ, **env})
     return time.perf_counter() - start
 
 
@@ -134,18 +137,18 @@ def time_baseline(manifest: Path, paths: dict[str, Path], folder: Path) -> float
                           "--baseline-out", str(folder / "baseline.h5"), "--teachers-in", teachers])
 
 
-def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, workers: int, folder: Path
-             ) -> tuple[float, float, float, str]:
+def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, workers: int, folder: Path,
+             start_method: str = "forkserver") -> tuple[float, float, float, str]:
     """`mt2kd extract` as a command: wall time, summed in-task time, first start to last commit, where it waited."""
-    events = folder / f"events-{workers}.jsonl"
+    events = folder / f"events-{workers}-{start_method}.jsonl"
     argv = [sys.executable, "-m", "mt2kd", "extract", "--cuts", str(manifest),
-            "--store", str(folder / f"store-{workers}"), "--workers", str(workers),
+            "--store", str(folder / f"store-{workers}-{start_method}"), "--workers", str(workers),
             "--device", args.device, "--precision", args.precision,
             "--max-duration", str(args.max_duration), "--shard-hours", str(args.shard_hours),
             "--decode-threads", str(args.decode_threads), "--events-log", str(events)]
     for name, path in paths.items():
         argv += ["--teacher", f"{name}={path}"]
-    wall = timed_command(argv)
+    wall = timed_command(argv, {"DASK_MT2KD__LOCAL_START_METHOD": start_method})
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     began = {e["shard"]: e["time"] for e in lines if e["event"] == "start"}
     commits = [e for e in lines if e["event"] == "commit"]
@@ -200,6 +203,8 @@ def parse_args() -> argparse.Namespace:
                         help="torch threads of the one-process baseline (default: every core, as the job's workers "
                              "together have)")
     parser.add_argument("--shard-hours", type=float, default=0.02, help="h of audio per shard")
+    parser.add_argument("--compare-spawn", action="store_true",
+                        help="also time each job with spawned workers (dask's default) instead of forked ones")
     for hidden in ("--baseline-in", "--baseline-out", "--teachers-in"):  # the baseline's own process
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -247,6 +252,9 @@ def main() -> None:
             rows.append((f"job {workers} worker(s): in-task sum", in_task, anchor, False))
             rows.append((f"job {workers} worker(s): first start-last commit", span, None, True))
             rows.append((f"job {workers} worker(s): wall", wall, None, True))
+            if args.compare_spawn and not args.device.startswith("cuda"):  # CUDA workers are always spawned
+                spawned = time_job(manifest, paths, args, workers, folder, "spawn")[0]
+                rows.append((f"job {workers} worker(s), spawned workers: wall", spawned, None, True))
     print(f"{audio_s:.0f} s of audio, {args.size} RANDOM-weight teachers on {args.device} ({args.precision}), "
           f"max_duration {args.max_duration:g} s, shards of {args.shard_hours:g} h, decode threads "
           f"{args.decode_threads}, {os.cpu_count()} CPU cores")

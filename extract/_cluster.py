@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from mt2kd.errors import ConfigError
 from mt2kd.extract._config import ExtractConfig
 
 if TYPE_CHECKING:
@@ -22,6 +23,13 @@ WORKER_CONFIG = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
 }
 PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # the same setting for workers started by SLURM
+# how a LocalCluster starts its worker processes on CPU: "forkserver" (default) or "spawn" (dask's default,
+# and always on CUDA); a dask config key, so DASK_MT2KD__LOCAL_START_METHOD=spawn switches back
+START_METHOD_KEY = "mt2kd.local-start-method"
+START_METHODS = ("forkserver", "spawn")
+# what every worker imports besides its teachers: dask's worker, the task and the store writer, lhotse
+WORKER_IMPORTS = ("distributed", "mt2kd.extract._plugin", "mt2kd.extract._shard", "mt2kd.store._writer",
+                  "lhotse.serialization")
 
 
 def local_torch_threads(workers: int) -> int:
@@ -110,14 +118,17 @@ def open_client(config: ExtractConfig) -> Iterator[Client]:
 
 
 def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[Client]:
+    import dask
+
     if config.scheduler == "local":
         threads = local_torch_threads(config.workers)
         resources = {GPU_RESOURCE: 1} if config.device.startswith("cuda") else None
-        cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=LOCAL_DASHBOARD, resources=resources,
-                               env={"OMP_NUM_THREADS": str(threads)})
-        with cluster, Client(cluster) as client:
-            yield client
+        with dask.config.set({"distributed.worker.multiprocessing-method": local_start_method(config)}):
+            cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=LOCAL_DASHBOARD, resources=resources,
+                                   env={"OMP_NUM_THREADS": str(threads)})
+            with cluster, Client(cluster) as client:
+                yield client
     elif config.scheduler == "slurm":
         with make_slurm_cluster(config) as cluster, Client(cluster) as client:
             cluster.scale(jobs=config.workers)
@@ -125,6 +136,72 @@ def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[
     else:
         with Client(config.scheduler) as client:
             yield client
+
+
+def local_start_method(config: ExtractConfig) -> str:
+    """How LocalCluster workers start: ``mt2kd.local-start-method`` from dask's config, else a fork server.
+
+    Workers that use CUDA are always spawned: the server's imports ask CUDA
+    for its devices (speechbrain does at import), and a CUDA driver set up
+    before a fork is unusable in the forked process. So are workers where
+    the platform has no fork server.
+    """
+    import multiprocessing
+
+    import dask
+
+    method = str(dask.config.get(START_METHOD_KEY, default="forkserver"))
+    if method not in START_METHODS:
+        raise ConfigError(f"dask config {START_METHOD_KEY} must be one of {list(START_METHODS)}. Got {method!r}.")
+    if config.device.startswith("cuda") or method not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return method
+
+
+def prestart_local_workers(config: ExtractConfig) -> None:
+    """Get a LocalCluster's workers going before anything else: the fork server starts importing now."""
+    if config.scheduler == "local" and local_start_method(config) == "forkserver":
+        start_fork_server(config, local_torch_threads(config.workers))
+
+
+def start_fork_server(config: ExtractConfig, torch_threads: int) -> None:
+    """Start the fork server that LocalCluster's workers are forked from, having it import their modules once.
+
+    A spawned worker imports torch, the teachers' libraries, lhotse and dask
+    itself before it can load a checkpoint: about 2.4 s, paid by every
+    worker at once, on the cores the scheduler is starting on. The fork server
+    does it once, in the background, while the client reads the manifests
+    and starts the scheduler; each worker forked from it starts with the modules in place and loads
+    only its checkpoints (``bench/extract_bench.py --compare-spawn``).
+
+    The server keeps the environment it started with, so ``OMP_NUM_THREADS``
+    (read once, when OpenMP loads) is set for it here. A server that is
+    already running (an earlier run in this process) is kept as it is.
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    from mt2kd.extract._teacher import teacher_imports
+
+    modules = [*WORKER_IMPORTS, *teacher_imports([t.name for t in config.teachers])]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+    with _environ(OMP_NUM_THREADS=str(torch_threads)):
+        forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the processes started inside the block, then restore them."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def dashboard_link(client: Client) -> str | None:

@@ -111,7 +111,9 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
         return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
                               num_failures=0, seconds=time.monotonic() - start, dry_run=True)
     check_manifests(config.cuts)
-    from mt2kd.extract._cluster import open_client
+    from mt2kd.extract._cluster import open_client, prestart_local_workers
+
+    prestart_local_workers(config)  # first: the workers' imports take longest
 
     # the manifests are read on a thread while the workers start and load their teachers (or, on SLURM,
     # while the jobs wait in the queue); a bad manifest still stops the run before any shard starts

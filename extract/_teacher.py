@@ -133,6 +133,26 @@ _BUILTIN_MODULES = {
     "beats": "mt2kd.extract.beats",
     "ecapa": "mt2kd.extract.ecapa",
 }
+# and the libraries each imports only once a checkpoint is loaded
+_BUILTIN_LAZY_IMPORTS = {
+    "whisper": ("whisper.model",),
+    "ecapa": ("speechbrain.lobes.features", "speechbrain.lobes.models.ECAPA_TDNN", "speechbrain.processing.features"),
+}
+
+
+def teacher_imports(names: Sequence[str]) -> list[str]:
+    """The modules a process imports to load the built-in teachers ``names`` (others are skipped).
+
+    Nothing is imported here: a LocalCluster's fork server imports these
+    once, so that its workers start with them (``_cluster.start_fork_server``).
+
+    Examples
+    --------
+    >>> teacher_imports(["beats"])
+    ['mt2kd.extract.beats']
+    """
+    return [module for name in names if name in _BUILTIN_MODULES
+            for module in (_BUILTIN_MODULES[name], *_BUILTIN_LAZY_IMPORTS.get(name, ()))]
 
 
 def _import_builtin_teacher(name: str) -> None:

@@ -1,0 +1,108 @@
+"""How a LocalCluster's workers start: forked from a server that imported their modules once, or spawned."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dask
+import pytest
+
+from mt2kd.errors import ConfigError
+from mt2kd.extract import ExtractConfig, TeacherConfig
+from mt2kd.extract._cluster import START_METHOD_KEY, local_start_method
+
+# In a fresh process (a fork server outlives the run that started it, so this pytest process may hold one
+# started by another test): start a LocalCluster as the job does, once forked and once spawned, and report
+# each worker's parent and which teacher libraries it has imported before any plugin loaded a teacher.
+WORKER_FACTS = r"""
+import json, os, sys
+import dask
+from mt2kd.extract import ExtractConfig, TeacherConfig
+from mt2kd.extract._cluster import open_client, prestart_local_workers
+
+def facts():
+    import os, sys
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        parent = f.read().replace(b"\0", b" ").decode()
+    return {"parent_pid": os.getppid(), "parent": parent,
+            "imported": sorted(m for m in ("torch", "whisper.model", "speechbrain.lobes.models.ECAPA_TDNN",
+                                           "mt2kd.extract.beats") if m in sys.modules)}
+
+if __name__ == "__main__":
+    teachers = tuple(TeacherConfig(n, "unused.pt") for n in ("whisper", "beats", "ecapa"))
+    config = ExtractConfig(cuts=("unused.jsonl",), store="unused", teachers=teachers, workers=2)
+    out = {"client_pid": os.getpid()}
+    for method in ("forkserver", "spawn"):
+        with dask.config.set({"mt2kd.local-start-method": method}):
+            prestart_local_workers(config)
+            with open_client(config) as client:
+                out[method] = list(client.run(facts).values())
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads worker parents from /proc")
+def test_local_workers_fork_from_a_server_that_imported_the_teachers_libraries(tmp_path: Path) -> None:
+    script = tmp_path / "worker_facts.py"
+    script.write_text(WORKER_FACTS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    forked, spawned = out["forkserver"], out["spawn"]
+    assert len(forked) == len(spawned) == 2
+    for worker in forked:  # children of the fork server, with every teacher's libraries already in place
+        assert worker["parent_pid"] != out["client_pid"]
+        assert "multiprocessing.forkserver" in worker["parent"], worker
+        assert worker["imported"] == sorted(["torch", "whisper.model", "speechbrain.lobes.models.ECAPA_TDNN",
+                                             "mt2kd.extract.beats"])
+    for worker in spawned:  # dask's own way: children of the client, importing for themselves
+        assert worker["parent_pid"] == out["client_pid"]
+        assert "whisper.model" not in worker["imported"] and "mt2kd.extract.beats" not in worker["imported"]
+
+
+def test_the_teachers_import_nothing_the_fork_server_left_out(tiny_paths: dict[str, Path]) -> None:
+    """Loading and running every tiny teacher imports no library that ``teacher_imports`` did not name."""
+    check = r"""
+import sys, numpy as np
+from mt2kd.extract._cluster import WORKER_IMPORTS
+from mt2kd.extract._teacher import teacher_imports
+names = sys.argv[1].split(",")
+for module in [*WORKER_IMPORTS, *teacher_imports(names)]:
+    __import__(module)
+before = set(sys.modules)
+from mt2kd.extract import TeacherConfig
+from mt2kd.extract._plugin import load_teachers, warm_up
+paths = dict(zip(names, sys.argv[2:]))
+warm_up(load_teachers([TeacherConfig(n, p) for n, p in paths.items()], "fp32", "cpu"))
+had = {m.split(".")[0] for m in before}
+print(" ".join(sorted({m.split(".")[0] for m in set(sys.modules) - before} - had)))
+"""
+    names = sorted(tiny_paths)
+    done = subprocess.run([sys.executable, "-c", check, ",".join(names), *(str(tiny_paths[n]) for n in names)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # submodules of imported libraries may load on first use; a whole library left out shows by its name
+    assert done.stdout.strip().splitlines()[-1:] in ([], [""]), done.stdout
+
+
+def test_cuda_workers_are_always_spawned_and_a_bad_method_is_named() -> None:
+    teachers = (TeacherConfig("beats", "beats.pt"),)
+    cpu = ExtractConfig(cuts=("a.jsonl",), store="s", teachers=teachers)
+    cuda = ExtractConfig(cuts=("a.jsonl",), store="s", teachers=teachers, device="cuda")
+    assert local_start_method(cpu) == "forkserver"
+    assert local_start_method(cuda) == "spawn"  # CUDA set up in the fork server would be unusable after a fork
+    with dask.config.set({START_METHOD_KEY: "spawn"}):
+        assert local_start_method(cpu) == "spawn"
+    with dask.config.set({START_METHOD_KEY: "fork"}), pytest.raises(ConfigError, match=START_METHOD_KEY):
+        local_start_method(cpu)
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from mt2kd.extract import make_tiny_checkpoints
+
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("teachers"))
