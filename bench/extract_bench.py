@@ -17,10 +17,11 @@ released BEATs and ECAPA-TDNN dimensions; for a GPU).
 - job: ``mt2kd extract`` as a fresh process on a LocalCluster of N workers,
   from spawn to exit (cluster start, teacher loading in every worker, cluster
   shutdown included); also its summed in-task time (shard start to commit,
-  from the events log) and its steady state (first shard start to last
-  commit). On CPU the workers are forked from a server that imported torch
-  and the teachers' libraries once; ``--compare-spawn`` adds the job with
-  spawned workers (dask's default), each importing for itself.
+  from the events log), its fixed start cost (process start to the first
+  shard start) and its steady state (first shard start to last commit).
+  On CPU the workers are forked from a server that imported torch and the
+  teachers' libraries once; ``--compare-spawn`` adds the job with spawned
+  workers (dask's default), each importing for itself.
 
 Both write the same values per cut: whisper's 2560-D rows at 25 Hz (two
 1280-D 50 Hz frames side by side: twice the features per row, the same
@@ -38,6 +39,7 @@ Usage: ``python bench/extract_bench.py [--size small] [--repeat 5] [--workers 1,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -137,9 +139,20 @@ def time_baseline(manifest: Path, paths: dict[str, Path], folder: Path) -> float
                           "--baseline-out", str(folder / "baseline.h5"), "--teachers-in", teachers])
 
 
+@dataclasses.dataclass(frozen=True)
+class JobTimes:
+    """What one `mt2kd extract` run took, in seconds, and where its teachers waited."""
+
+    wall: float  # process start to exit
+    in_task: float  # summed over tasks: shard start to commit
+    span: float  # first shard start to last commit
+    to_first_shard: float  # process start to the first shard start: imports, cluster, teachers, plan
+    waits: str  # the note on decoding and writing waits
+
+
 def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, workers: int, folder: Path,
-             start_method: str = "forkserver") -> tuple[float, float, float, str]:
-    """`mt2kd extract` as a command: wall time, summed in-task time, first start to last commit, where it waited."""
+             start_method: str = "forkserver") -> JobTimes:
+    """`mt2kd extract` as a command, its events log read back."""
     events = folder / f"events-{workers}-{start_method}.jsonl"
     argv = [sys.executable, "-m", "mt2kd", "extract", "--cuts", str(manifest),
             "--store", str(folder / f"store-{workers}-{start_method}"), "--workers", str(workers),
@@ -148,6 +161,7 @@ def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, w
             "--decode-threads", str(args.decode_threads), "--events-log", str(events)]
     for name, path in paths.items():
         argv += ["--teacher", f"{name}={path}"]
+    launched = time.time()  # the events log's clock
     wall = timed_command(argv, {"DASK_MT2KD__LOCAL_START_METHOD": start_method})
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     began = {e["shard"]: e["time"] for e in lines if e["event"] == "start"}
@@ -158,7 +172,8 @@ def time_job(manifest: Path, paths: dict[str, Path], args: argparse.Namespace, w
                             for key in ("decode_wait", "first_batch_wait", "write_wait"))
     waits = (f"job {workers} worker(s): teachers waited {decode:.1f}% of task time for decoding "
              f"({first:.1f}% for first batches), {write:.1f}% for writing")
-    return wall, in_task, max(ended) - min(began.values()), waits
+    first = min(began.values())
+    return JobTimes(wall, in_task, max(ended) - first, first - launched, waits)
 
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {  # teacher dims per --size (all random weights)
@@ -247,14 +262,17 @@ def main() -> None:
         notes: list[str] = []
         for workers in args.workers:
             anchor = forward[local_torch_threads(workers)]
-            wall, in_task, span, waits = time_job(manifest, paths, args, workers, folder)
-            notes.append(waits)
-            rows.append((f"job {workers} worker(s): in-task sum", in_task, anchor, False))
-            rows.append((f"job {workers} worker(s): first start-last commit", span, None, True))
-            rows.append((f"job {workers} worker(s): wall", wall, None, True))
+            job = time_job(manifest, paths, args, workers, folder)
+            notes.append(job.waits)
+            rows.append((f"job {workers} worker(s): in-task sum", job.in_task, anchor, False))
+            rows.append((f"job {workers} worker(s): start to first shard", job.to_first_shard, None, False))
+            rows.append((f"job {workers} worker(s): first start-last commit", job.span, None, True))
+            rows.append((f"job {workers} worker(s): wall", job.wall, None, True))
             if args.compare_spawn and not args.device.startswith("cuda"):  # CUDA workers are always spawned
-                spawned = time_job(manifest, paths, args, workers, folder, "spawn")[0]
-                rows.append((f"job {workers} worker(s), spawned workers: wall", spawned, None, True))
+                spawned = time_job(manifest, paths, args, workers, folder, "spawn")
+                rows.append((f"job {workers} wkr(s) spawned: start to first shard", spawned.to_first_shard,
+                             None, False))
+                rows.append((f"job {workers} wkr(s) spawned: wall", spawned.wall, None, True))
     print(f"{audio_s:.0f} s of audio, {args.size} RANDOM-weight teachers on {args.device} ({args.precision}), "
           f"max_duration {args.max_duration:g} s, shards of {args.shard_hours:g} h, decode threads "
           f"{args.decode_threads}, {os.cpu_count()} CPU cores")

@@ -181,11 +181,13 @@ def start_fork_server(config: ExtractConfig, torch_threads: int) -> None:
     import multiprocessing
     from multiprocessing import forkserver
 
+    from mt2kd.extract import _preload
     from mt2kd.extract._teacher import teacher_imports
 
     modules = [*WORKER_IMPORTS, *teacher_imports([t.name for t in config.teachers])]
-    multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
-    with _environ(OMP_NUM_THREADS=str(torch_threads)):
+    # through our module: multiprocessing's own preload lets any error but ImportError kill the server
+    multiprocessing.get_context("forkserver").set_forkserver_preload([_preload.__name__])
+    with _environ(OMP_NUM_THREADS=str(torch_threads), **{_preload.ENV: ",".join(modules)}):
         forkserver.ensure_running()
 
 

@@ -18,11 +18,15 @@ from mt2kd.extract._cluster import START_METHOD_KEY, local_start_method
 # In a fresh process (a fork server outlives the run that started it, so this pytest process may hold one
 # started by another test): start a LocalCluster as the job does, once forked and once spawned, and report
 # each worker's parent and which teacher libraries it has imported before any plugin loaded a teacher.
+# One module on the fork server's list fails at import with an error that is not an ImportError.
 WORKER_FACTS = r"""
 import json, os, sys
 import dask
 from mt2kd.extract import ExtractConfig, TeacherConfig
+from mt2kd.extract import _cluster
 from mt2kd.extract._cluster import open_client, prestart_local_workers
+
+_cluster.WORKER_IMPORTS += ("broken_at_import",)
 
 def facts():
     import os, sys
@@ -49,6 +53,7 @@ if __name__ == "__main__":
 def test_local_workers_fork_from_a_server_that_imported_the_teachers_libraries(tmp_path: Path) -> None:
     script = tmp_path / "worker_facts.py"
     script.write_text(WORKER_FACTS)
+    (tmp_path / "broken_at_import.py").write_text("raise OSError('a library that cannot load')\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -106,3 +111,15 @@ def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mt2kd.extract import make_tiny_checkpoints
 
     return make_tiny_checkpoints(tmp_path_factory.mktemp("teachers"))
+
+
+def test_the_fork_server_skips_a_module_that_fails_to_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from mt2kd.extract._preload import import_each
+
+    (tmp_path / "fails_with_oserror.py").write_text("raise OSError('native library mismatch')\n")
+    (tmp_path / "exits_at_import.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_each(["json", "fails_with_oserror", "no_such_module_here", "exits_at_import", "gzip"]) == [
+        "fails_with_oserror", "no_such_module_here", "exits_at_import"]
+    assert "gzip" in sys.modules

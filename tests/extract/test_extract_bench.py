@@ -41,13 +41,17 @@ def test_quick_bench_prints_anchor_baseline_and_job_rows() -> None:
     assert waits[0].endswith("% for writing")
     rows = {line[:48].strip(): line[48:].split() for line in lines[2:] if line not in waits}
     names = sorted(rows)
-    assert len(names) == 6 and names[0].startswith("baseline lhotse+HDF5, 1 process, ")  # the machine's cores
+    assert len(names) == 8 and names[0].startswith("baseline lhotse+HDF5, 1 process, ")  # the machine's cores
     assert names[1].startswith("forward only, ") and names[1].endswith(" torch thread(s) (anchor)")
-    assert names[2:] == ["job 1 worker(s), spawned workers: wall", "job 1 worker(s): first start-last commit",
-                         "job 1 worker(s): in-task sum", "job 1 worker(s): wall"]
+    assert names[2:] == ["job 1 wkr(s) spawned: start to first shard", "job 1 wkr(s) spawned: wall",
+                         "job 1 worker(s): first start-last commit", "job 1 worker(s): in-task sum",
+                         "job 1 worker(s): start to first shard", "job 1 worker(s): wall"]
     anchor = rows[names[1]]
     assert anchor[2] == "1.00" and float(anchor[0]) > 0
     in_task = rows["job 1 worker(s): in-task sum"]
     assert float(in_task[2]) > 0 and in_task[1] == "-"
     assert float(rows["job 1 worker(s): wall"][3]) > 0  # throughput vs baseline
-    assert float(rows["job 1 worker(s), spawned workers: wall"][3]) > 0
+    assert float(rows["job 1 wkr(s) spawned: wall"][3]) > 0
+    for name in ("job 1 worker(s): start to first shard", "job 1 wkr(s) spawned: start to first shard"):
+        start = rows[name]
+        assert 0 < float(start[0]) < float(rows["job 1 worker(s): wall"][0]) and start[1:] == ["-", "-", "-"]
