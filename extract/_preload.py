@@ -26,4 +26,20 @@ def import_each(names: Iterable[str]) -> list[str]:
     return failed
 
 
-import_each(filter(None, os.environ.get(ENV, "").split(",")))
+def prepare_fork_server() -> None:
+    """Import the workers' modules, and let the server exit without its final garbage collection.
+
+    The server ends with the run that started it; with torch and the
+    teachers' libraries imported, its interpreter's final collection took
+    about 1 s, during which it still held the run's stderr open (a pipe
+    reading the run's output waited for it). Forked workers never run it:
+    multiprocessing ends them with ``os._exit``.
+    """
+    from mt2kd._process import skip_final_gc_at_exit
+
+    import_each(filter(None, os.environ[ENV].split(",")))
+    skip_final_gc_at_exit()
+
+
+if ENV in os.environ:  # set only in the fork server's environment (and so in the workers forked from it)
+    prepare_fork_server()

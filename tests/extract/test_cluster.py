@@ -123,3 +123,15 @@ def test_the_fork_server_skips_a_module_that_fails_to_import(tmp_path: Path, mon
     assert import_each(["json", "fails_with_oserror", "no_such_module_here", "exits_at_import", "gzip"]) == [
         "fails_with_oserror", "no_such_module_here", "exits_at_import"]
     assert "gzip" in sys.modules
+
+
+@pytest.mark.parametrize("in_server", [True, False])
+def test_only_the_fork_server_imports_the_list_and_skips_its_final_collection(in_server: bool) -> None:
+    check = ("import sys; import mt2kd.extract._preload; import mt2kd._process as p; "
+             "print(p._registered, 'wave' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "MT2KD_WORKER_IMPORTS"}
+    if in_server:
+        env["MT2KD_WORKER_IMPORTS"] = "wave,no_such_module_here"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(in_server), str(in_server)]
