@@ -29,7 +29,8 @@ _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "
               help="local worker processes, or SLURM jobs (one worker per GPU each)")
 @click.option("--device", default=_DEFAULTS.device, show_default=True, help="cpu or cuda")
 @click.option("--max-duration", default=_DEFAULTS.max_duration, show_default=True, help="s of audio per batch")
-@click.option("--shard-hours", default=_DEFAULTS.shard_hours, show_default=True, help="h of audio per shard")
+@click.option("--shard-hours", default=_DEFAULTS.shard_hours, show_default=True,
+              help="h of audio per shard at most (the audio is split into equal shards)")
 @click.option("--dry-run", is_flag=True, help="print the plan (cuts, hours, shards, bytes) and exit")
 @click.option("--overwrite", is_flag=True, help="replace a store made by other teachers or inputs")
 @click.option("--max-failures", default=_DEFAULTS.max_failures, show_default=True,

@@ -81,7 +81,7 @@ class ExtractConfig:
     workers: int = 2  # local: worker processes; slurm: SLURM jobs (one worker, one GPU each)
     device: str = "cpu"  # "cpu" or "cuda"; each worker uses one device
     max_duration: float = 200.0  # s of audio per teacher batch
-    shard_hours: float = 1.0  # h of audio per shard (one shard = one task = one writer)
+    shard_hours: float = 1.0  # at most h of audio per shard, shared out equally (one shard = one task)
     dry_run: bool = False  # print the plan and exit
     overwrite: bool = False  # replace a store whose teachers or plan differ
     max_failures: int = 100  # stop once more cuts than this have failed (-1: never stop)

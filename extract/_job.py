@@ -21,7 +21,9 @@ from mt2kd.store import TeacherSpec
 if TYPE_CHECKING:
     from mt2kd.store import TeacherStore
 
-RUN_FORMAT = 1  # version of the run description kept in the store attrs
+# version of the run description kept in the store attrs; 2: shards of equal audio (1 closed a shard when
+# the next cut would overflow it), so a store planned under 1 cannot be resumed with today's plan
+RUN_FORMAT = 2
 
 
 def plan_fingerprint(plan: Plan) -> str:
@@ -75,6 +77,11 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
 
 
 def check_resumable(store: TeacherStore, specs: Mapping[str, TeacherSpec], fingerprint: str) -> None:
+    made_by = store.attrs.get("run_format")
+    if made_by != RUN_FORMAT:
+        raise FingerprintMismatchError(f"{store.url} was planned by a version of mt2kd that splits cuts into shards "
+                                       f"differently (run format {made_by}, now {RUN_FORMAT}); finish it with that "
+                                       f"version, or pass --overwrite to start it again.")
     have = {n: s.fingerprint for n, s in store.specs.items()}
     want = {n: s.fingerprint for n, s in specs.items()}
     if have != want:

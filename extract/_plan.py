@@ -1,7 +1,9 @@
 """The extraction plan: which cut goes into which shard, and how much it will produce.
 
-Cuts are read lazily from the manifests in the order given, and a shard is
-closed once adding the next cut would take it over ``shard_hours`` of audio.
+Cuts are read lazily from the manifests in the order given; the audio is
+then cut into ``ceil(total / shard_hours)`` shards of equal audio, to within
+a cut: no small last shard, which as a task of its own would leave workers
+idle while the others finish full ones. Shards keep the manifests' order.
 The same inputs always give the same shards (shard IDs are their position in
 the plan), which is what lets a rerun skip the shards already committed.
 """
@@ -9,6 +11,7 @@ the plan), which is what lets a rerun skip the shards already committed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -142,26 +145,48 @@ def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Even
     a thread).
     """
     check_manifests(manifests)
-    limit = shard_hours * SECONDS_PER_HOUR
     seen: dict[str, str] = {}
-    shards: list[ShardTask] = []
-    current: list[dict[str, Any]] = []
-    seconds = total = 0.0
+    cuts: list[dict[str, Any]] = []
     for manifest in manifests:
         for data in iter_cut_dicts(manifest):
             if stop is not None and stop.is_set():
                 raise PlanCancelled(f"planning stopped while reading {manifest}")
-            cut_id, duration = data["id"], float(data["duration"])
+            cut_id = data["id"]
             if cut_id in seen:
                 raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} in both "
                                         f"{seen[cut_id]} and {manifest}.")
             seen[cut_id] = manifest
-            if current and seconds + duration > limit:
-                shards.append(ShardTask(len(shards), tuple(current), seconds))
-                current, seconds = [], 0.0
-            current.append(data)
-            seconds += duration
-            total += duration
-    if current:
-        shards.append(ShardTask(len(shards), tuple(current), seconds))
-    return Plan(tuple(shards), len(seen), total)
+            cuts.append(data)
+    groups = equal_shards([max(0.0, float(c["duration"])) for c in cuts], shard_hours * SECONDS_PER_HOUR)
+    shards = tuple(ShardTask(i, tuple(cuts[j] for j in group), sum(float(cuts[j]["duration"]) for j in group))
+                   for i, group in enumerate(groups))
+    return Plan(shards, len(cuts), sum(float(c["duration"]) for c in cuts))
+
+
+def equal_shards(durations: Sequence[float], limit: float) -> list[list[int]]:
+    """Split cut positions, in order, into ``ceil(total / limit)`` runs of about equal audio.
+
+    A cut goes to the shard its midpoint falls in, so each shard is within a
+    cut of ``total / n`` seconds; a cut longer than that can leave fewer,
+    never empty, shards.
+
+    Examples
+    --------
+    >>> equal_shards([10.0] * 9, limit=40.0)  # 90 s: three shards of 30 s, not 40 s, 40 s and 10 s
+    [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    """
+    total = sum(durations)
+    if not durations:
+        return []
+    count = max(1, math.ceil(total / limit - 1e-9))
+    target = total / count
+    groups: list[list[int]] = []
+    last, before = -1, 0.0
+    for position, duration in enumerate(durations):
+        index = min(count - 1, int((before + duration / 2) / target)) if target > 0 else 0
+        if index != last or not groups:
+            groups.append([])
+            last = index
+        groups[-1].append(position)
+        before += duration
+    return groups

@@ -12,7 +12,7 @@ import pytest
 from mt2kd.errors import FingerprintMismatchError, TooManyFailuresError
 from mt2kd.extract import ExtractConfig, TeacherConfig, extract
 from mt2kd.extract._plan import make_plan
-from mt2kd.store import TeacherStore
+from mt2kd.store import TeacherSpec, TeacherStore
 from mt2kd.tests.extract._corpus import BAD_CASES, DEMO, make_bad_corpus
 
 DEMO_CUTS = (str(DEMO / "speech_cuts.jsonl.gz"), str(DEMO / "events_cuts.jsonl.gz"))
@@ -77,6 +77,20 @@ def test_rerun_skips_committed_shards_and_other_options_are_refused(tiny: dict[s
         extract(layer0, progress=False)
     with pytest.raises(FingerprintMismatchError, match="plan"):
         extract(dataclasses.replace(config, shard_hours=0.02), progress=False)
+
+
+def test_a_store_planned_by_an_older_run_format_is_refused_by_name(tmp_path: Path) -> None:
+    from mt2kd.extract._job import RUN_FORMAT, check_resumable, plan_fingerprint
+
+    spec = TeacherSpec("beats", "clip", 527)
+    plan = make_plan(DEMO_CUTS, 0.01)
+    old = TeacherStore.create(tmp_path / "old", [spec], attrs={"run_format": 1, "plan": {
+        "fingerprint": plan_fingerprint(plan)}})
+    with pytest.raises(FingerprintMismatchError, match=f"run format 1, now {RUN_FORMAT}.*--overwrite"):
+        check_resumable(old, {"beats": spec}, plan_fingerprint(plan))
+    same = TeacherStore.create(tmp_path / "same", [spec], attrs={"run_format": RUN_FORMAT, "plan": {
+        "fingerprint": plan_fingerprint(plan)}})
+    check_resumable(same, {"beats": spec}, plan_fingerprint(plan))  # nothing to refuse
 
 
 def test_bad_input_is_recorded_with_its_reason_and_the_rest_is_correct(tiny: dict[str, Path],

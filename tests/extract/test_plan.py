@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from mt2kd.errors import ConfigError, DuplicateCutError
 from mt2kd.extract import ExtractConfig, TeacherConfig
-from mt2kd.extract._plan import SECONDS_PER_HOUR, expected_frames, make_plan
+from mt2kd.extract._plan import SECONDS_PER_HOUR, equal_shards, expected_frames, make_plan
 from mt2kd.store import TeacherSpec
 from mt2kd.tests.extract._corpus import DEMO, cut, tone, write_manifest
 
@@ -18,7 +19,7 @@ SPEECH = str(DEMO / "speech_cuts.jsonl.gz")
 EVENTS = str(DEMO / "events_cuts.jsonl.gz")
 
 
-def test_shards_hold_at_most_shard_hours_and_keep_manifest_order() -> None:
+def test_shards_share_the_audio_equally_and_keep_manifest_order() -> None:
     shard_hours = 0.004
     plan = make_plan([SPEECH, EVENTS], shard_hours)
     again = make_plan([SPEECH, EVENTS], shard_hours)
@@ -27,9 +28,24 @@ def test_shards_hold_at_most_shard_hours_and_keep_manifest_order() -> None:
     assert len(flat) == len(set(flat)) == plan.num_cuts == 44
     assert flat[0].startswith("spk-") and flat[-1].startswith("event-")
     assert [s.shard_id for s in plan.shards] == list(range(len(plan.shards)))
-    for shard in plan.shards:
-        assert len(shard.cuts) == 1 or shard.audio_seconds <= shard_hours * SECONDS_PER_HOUR
+    assert len(plan.shards) == math.ceil(plan.audio_seconds / (shard_hours * SECONDS_PER_HOUR))
+    target = plan.audio_seconds / len(plan.shards)
+    longest = max(float(c["duration"]) for s in plan.shards for c in s.cuts)
+    for shard in plan.shards:  # each within a cut of the equal share: no small last shard
+        assert abs(shard.audio_seconds - target) <= longest
     assert sum(s.audio_seconds for s in plan.shards) == pytest.approx(plan.audio_seconds)
+
+
+@pytest.mark.parametrize(("durations", "limit", "expected"), [
+    ([10.0] * 9, 40.0, [[0, 1, 2], [3, 4, 5], [6, 7, 8]]),  # 90 s in 40 s shards: 3 of 30 s, not 40/40/10
+    ([10.0] * 8, 40.0, [[0, 1, 2, 3], [4, 5, 6, 7]]),  # exactly two full shards
+    ([1.0, 1.0, 1.0, 100.0, 1.0, 1.0, 1.0], 40.0, [[0, 1, 2], [3], [4, 5, 6]]),  # a long cut alone, none empty
+    ([5.0, 0.0, -1.0, 5.0], 40.0, [[0, 1, 2, 3]]),  # zero and negative durations (bad input) count as 0 s
+    ([], 40.0, []),
+])
+def test_equal_shards_cut_the_audio_into_runs_of_equal_length(durations: list[float], limit: float,
+                                                               expected: list[list[int]]) -> None:
+    assert equal_shards(durations, limit) == expected
 
 
 def test_relative_recording_paths_resolve_next_to_the_manifest() -> None:
