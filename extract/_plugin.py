@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +16,10 @@ if TYPE_CHECKING:
     from distributed import Worker
 
     from mt2kd.extract._teacher import Teacher
+    from mt2kd.store import TeacherStore
 
 PLUGIN_NAME = "mt2kd-teachers"
+_STORES_LOCK = threading.Lock()  # tasks on several threads of one worker open a store once (the plugin pickles)
 
 
 def load_teachers(configs: Sequence[TeacherConfig], precision: str, device: str) -> dict[str, Teacher]:
@@ -86,6 +89,7 @@ class TeacherPlugin(WorkerPlugin):
         self.precision, self.device, self.num_threads = precision, device, num_threads
         self.owns_worker = owns_worker  # the run started this worker (LocalCluster, SLURM), not someone else
         self.teachers: dict[str, Teacher] = {}
+        self.stores: dict[str, TeacherStore] = {}  # by URL: opened by the run's first task here, then shared
 
     def setup(self, worker: Worker) -> None:
         import torch
@@ -102,6 +106,7 @@ class TeacherPlugin(WorkerPlugin):
 
     def teardown(self, worker: Worker) -> None:
         self.teachers.clear()
+        self.stores.clear()
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -109,17 +114,39 @@ class TeacherPlugin(WorkerPlugin):
             torch.cuda.empty_cache()
 
 
-def worker_teachers() -> dict[str, Teacher]:
-    """The teachers the plugin loaded into the worker running the current task."""
+def _worker_plugin() -> TeacherPlugin:
     from distributed import get_worker
-
-    import torch
 
     plugin = get_worker().plugins.get(PLUGIN_NAME)
     if not isinstance(plugin, TeacherPlugin) or not plugin.teachers:
         from mt2kd.errors import ConfigError
 
         raise ConfigError(f"a worker must have the {PLUGIN_NAME} plugin registered before shard tasks run. Got none.")
+    return plugin
+
+
+def worker_store(url: str) -> TeacherStore:
+    """The store at ``url``, opened once per worker and run and shared by the tasks the worker runs.
+
+    Opening reads every commit record, and the index of every cut grows
+    with the store: reopened by each task, a long run paid for the whole
+    store once per shard (``bench/commit_bench.py``). Kept open, each commit
+    reads only the records committed since the last one.
+    """
+    from mt2kd.store import TeacherStore
+
+    plugin = _worker_plugin()
+    with _STORES_LOCK:
+        if url not in plugin.stores:
+            plugin.stores[url] = TeacherStore.open(url, "a")
+        return plugin.stores[url]
+
+
+def worker_teachers() -> dict[str, Teacher]:
+    """The teachers the plugin loaded into the worker running the current task."""
+    import torch
+
+    plugin = _worker_plugin()
     # OpenMP thread counts are per calling thread: setup ran on the worker's event loop, tasks run on
     # its executor thread, which would otherwise start OMP_NUM_THREADS threads and crowd the decoders
     torch.set_num_threads(plugin.num_threads)

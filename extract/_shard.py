@@ -20,7 +20,7 @@ from mt2kd.extract._plan import ShardTask
 
 if TYPE_CHECKING:
     from mt2kd.extract._teacher import Teacher
-    from mt2kd.store import ShardWriter
+    from mt2kd.store import ShardWriter, TeacherStore
 
 COMMITTED, ALREADY_COMMITTED, LOCKED = "committed", "already committed", "locked by another writer"
 T = TypeVar("T")
@@ -73,16 +73,20 @@ def log_event(path: str, event: str, shard_id: int, **extra: float) -> None:
 
 def run_shard(task: ShardTask, settings: ShardSettings) -> ShardResult:
     """The dask task: the worker's teachers (from its plugin) turn ``task`` into a committed shard."""
-    from mt2kd.extract._plugin import worker_teachers
+    from mt2kd.extract._plugin import worker_store, worker_teachers
 
-    return write_shard(task, settings, worker_teachers())
+    return write_shard(task, settings, worker_teachers(), worker_store(settings.store_url))
 
 
-def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher]) -> ShardResult:
-    """Write one shard with ``teachers``; a shard that another attempt committed or holds is not an error."""
+def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher],
+                store: TeacherStore | None = None) -> ShardResult:
+    """Write one shard with ``teachers`` into ``store`` (else opened from the settings).
+
+    A shard that another attempt committed or holds is not an error.
+    """
     from mt2kd.store import TeacherStore
 
-    store = TeacherStore.open(settings.store_url, "a")
+    store = store if store is not None else TeacherStore.open(settings.store_url, "a")
     log_event(settings.events_log, "start", task.shard_id)
     start = time.monotonic()
     failures: list[tuple[str, str | None, str]] = []

@@ -113,7 +113,10 @@ def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None) 
 
 
 class StoreIndex:
-    """Cut ID -> (shard record, position), built once from the commit records.
+    """Cut ID -> (shard record, position), built from the commit records and kept up to date in place.
+
+    Adding a shard costs its own cuts, not the store's: a long extraction run
+    commits thousands of shards through one index.
 
     Examples
     --------
@@ -124,19 +127,48 @@ class StoreIndex:
 
     def __init__(self, records: Mapping[str, ShardRecord], url: str) -> None:
         self.url = url
-        self.records = dict(sorted(records.items()))
+        self.records: dict[str, ShardRecord] = {}  # by shard name, in the order added
         self.where: dict[str, tuple[ShardRecord, int]] = {}
-        for record in self.records.values():
-            self._add(record)
+        for record in records.values():
+            self.add(record)
 
-    def _add(self, record: ShardRecord) -> None:
+    def add(self, record: ShardRecord) -> None:
+        """Index a newly committed shard (replacing the record of that shard, if one was indexed).
+
+        A cut ID that another shard holds raises DuplicateCutError and leaves
+        the index as it was.
+        """
+        seen: dict[str, int] = {}
         for position, cut_id in enumerate(record.cut_ids):
             before = self.where.get(cut_id)
-            if before is not None:
-                raise DuplicateCutError(
-                    f"cut IDs must be unique within a store. Got {cut_id!r} twice in {self.url}: "
-                    f"shard {before[0].name} position {before[1]} and shard {record.name} position {position}.")
-            self.where[cut_id] = (record, position)
+            if before is not None and before[0].name != record.name:
+                self._refuse(cut_id, before[0].name, before[1], record.name, position)
+            if cut_id in seen:
+                self._refuse(cut_id, record.name, seen[cut_id], record.name, position)
+            seen[cut_id] = position
+        old = self.records.get(record.name)
+        if old is not None:
+            for cut_id in old.cut_ids:
+                self.where.pop(cut_id, None)
+        self.records[record.name] = record
+        self.where.update((cut_id, (record, position)) for position, cut_id in enumerate(record.cut_ids))
+
+    def _refuse(self, cut_id: str, first: str, first_position: int, second: str, second_position: int) -> None:
+        raise DuplicateCutError(f"cut IDs must be unique within a store. Got {cut_id!r} twice in {self.url}: "
+                                f"shard {first} position {first_position} and shard {second} position "
+                                f"{second_position}.")
+
+    def update(self, records: Mapping[str, ShardRecord]) -> None:
+        """Make the index hold exactly ``records``, touching only the shards that changed."""
+        for name in [n for n in self.records if n not in records]:
+            for cut_id in self.records.pop(name).cut_ids:
+                self.where.pop(cut_id, None)
+        for name, record in records.items():
+            if self.records.get(name) is not record:
+                self.add(record)
+
+    def sorted_records(self) -> list[ShardRecord]:
+        return [self.records[name] for name in sorted(self.records)]
 
     def __len__(self) -> int:
         return len(self.where)
@@ -146,10 +178,10 @@ class StoreIndex:
 
     def cut_ids(self) -> list[str]:
         """Every cut ID, shard by shard (sorted shard names), in row order."""
-        return [c for record in self.records.values() for c in record.cut_ids]
+        return [c for record in self.sorted_records() for c in record.cut_ids]
 
     def failures(self) -> list[dict[str, Any]]:
-        return [{**f, "shard": r.name} for r in self.records.values() for f in r.failures]
+        return [{**f, "shard": r.name} for r in self.sorted_records() for f in r.failures]
 
     def check_new(self, cut_ids: Iterable[str], shard: str) -> None:
         """Refuse cuts of ``shard`` that another committed shard already holds."""

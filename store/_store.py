@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class TeacherStore:
         self.attrs: dict[str, Any] = dict(root.get("attrs", {}))
         self._reader = ChunkReader(loc, self._specs)
         self._index = StoreIndex(load_records(loc), loc.url)
+        self._index_lock = threading.Lock()  # writers in several threads of one process share the index
 
     # ------------------------------------------------------------ create / open
 
@@ -128,17 +130,19 @@ class TeacherStore:
                            self._committed)
 
     def _index_for_commit(self) -> StoreIndex:
-        """The index refreshed with shards other processes committed meanwhile (new ones are read)."""
-        self._index = StoreIndex(load_records(self.loc, self._index.records), self.loc.url)
-        return self._index
+        """The index brought up to date with shards other writers committed meanwhile (only those are read)."""
+        with self._index_lock:
+            self._index.update(load_records(self.loc, self._index.records))
+            return self._index
 
     def _committed(self, record: ShardRecord) -> None:
-        records = {**self._index.records, record.name: record}
-        self._index = StoreIndex(records, self.loc.url)
+        with self._index_lock:
+            self._index.add(record)
 
     def refresh(self) -> None:
         """Re-read every commit record (to see shards committed or replaced since opening)."""
-        self._index = StoreIndex(load_records(self.loc), self.loc.url)
+        with self._index_lock:
+            self._index = StoreIndex(load_records(self.loc), self.loc.url)
 
     # ------------------------------------------------------------ reading
 
@@ -153,8 +157,8 @@ class TeacherStore:
 
     @property
     def shards(self) -> dict[str, ShardRecord]:
-        """Commit records of the committed shards, by shard name."""
-        return dict(self._index.records)
+        """Commit records of the committed shards, by shard name (sorted)."""
+        return {record.name: record for record in self._index.sorted_records()}
 
     def is_committed(self, shard_id: int | str) -> bool:
         """Whether shard ``shard_id`` was committed when this view was opened (what a resumed job skips)."""

@@ -235,3 +235,27 @@ def test_summary_line_says_where_the_teachers_waited() -> None:
     quiet = ExtractSummary(store="s", num_cuts=8, num_shards=1, num_shards_skipped=1, num_shards_written=0,
                            num_failures=0, audio_hours=0.1, seconds=2.0)
     assert "waited" not in quiet.line()  # nothing written, nothing to say
+
+
+def test_a_workers_tasks_share_one_open_store_for_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each task commits through the store its worker opened once; the index grows shard by shard."""
+    import types
+
+    import distributed
+
+    from mt2kd.extract._plugin import PLUGIN_NAME, TeacherPlugin, worker_store
+
+    audio, cuts = write_corpus(tmp_path / "wav", [8000] * 6)
+    store_path = tmp_path / "store"
+    TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
+    plugin = TeacherPlugin((), "fp32", "cpu", 1)
+    plugin.teachers = {"echo": EchoTeacher()}  # type: ignore[dict-item]
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(plugins={PLUGIN_NAME: plugin}))
+    settings = ShardSettings(str(store_path), max_duration=1.0, decode_threads=1, prefetch_cuts=2)
+    tasks = [ShardTask(i, tuple(cuts[3 * i:3 * i + 3]), 1.5) for i in range(2)]
+    assert [_shard.run_shard(t, settings).status for t in tasks] == [COMMITTED, COMMITTED]
+    shared = worker_store(str(store_path))
+    assert list(plugin.stores.values()) == [shared]  # opened once, by the first task
+    assert shared.is_committed(0) and shared.is_committed(1) and sorted(shared.cut_ids()) == sorted(audio)
+    plugin.teardown(None)  # type: ignore[arg-type]
+    assert not plugin.stores

@@ -1,0 +1,87 @@
+"""What one more shard costs as a store grows: the per-task overhead of a long extraction run.
+
+An extraction task writes one shard and commits it; before committing, the
+writer checks that none of its cut IDs is in another committed shard, so it
+needs the store's index of every cut. This bench fills a store with
+``--shards`` committed shards of ``--cuts-per-shard`` cuts (a one-value
+clip teacher, so the data is negligible and only the bookkeeping is timed),
+then, at several fill levels, writes and commits one small shard two ways:
+
+- fresh: ``TeacherStore.open`` then write and commit, as a task that opens
+  the store itself does;
+- reused: write and commit through one store object kept across commits,
+  as the job's tasks do (the worker keeps the store for the run).
+
+The anchor is the same commit into an empty store. Each cell is the median
+of ``--repeat`` commits. A run of 10,000 h in 1 h shards of LibriSpeech-like
+cuts makes 10,000 shards of about 300 cuts.
+
+Usage: ``python bench/commit_bench.py [--shards 2000] [--cuts-per-shard 300]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mt2kd.store import TeacherSpec, TeacherStore
+
+SPEC = TeacherSpec("beats", "clip", 1)
+VALUE = {"beats": np.zeros(1, np.float32)}
+
+
+def fill(store: TeacherStore, first: int, last: int, cuts_per_shard: int) -> None:
+    """Commit shards ``first`` .. ``last - 1`` of ``cuts_per_shard`` cuts each."""
+    for shard in range(first, last):
+        with store.shard_writer(shard) as writer:
+            for i in range(cuts_per_shard):
+                writer.put(f"s{shard}-c{i}", VALUE)
+
+
+def time_commit(path: Path, store: TeacherStore | None, shard: int, cuts: int) -> float:
+    """Seconds to (open the store, when ``store`` is None, and) write and commit one shard."""
+    start = time.perf_counter()
+    target = store if store is not None else TeacherStore.open(path, "a")
+    fill(target, shard, shard + 1, cuts)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=2000, help="committed shards at the last level")
+    parser.add_argument("--cuts-per-shard", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=5, help="commits timed per cell (median)")
+    args = parser.parse_args()
+    levels = sorted({0, args.shards // 10, args.shards // 2, args.shards})
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store"
+        store = TeacherStore.create(path, [SPEC])
+        filled, probe = 0, 10**9  # probe shards get IDs far above the filled ones
+        for level in levels:
+            fill(store, filled, level, args.cuts_per_shard)
+            filled = level
+            cells = []
+            for reuse in (False, True):
+                times = []
+                for _ in range(args.repeat):
+                    times.append(time_commit(path, store if reuse else None, probe, args.cuts_per_shard))
+                    probe += 1
+                cells.append(statistics.median(times))
+            rows.append((level, level * args.cuts_per_shard, *cells))
+    anchor = rows[0][3]
+    print(f"one more shard of {args.cuts_per_shard} cuts (clip teacher, 1 value), median of {args.repeat}; "
+          f"anchor: reused store, empty")
+    print(f"{'committed shards':>16} {'cuts in store':>14} {'fresh open s':>13} {'x anchor':>9} "
+          f"{'reused s':>9} {'x anchor':>9}")
+    for level, cuts, fresh, reused in rows:
+        print(f"{level:16,d} {cuts:14,d} {fresh:13.4f} {fresh / anchor:9.2f} {reused:9.4f} {reused / anchor:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

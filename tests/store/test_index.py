@@ -1,0 +1,82 @@
+"""The cut index kept up to date in place: shards added, replaced and dropped, duplicates refused."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mt2kd.errors import DuplicateCutError
+from mt2kd.store import TeacherSpec, TeacherStore
+from mt2kd.store._index import ShardRecord, StoreIndex
+
+SPEC = TeacherSpec("beats", "clip", 2)
+
+
+def record(name: str, cut_ids: list[str]) -> ShardRecord:
+    return ShardRecord(name, "attempt", cut_ids, {}, [], "", {})
+
+
+def test_add_update_and_drop_keep_where_equal_to_a_fresh_build() -> None:
+    index = StoreIndex({}, "memory://x")
+    a, b = record("000001", ["a1", "a2"]), record("000000", ["b1"])
+    index.add(a)
+    index.add(b)
+    assert index.where == {"a1": (a, 0), "a2": (a, 1), "b1": (b, 0)}
+    assert index.cut_ids() == ["b1", "a1", "a2"]  # shard by shard, by shard name
+    replaced = record("000001", ["a2", "a3"])  # a shard rewritten with replace=True
+    index.update({"000000": b, "000001": replaced})
+    fresh = StoreIndex({"000000": b, "000001": replaced}, "memory://x")
+    assert index.where == fresh.where == {"b1": (b, 0), "a2": (replaced, 0), "a3": (replaced, 1)}
+    index.update({"000001": replaced})  # shard 000000 gone (the store was overwritten, say)
+    assert index.where == {"a2": (replaced, 0), "a3": (replaced, 1)} and list(index.records) == ["000001"]
+
+
+def test_a_duplicate_is_refused_by_name_and_leaves_the_index_as_it_was() -> None:
+    index = StoreIndex({"000000": record("000000", ["x", "y"])}, "memory://x")
+    before = dict(index.where)
+    with pytest.raises(DuplicateCutError, match="'y' twice in memory://x: shard 000000 position 1 and shard "
+                                                "000001 position 1"):
+        index.add(record("000001", ["z", "y"]))
+    with pytest.raises(DuplicateCutError, match="'w' twice .* shard 000002 position 0 and shard 000002 position 2"):
+        index.add(record("000002", ["w", "v", "w"]))
+    assert index.where == before and list(index.records) == ["000000"]
+
+
+def test_one_store_object_commits_many_shards_and_sees_other_writers(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    mine = TeacherStore.create(path, [SPEC])
+    other = TeacherStore.open(path, "a")
+    value = {"beats": np.ones(2, np.float32)}
+    for shard in range(3):
+        with mine.shard_writer(shard) as writer:
+            writer.put(f"mine-{shard}", value)
+    with other.shard_writer(10) as writer:  # another writer: the next commit of `mine` reads only its record
+        writer.put("theirs", value)
+    with mine.shard_writer(3) as writer:
+        writer.put("mine-3", value)
+    assert sorted(mine.cut_ids()) == ["mine-0", "mine-1", "mine-2", "mine-3", "theirs"]
+    assert mine.cut_ids() == TeacherStore.open(path).cut_ids()  # the same as a fresh open
+    with pytest.raises(DuplicateCutError, match="'theirs'"), mine.shard_writer(4) as writer:
+        writer.put("theirs", value)
+    assert not mine.is_committed(4) and len(TeacherStore.open(path)) == 5
+
+
+def test_writers_in_threads_share_one_store_object(tmp_path: Path) -> None:
+    store = TeacherStore.create(tmp_path / "store", [SPEC])
+    value = {"beats": np.ones(2, np.float32)}
+
+    def write(first: int) -> None:
+        for shard in range(first, first + 10):
+            with store.shard_writer(shard) as writer:
+                for i in range(20):
+                    writer.put(f"s{shard}-{i}", value)
+
+    threads = [threading.Thread(target=write, args=(10 * t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(store) == 800 and store.cut_ids() == TeacherStore.open(tmp_path / "store").cut_ids()
