@@ -58,12 +58,20 @@ def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:
         audio = np.asarray(cut.load_audio(), dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - any decoder error is this cut's failure, not the job's
         return CutFailure(cut_id, f"audio could not be decoded: {type(e).__name__}: {_first_line(e)}")
-    samples = audio.mean(axis=0) if audio.ndim == 2 else audio.reshape(-1)
+    samples = downmix(audio)
     if samples.size == 0:
         return CutFailure(cut_id, "zero-length cut: decoded audio has no samples")
-    if not np.all(np.isfinite(samples)):
+    # min and max are NaN or infinite when any sample is (no temporary array, unlike isfinite on every sample)
+    if not (np.isfinite(samples.min()) and np.isfinite(samples.max())):
         return CutFailure(cut_id, f"non-finite samples: {int(np.sum(~np.isfinite(samples)))} NaN/Inf values")
     return CutAudio(cut_id, duration, np.ascontiguousarray(samples, dtype=np.float32))
+
+
+def downmix(audio: np.ndarray) -> np.ndarray:
+    """``[channels, samples]`` (or flat) audio as one channel: the mean of the channels, a view for mono."""
+    if audio.ndim != 2:
+        return audio.reshape(-1)
+    return audio[0] if audio.shape[0] == 1 else audio.mean(axis=0)
 
 
 def _first_line(error: BaseException) -> str:

@@ -259,3 +259,26 @@ def test_a_workers_tasks_share_one_open_store_for_the_run(tmp_path: Path, monkey
     assert shared.is_committed(0) and shared.is_committed(1) and sorted(shared.cut_ids()) == sorted(audio)
     plugin.teardown(None)  # type: ignore[arg-type]
     assert not plugin.stores
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_decoded_audio_is_one_channel_and_any_non_finite_sample_fails_the_cut(tmp_path: Path, bad: float) -> None:
+    import soundfile as sf
+
+    from mt2kd.extract._audio import CutAudio, CutFailure, load_cut_audio
+    from mt2kd.tests.extract._corpus import cut, tone
+
+    stereo = np.stack([tone(0.5, seed=1), tone(0.5, freq=880, seed=2)], axis=1)
+    sf.write(tmp_path / "stereo.wav", stereo, 16_000, subtype="FLOAT")
+    both = load_cut_audio(cut("stereo", tmp_path / "stereo.wav", 16_000, stereo.shape[0], num_channels=2))
+    assert isinstance(both, CutAudio)
+    np.testing.assert_allclose(both.samples, stereo.mean(axis=1), atol=1e-7)
+    sf.write(tmp_path / "mono.wav", stereo[:, 0], 16_000, subtype="FLOAT")
+    mono = load_cut_audio(cut("mono", tmp_path / "mono.wav", 16_000, stereo.shape[0]))
+    assert isinstance(mono, CutAudio) and mono.samples.flags.c_contiguous and mono.samples.ndim == 1
+    np.testing.assert_array_equal(mono.samples, stereo[:, 0])
+    broken = stereo[:, 0].copy()
+    broken[[10, 4000]] = bad
+    sf.write(tmp_path / "bad.wav", broken, 16_000, subtype="FLOAT")
+    failed = load_cut_audio(cut("bad", tmp_path / "bad.wav", 16_000, broken.size))
+    assert isinstance(failed, CutFailure) and failed.reason == "non-finite samples: 2 NaN/Inf values"
