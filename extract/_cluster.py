@@ -169,10 +169,11 @@ def start_fork_server(config: ExtractConfig, torch_threads: int) -> None:
 
     A spawned worker imports torch, the teachers' libraries, lhotse and dask
     itself before it can load a checkpoint: about 2.4 s, paid by every
-    worker at once, on the cores the scheduler is starting on. The fork server
-    does it once, in the background, while the client reads the manifests
-    and starts the scheduler; each worker forked from it starts with the modules in place and loads
-    only its checkpoints (``bench/extract_bench.py --compare-spawn``).
+    worker at once, on the cores the scheduler is starting on. The fork
+    server does it once, in the background, while the client reads the
+    manifests and starts the scheduler; each worker forked from it starts
+    with the modules in place and loads only its checkpoints
+    (``bench/extract_bench.py --compare-spawn``).
 
     The server keeps the environment it started with, so ``OMP_NUM_THREADS``
     (read once, when OpenMP loads) is set for it here. A server that is

@@ -29,11 +29,11 @@ def import_each(names: Iterable[str]) -> list[str]:
 def prepare_fork_server() -> None:
     """Import the workers' modules, and let the server exit without its final garbage collection.
 
-    The server ends with the run that started it; with torch and the
+    The server ends with the process that started it; with torch and the
     teachers' libraries imported, its interpreter's final collection took
-    about 1 s, during which it still held the run's stderr open (a pipe
-    reading the run's output waited for it). Forked workers never run it:
-    multiprocessing ends them with ``os._exit``.
+    about 1 s, during which it still held that process's stderr open (a
+    pipe reading the run's output waited for it). Forked workers never run
+    it: multiprocessing ends them with ``os._exit``.
     """
     from mt2kd._process import skip_final_gc_at_exit
 

@@ -146,10 +146,7 @@ class StoreIndex:
             if cut_id in seen:
                 self._refuse(cut_id, record.name, seen[cut_id], record.name, position)
             seen[cut_id] = position
-        old = self.records.get(record.name)
-        if old is not None:
-            for cut_id in old.cut_ids:
-                self.where.pop(cut_id, None)
+        self._drop(record.name)
         self.records[record.name] = record
         self.where.update((cut_id, (record, position)) for position, cut_id in enumerate(record.cut_ids))
 
@@ -158,14 +155,27 @@ class StoreIndex:
                                 f"shard {first} position {first_position} and shard {second} position "
                                 f"{second_position}.")
 
+    def _drop(self, name: str) -> None:
+        old = self.records.pop(name, None)
+        if old is not None:
+            for cut_id in old.cut_ids:
+                if self.where.get(cut_id, (None,))[0] is old:
+                    del self.where[cut_id]
+
     def update(self, records: Mapping[str, ShardRecord]) -> None:
-        """Make the index hold exactly ``records``, touching only the shards that changed."""
+        """Make the index hold exactly ``records``, touching only the shards that changed.
+
+        Every shard that went or changed is dropped before any is added, so
+        a cut that moved from one rewritten shard to another is not taken
+        for a duplicate.
+        """
+        changed = [r for name, r in records.items() if self.records.get(name) is not r]
         for name in [n for n in self.records if n not in records]:
-            for cut_id in self.records.pop(name).cut_ids:
-                self.where.pop(cut_id, None)
-        for name, record in records.items():
-            if self.records.get(name) is not record:
-                self.add(record)
+            self._drop(name)
+        for record in changed:
+            self._drop(record.name)
+        for record in changed:
+            self.add(record)
 
     def sorted_records(self) -> list[ShardRecord]:
         return [self.records[name] for name in sorted(self.records)]

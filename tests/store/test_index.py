@@ -30,6 +30,9 @@ def test_add_update_and_drop_keep_where_equal_to_a_fresh_build() -> None:
     index.update({"000000": b, "000001": replaced})
     fresh = StoreIndex({"000000": b, "000001": replaced}, "memory://x")
     assert index.where == fresh.where == {"b1": (b, 0), "a2": (replaced, 0), "a3": (replaced, 1)}
+    moved = {"000000": record("000000", ["b1", "a3"]), "000001": record("000001", ["a2"])}
+    index.update(moved)  # both shards rewritten, cut a3 moved from one to the other: not a duplicate
+    assert index.where == StoreIndex(moved, "memory://x").where
     index.update({"000001": replaced})  # shard 000000 gone (the store was overwritten, say)
     assert index.where == {"a2": (replaced, 0), "a3": (replaced, 1)} and list(index.records) == ["000001"]
 
