@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one go: the `gpu` tests, then the teachers and extraction
+# benches at the released sizes (random weights). Each step's output is kept in OUT (default
+# gpu-checks/) and a failing step does not stop the next one.
+#
+#   bash bench/gpu_checks.sh [OUT]        # PYTHON=... picks the interpreter (default python3)
+#
+# Needs mt2kd and its dependencies importable by that interpreter; on a machine without internet,
+# bring them as wheels (bash scripts/wheelhouse DEST --have FILE, on a machine with internet).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu-checks}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+status=0
+step() {  # step NAME COMMAND...: run, keep the output in OUT/NAME.txt, remember a failure
+    local name=$1; shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$out/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc"
+    [ "$rc" -eq 0 ] || status=1
+}
+step nvidia-smi nvidia-smi
+step tests "$py" -m pytest -m gpu -q -p no:cacheprovider tests
+step teachers-bench "$py" bench/teachers_bench.py --device cuda
+step extract-bench "$py" bench/extract_bench.py --size large --device cuda --repeat 100 --shard-hours 0.25 \
+    --workers 1 --decode-threads 6
+exit $status
