@@ -194,6 +194,7 @@ def main() -> None:
               f"step {args.step_ms:.0f} ms, {what}")
         rows = []
         for num_workers in workers:
+            ours_set: StoreTargetsDataset | KDDataset
             if args.targets_only:
                 anchor_set, ours_set = CustomFieldDataset(with_audio=False), StoreTargetsDataset(str(store_path))
             else:

@@ -56,7 +56,7 @@ WHISPER_SIZES: dict[str, dict[str, int]] = {
 }
 BEATS_RELEASED = {"encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
                   "encoder_attention_heads": 12, "embed_dim": 512}  # iter3+ AS2M, 527 classes
-ECAPA_RELEASED = {"channels": (1024, 1024, 1024, 1024, 3072), "attention_channels": 128,
+ECAPA_RELEASED: dict[str, Any] = {"channels": (1024, 1024, 1024, 1024, 3072), "attention_channels": 128,
                   "lin_neurons": 192}  # spkrec-ecapa-voxceleb
 
 

@@ -118,7 +118,8 @@ def ls_(path: str, limit: int, as_json: bool) -> None:
     ts = _open(path)
     all_ids = ts.cut_ids()
     shown = all_ids if limit <= 0 else all_ids[:limit]
-    cuts = [{"cut_id": c, "shapes": {t: list(s) for t, s in ts.shapes(c).items()}} for c in shown]
+    cuts: list[dict[str, Any]] = [{"cut_id": c, "shapes": {t: list(s) for t, s in ts.shapes(c).items()}}
+                                  for c in shown]
     if as_json:
         _emit_json({"store": path, "num_cuts": len(all_ids), "cuts": cuts})
         return

@@ -7,6 +7,8 @@ anything else feeding the student compute exactly the same features. It uses
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import torch
 
@@ -70,6 +72,14 @@ def compute_fbank(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
 def num_fbank_frames(num_samples: int) -> int:
     """Frames :func:`compute_fbank` returns for ``num_samples`` samples (at least 1)."""
     return max(1, (num_samples + HOP_SAMPLES // 2) // HOP_SAMPLES)
+
+
+@overload
+def num_student_frames(num_fbank: int) -> int: ...
+
+
+@overload
+def num_student_frames(num_fbank: torch.Tensor) -> torch.Tensor: ...
 
 
 def num_student_frames(num_fbank: int | torch.Tensor) -> int | torch.Tensor:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError, ValidationError
-from mt2kd.extract import load_teacher
+from mt2kd.extract import load_teacher as load_any_teacher
 from mt2kd.extract._ecapa_yaml import parse_hyperparams
+from mt2kd.extract.ecapa import EcapaTeacher
 from mt2kd.extract._tiny import write_tiny_ecapa_checkpoint
 from mt2kd.extract.ecapa import EcapaConfig, equal_key_batches, read_ecapa_config
 
@@ -21,6 +22,13 @@ TOLERANCE = 1e-5  # max abs difference allowed between two computations of one e
 RELEASED_CHANNELS = (1024, 1024, 1024, 1024, 3072)
 # samples; 16_000/16_100/16_000 all give 101 fbank frames and 12_345/12_400 give 78, so they share batches
 LENGTHS = [16_000, 12_345, 23_456, 16_100, 640, 7_001, 12_400, 16_000]
+
+
+def load_teacher(name: str, checkpoint: Path | str, **options: Any) -> EcapaTeacher:
+    """``mt2kd.extract.load_teacher``, typed for these tests (they load ECAPA-TDNN only)."""
+    teacher = load_any_teacher(name, checkpoint, **options)
+    assert isinstance(teacher, EcapaTeacher)
+    return teacher
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -83,15 +84,18 @@ def test_worker_torch_threads_share_the_cores_and_keep_one_for_decoding() -> Non
             resources = {"GPU": 1} if self._gpus else {}
             return {"workers": {a: {"resources": resources} for a in self._ncores}}
 
+    def client(ncores: dict[str, int], gpus: bool) -> Any:  # stands in for a distributed.Client
+        return Client(ncores, gpus)
+
     cores = os.cpu_count() or 1
-    assert worker_torch_threads(config(workers=1), Client({}, False)) == max(1, cores - 1)
-    assert worker_torch_threads(config(workers=cores), Client({}, False)) == 1
+    assert worker_torch_threads(config(workers=1), client({}, False)) == max(1, cores - 1)
+    assert worker_torch_threads(config(workers=cores), client({}, False)) == 1
     slurm = config(scheduler="slurm", device="cuda", slurm_gpus=4, slurm_cores=32)
-    assert worker_torch_threads(slurm, Client({}, True)) == 7
-    assert worker_torch_threads(config(scheduler="slurm", slurm_cores=8), Client({}, False)) == 7
+    assert worker_torch_threads(slurm, client({}, True)) == 7
+    assert worker_torch_threads(config(scheduler="slurm", slurm_cores=8), client({}, False)) == 7
     remote = config(scheduler="tcp://h:8786")
-    assert worker_torch_threads(remote, Client({"a": 8, "b": 12}, True)) == 7
-    assert worker_torch_threads(remote, Client({"a": 8}, False)) == 1  # 8 tasks at once, one core each
+    assert worker_torch_threads(remote, client({"a": 8, "b": 12}, True)) == 7
+    assert worker_torch_threads(remote, client({"a": 8}, False)) == 1  # 8 tasks at once, one core each
 
 
 def test_workers_pick_their_gpu_by_index() -> None:

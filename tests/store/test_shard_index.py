@@ -39,7 +39,7 @@ def rewrite_entry(folder: Path, chunk: int, entry: tuple[int, int], num_chunks: 
     shard = folder / "c" / "0" / "0"
     blob = shard.read_bytes()
     tail = len(blob) - index_nbytes(num_chunks)
-    entries = [tuple(int(v) for v in row) for row in decode_index(blob[tail:], num_chunks, str(shard))]
+    entries = [(int(row[0]), int(row[1])) for row in decode_index(blob[tail:], num_chunks, str(shard))]
     entries[chunk] = entry
     shard.write_bytes(blob[:tail] + encode_index(entries))
 
@@ -101,10 +101,10 @@ def test_raw_chunks_back_to_back_read_as_one_range_per_cut(tmp_path: Path) -> No
     num_chunks = -(-100 // ROWS_PER_CHUNK)
     rewrite_entry(data_folder(path, reopened), 0, (MISSING, MISSING), num_chunks)
     again = TeacherStore.open(str(path))
-    got = again.get("c0")["whisper"]
+    first = again.get("c0")["whisper"]
     assert again._reader.shard_file(record, "whisper").row_bytes == 0
-    np.testing.assert_array_equal(got[16:], frames["c0"][16:].astype(np.float16))
-    assert not got[:16].any()  # the absent chunk reads as the fill value 0
+    np.testing.assert_array_equal(first[16:], frames["c0"][16:].astype(np.float16))
+    assert not first[:16].any()  # the absent chunk reads as the fill value 0
 
 
 def test_a_chunk_whose_header_disagrees_with_the_index_is_refused(tmp_path: Path) -> None:

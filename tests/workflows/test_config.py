@@ -37,7 +37,8 @@ def test_explicit_values_win_over_the_chain() -> None:
     assert config.train.stores == ("x.zarr", "y.zarr")
     assert config.eval is not None and config.eval.checkpoint is None  # null: teachers only
     assert config.eval.cuts == ("dev.jsonl.gz",) and config.eval.stores == ("labels.zarr",)
-    assert _config(eval={}).eval.checkpoint is None  # no train section: nothing to default to
+    no_train = _config(eval={}).eval
+    assert no_train is not None and no_train.checkpoint is None  # no train section: nothing to default to
 
 
 def test_round_trip_through_json(tmp_path: Path) -> None:
