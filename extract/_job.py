@@ -118,6 +118,11 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
         return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
                               num_failures=0, seconds=time.monotonic() - start, dry_run=True)
     check_manifests(config.cuts)
+    if config.is_local:  # the workers will read the checkpoints here: a missing one fails now, not in each worker
+        from mt2kd.extract._teacher import check_checkpoint
+
+        for teacher in config.teachers:
+            check_checkpoint(teacher.name, teacher.checkpoint)
     from mt2kd.extract._cluster import open_client, prestart_local_workers
 
     prestart_local_workers(config)  # first: the workers' imports take longest

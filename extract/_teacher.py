@@ -113,12 +113,17 @@ def load_teacher(name: str, checkpoint: str | Path, **options: Any) -> Teacher:
     _import_builtin_teacher(name)
     if name not in _REGISTRY:
         raise ConfigError(f"teacher must be one of {sorted(_REGISTRY)}. Got {name!r}.")
+    check_checkpoint(name, checkpoint)
+    return _REGISTRY[name](checkpoint, **options)
+
+
+def check_checkpoint(name: str, checkpoint: str | Path) -> None:
+    """A teacher's checkpoint must be there: nothing is ever downloaded."""
     if not Path(checkpoint).exists():
         raise CheckpointNotFoundError(
             f"{name} checkpoint {str(checkpoint)!r} does not exist; nothing is downloaded at run time: "
             f"put the checkpoint there or pass its local path."
         )
-    return _REGISTRY[name](checkpoint, **options)
 
 
 def teacher_names() -> list[str]:

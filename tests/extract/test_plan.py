@@ -108,6 +108,23 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "store").exists()
 
 
+def test_a_missing_checkpoint_stops_a_local_job_before_any_cluster_or_store(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import mt2kd.extract._cluster as cluster
+    from mt2kd.errors import CheckpointNotFoundError
+    from mt2kd.extract import extract, make_tiny_checkpoints
+
+    paths = make_tiny_checkpoints(tmp_path / "teachers")
+    started: list[str] = []
+    monkeypatch.setattr(cluster, "prestart_local_workers", lambda config: started.append("fork server"))
+    monkeypatch.setattr(cluster, "open_client", lambda config: started.append("cluster"))
+    teachers = (TeacherConfig("beats", str(paths["beats"])), TeacherConfig("whisper", str(tmp_path / "v3.pt")))
+    config = ExtractConfig(cuts=(SPEECH,), store=str(tmp_path / "store"), teachers=teachers)
+    with pytest.raises(CheckpointNotFoundError, match="whisper checkpoint .*v3.pt' does not exist"):
+        extract(config, echo=lambda _: None, progress=False)
+    assert started == [] and not (tmp_path / "store").exists()
+
+
 def test_a_missing_manifest_stops_the_job_before_any_cluster_or_store(tmp_path: Path) -> None:
     from mt2kd.extract import extract
 
@@ -152,6 +169,7 @@ def test_a_failing_cluster_stops_the_planning_thread(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(job, "make_plan", slow_plan)
     monkeypatch.setattr(cluster, "open_client", no_cluster)
+    (tmp_path / "beats.pt").touch()  # only its presence is checked before the (faked) cluster starts
     config = ExtractConfig(cuts=(SPEECH,), store=str(tmp_path / "store"),
                            teachers=(TeacherConfig("beats", str(tmp_path / "beats.pt")),))
     with pytest.raises(RuntimeError, match="cannot be reached"):
@@ -184,6 +202,7 @@ def test_a_bad_manifest_shows_while_the_workers_are_still_queued(tmp_path: Path,
     monkeypatch.setattr(cluster, "open_client", fake_cluster)
     monkeypatch.setattr(job, "start_workers", lambda client, config, say: None)
     monkeypatch.setattr(job, "ask_specs", lambda client, resources: queued)
+    (tmp_path / "beats.pt").touch()  # only its presence is checked before the (faked) cluster starts
     config = ExtractConfig(cuts=(SPEECH, str(twin)), store=str(tmp_path / "store"),
                            teachers=(TeacherConfig("beats", str(tmp_path / "beats.pt")),))
     try:
