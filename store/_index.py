@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -138,11 +138,12 @@ class StoreIndex:
         A cut ID that another shard holds raises DuplicateCutError and leaves
         the index as it was.
         """
+        clash = self._held_elsewhere(record.cut_ids, record.name)
+        if clash is not None:
+            cut_id, position, (other, other_position) = clash
+            self._refuse(cut_id, other.name, other_position, record.name, position)
         seen: dict[str, int] = {}
         for position, cut_id in enumerate(record.cut_ids):
-            before = self.where.get(cut_id)
-            if before is not None and before[0].name != record.name:
-                self._refuse(cut_id, before[0].name, before[1], record.name, position)
             if cut_id in seen:
                 self._refuse(cut_id, record.name, seen[cut_id], record.name, position)
             seen[cut_id] = position
@@ -150,7 +151,8 @@ class StoreIndex:
         self.records[record.name] = record
         self.where.update((cut_id, (record, position)) for position, cut_id in enumerate(record.cut_ids))
 
-    def _refuse(self, cut_id: str, first: str, first_position: int, second: str, second_position: int) -> None:
+    def _refuse(self, cut_id: str, first: str, first_position: int, second: str, second_position: int
+                ) -> NoReturn:
         raise DuplicateCutError(f"cut IDs must be unique within a store. Got {cut_id!r} twice in {self.url}: "
                                 f"shard {first} position {first_position} and shard {second} position "
                                 f"{second_position}.")
@@ -195,9 +197,17 @@ class StoreIndex:
 
     def check_new(self, cut_ids: Iterable[str], shard: str) -> None:
         """Refuse cuts of ``shard`` that another committed shard already holds."""
+        clash = self._held_elsewhere(cut_ids, shard)
+        if clash is not None:
+            cut_id, position, (other, other_position) = clash
+            raise DuplicateCutError(
+                f"cut IDs must be unique within a store. Got {cut_id!r} in shard {shard} position "
+                f"{position}, already committed in shard {other.name} position {other_position} of {self.url}.")
+
+    def _held_elsewhere(self, cut_ids: Iterable[str], shard: str) -> tuple[str, int, tuple[ShardRecord, int]] | None:
+        """The first of ``cut_ids`` that a shard other than ``shard`` holds: (cut ID, position, where)."""
         for position, cut_id in enumerate(cut_ids):
             before = self.where.get(cut_id)
             if before is not None and before[0].name != shard:
-                raise DuplicateCutError(
-                    f"cut IDs must be unique within a store. Got {cut_id!r} in shard {shard} position "
-                    f"{position}, already committed in shard {before[0].name} position {before[1]} of {self.url}.")
+                return cut_id, position, before
+        return None
