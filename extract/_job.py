@@ -21,9 +21,10 @@ from mt2kd.store import TeacherSpec
 if TYPE_CHECKING:
     from mt2kd.store import TeacherStore
 
-# version of the run description kept in the store attrs; 2: shards of equal audio (1 closed a shard when
-# the next cut would overflow it), so a store planned under 1 cannot be resumed with today's plan
-RUN_FORMAT = 2
+# version of the run description kept in the store attrs, so that a store planned by another version cannot be
+# resumed with today's plan. 1 closed a shard when the next cut would overflow it; 2: shards of equal audio,
+# cuts in manifest order; 3: shards of equal audio, cuts longest first
+RUN_FORMAT = 3
 
 
 def plan_fingerprint(plan: Plan) -> str:

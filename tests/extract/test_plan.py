@@ -19,14 +19,17 @@ SPEECH = str(DEMO / "speech_cuts.jsonl.gz")
 EVENTS = str(DEMO / "events_cuts.jsonl.gz")
 
 
-def test_shards_share_the_audio_equally_and_keep_manifest_order() -> None:
+def test_shards_share_the_audio_equally_and_hold_the_cuts_longest_first() -> None:
     shard_hours = 0.004
     plan = make_plan([SPEECH, EVENTS], shard_hours)
-    again = make_plan([SPEECH, EVENTS], shard_hours)
+    again = make_plan([EVENTS, SPEECH], shard_hours)  # the same cuts in another order: the same plan
     assert [s.cut_ids for s in plan.shards] == [s.cut_ids for s in again.shards]
     flat = [i for s in plan.shards for i in s.cut_ids]
     assert len(flat) == len(set(flat)) == plan.num_cuts == 44
-    assert flat[0].startswith("spk-") and flat[-1].startswith("event-")
+    assert {i.split("-")[0] for i in flat} == {"spk", "event"}
+    durations = [(-float(c["duration"]), c["id"]) for s in plan.shards for c in s.cuts]
+    assert durations == sorted(durations)  # one batch holds cuts of nearly one length: little padding
+    assert len({d for d, _ in durations}) > len(plan.shards)  # not a corpus of one length
     assert [s.shard_id for s in plan.shards] == list(range(len(plan.shards)))
     assert len(plan.shards) == math.ceil(plan.audio_seconds / (shard_hours * SECONDS_PER_HOUR))
     target = plan.audio_seconds / len(plan.shards)
