@@ -5,13 +5,19 @@
 #
 #   bash bench/gpu_checks.sh [OUT]        # PYTHON=... picks the interpreter (default python3)
 #
-# Needs mt2kd and its dependencies importable by that interpreter; on a machine without internet,
-# bring them as wheels (bash scripts/wheelhouse DEST --have FILE, on a machine with internet).
+# Needs mt2kd's dependencies importable by that interpreter; on a machine without internet, bring
+# them as wheels (bash scripts/wheelhouse DEST --have FILE, on a machine with internet). mt2kd itself
+# is this checkout, seen through a link called mt2kd (an installed copy lacks mt2kd.tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-checks}
 py=${PYTHON:-python3}
 mkdir -p "$out"
+pkg=$(mktemp -d)
+trap 'rm -rf "$pkg"' EXIT
+ln -s "$PWD" "$pkg/mt2kd"
+export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+"$py" -c 'import mt2kd.tests, sys; print("mt2kd from", mt2kd.__file__, "on Python", sys.version.split()[0])' || exit 1
 export PYTHONUNBUFFERED=1
 status=0
 step() {  # step NAME COMMAND...: run, keep the output in OUT/NAME.txt, remember a failure

@@ -11,15 +11,16 @@ before = atexit._ncallbacks()
 from mt2kd._process import skip_final_gc_at_exit
 skip_final_gc_at_exit()
 skip_final_gc_at_exit()
-print(atexit._ncallbacks() - before, gc.get_freeze_count() == 0)
+frozen = gc.get_freeze_count()  # not always 0 at start: some interpreters freeze objects of their own
+print(atexit._ncallbacks() - before)
 atexit._run_exitfuncs()
-print(gc.get_freeze_count() > 0)
+print(gc.get_freeze_count() > frozen)
 """
 
 
 def test_registered_once_and_freezes_the_heap_at_exit() -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout.split() == ["1", "True", "True"]
+    assert done.stdout.split() == ["1", "True"]
 
 
 def test_the_command_line_registers_it() -> None:
