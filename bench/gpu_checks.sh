@@ -32,5 +32,5 @@ step nvidia-smi nvidia-smi
 step tests "$py" -m pytest -m gpu -q -p no:cacheprovider tests
 step teachers-bench "$py" bench/teachers_bench.py --device cuda
 step extract-bench "$py" bench/extract_bench.py --size large --device cuda --repeat 100 --shard-hours 0.25 \
-    --workers 1 --decode-threads 6
+    --workers 1,2 --decode-threads 6
 exit $status

@@ -25,8 +25,9 @@ _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "
               help="NAME=CHECKPOINT[:key=value,...], e.g. whisper=large-v3.pt:layer=-1,mode=trim; repeat")
 @click.option("--scheduler", default=_DEFAULTS.scheduler, show_default=True,
               help="'local' (LocalCluster here), 'slurm' (dask-jobqueue) or a scheduler address")
-@click.option("--workers", default=_DEFAULTS.workers, show_default=True,
-              help="local worker processes, or SLURM jobs (one worker per GPU each)")
+@click.option("--workers", type=int, default=None,
+              help="local worker processes, or SLURM jobs (one worker per GPU each) [default: one per GPU for a "
+                   "local run on cuda, else 2]")
 @click.option("--device", default=_DEFAULTS.device, show_default=True, help="cpu or cuda")
 @click.option("--max-duration", default=_DEFAULTS.max_duration, show_default=True, help="s of audio per batch")
 @click.option("--shard-hours", default=_DEFAULTS.shard_hours, show_default=True,

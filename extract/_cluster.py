@@ -32,6 +32,42 @@ WORKER_IMPORTS = ("distributed", "mt2kd.extract._plugin", "mt2kd.extract._shard"
                   "lhotse.serialization")
 
 
+DEFAULT_WORKERS = 2  # worker processes of a local CPU run, and SLURM jobs, when --workers is not given
+
+
+def num_workers(config: ExtractConfig) -> int:
+    """Workers to start: ``config.workers``, else one per visible GPU for a local ``cuda`` run, else 2.
+
+    On a local ``cuda`` run each worker takes the GPU of its index (``worker_device``), so the default uses
+    every GPU of the machine once; ``cuda:N`` names one GPU, and gets one worker.
+    """
+    if config.workers is not None:
+        return config.workers
+    if config.scheduler == "local" and config.device.startswith("cuda"):
+        return visible_gpus() if config.device == "cuda" else 1
+    return DEFAULT_WORKERS
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees (torch counts them without setting CUDA up; 0 where there are none)."""
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def check_local_device(config: ExtractConfig) -> None:
+    """A local run on ``cuda`` needs a GPU here: say so now, not after the workers failed to load their teachers."""
+    if config.scheduler != "local" or not config.device.startswith("cuda"):
+        return
+    count = visible_gpus()
+    index = int(config.device.split(":", 1)[1]) if ":" in config.device else 0
+    if index >= count:
+        seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+        raise ConfigError(f"device {config.device!r} asked for a local run, but this machine shows {seen} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
+                          f"Run on a GPU node, or pass --device cpu.")
+
+
 def local_torch_threads(workers: int) -> int:
     """Torch threads per LocalCluster worker: its share of the cores less one for decoding and writing.
 
@@ -55,7 +91,7 @@ def slurm_workers_per_job(config: ExtractConfig) -> int:
 def worker_torch_threads(config: ExtractConfig, client: Client) -> int:
     """Torch threads for a worker's teachers, so that the workers sharing a machine do not crowd it."""
     if config.scheduler == "local":
-        return local_torch_threads(config.workers)
+        return local_torch_threads(num_workers(config))
     if config.scheduler == "slurm":  # the job's cores shared out among its workers, one kept for decoding
         return max(1, config.slurm_cores // slurm_workers_per_job(config) - 1)
     # a running scheduler: a GPU worker runs one task at a time and may use its cores; a CPU worker runs
@@ -121,17 +157,18 @@ def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[
     import dask
 
     if config.scheduler == "local":
-        threads = local_torch_threads(config.workers)
+        workers = num_workers(config)
+        threads = local_torch_threads(workers)
         resources = {GPU_RESOURCE: 1} if config.device.startswith("cuda") else None
         with dask.config.set({"distributed.worker.multiprocessing-method": local_start_method(config)}):
-            cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=LOCAL_DASHBOARD, resources=resources,
                                    env={"OMP_NUM_THREADS": str(threads)})
             with cluster, Client(cluster) as client:
                 yield client
     elif config.scheduler == "slurm":
         with make_slurm_cluster(config) as cluster, Client(cluster) as client:
-            cluster.scale(jobs=config.workers)
+            cluster.scale(jobs=num_workers(config))
             yield client
     else:
         with Client(config.scheduler) as client:
@@ -161,7 +198,7 @@ def local_start_method(config: ExtractConfig) -> str:
 def prestart_local_workers(config: ExtractConfig) -> None:
     """Get a LocalCluster's workers going before anything else: the fork server starts importing now."""
     if config.scheduler == "local" and local_start_method(config) == "forkserver":
-        start_fork_server(config, local_torch_threads(config.workers))
+        start_fork_server(config, local_torch_threads(num_workers(config)))
 
 
 def start_fork_server(config: ExtractConfig, torch_threads: int) -> None:

@@ -78,7 +78,9 @@ class ExtractConfig:
     store: str  # teacher store to write (directory or fsspec URL)
     teachers: tuple[TeacherConfig, ...]  # teachers to run, each NAME=CKPT[:options]
     scheduler: str = "local"  # "local" (LocalCluster here), "slurm" (dask-jobqueue) or a scheduler address
-    workers: int = 2  # local: worker processes; slurm: SLURM jobs (one worker, one GPU each)
+    # local: worker processes; slurm: SLURM jobs (one worker per GPU each). None: one per visible GPU for a
+    # local run on "cuda", one for "cuda:N", else 2
+    workers: int | None = None
     device: str = "cpu"  # "cpu" or "cuda"; each worker uses one device
     max_duration: float = 200.0  # s of audio per teacher batch
     shard_hours: float = 1.0  # at most h of audio per shard, shared out equally (one shard = one task)
@@ -114,7 +116,8 @@ class ExtractConfig:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}. Got {self.precision!r}.")
 
     def _check_numbers(self) -> None:
-        for field, value in (("workers", self.workers), ("decode_threads", self.decode_threads),
+        for field, value in (("workers", 1 if self.workers is None else self.workers),
+                             ("decode_threads", self.decode_threads),
                              ("prefetch_cuts", self.prefetch_cuts), ("slurm_cores", self.slurm_cores),
                              ("slurm_gpus", self.slurm_gpus)):
             if value < 1:

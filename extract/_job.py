@@ -124,7 +124,9 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
 
         for teacher in config.teachers:
             check_checkpoint(teacher.name, teacher.checkpoint)
-    from mt2kd.extract._cluster import open_client, prestart_local_workers
+    from mt2kd.extract._cluster import check_local_device, open_client, prestart_local_workers
+
+    check_local_device(config)
 
     prestart_local_workers(config)  # first: the workers' imports take longest
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -104,6 +105,47 @@ def test_cuda_workers_are_always_spawned_and_a_bad_method_is_named() -> None:
         assert local_start_method(cpu) == "spawn"
     with dask.config.set({START_METHOD_KEY: "fork"}), pytest.raises(ConfigError, match=START_METHOD_KEY):
         local_start_method(cpu)
+
+
+def test_local_cuda_runs_default_to_one_worker_per_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mt2kd.extract._cluster as cluster
+
+    monkeypatch.setattr(cluster, "visible_gpus", lambda: 4)
+    teachers = (TeacherConfig("beats", "beats.pt"),)
+
+    def workers(**fields: object) -> int:
+        return cluster.num_workers(ExtractConfig(cuts=("a.jsonl",), store="s", teachers=teachers, **fields))
+
+    assert workers(device="cuda") == 4  # worker N takes GPU N: every GPU once
+    assert workers(device="cuda:2") == 1  # one named GPU
+    assert workers(device="cuda", workers=8) == 8  # as given: two workers on each GPU
+    assert workers() == cluster.DEFAULT_WORKERS == 2  # CPU
+    assert workers(device="cuda", scheduler="slurm") == 2  # SLURM jobs, each with its own GPUs
+    with pytest.raises(ConfigError, match="workers must be >= 1. Got 0"):
+        workers(workers=0)
+
+
+def test_a_local_cuda_run_without_a_gpu_stops_before_any_cluster_or_store(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import mt2kd.extract._cluster as cluster
+    from mt2kd.extract import extract, make_tiny_checkpoints
+    from mt2kd.tests.extract._corpus import DEMO
+
+    paths = make_tiny_checkpoints(tmp_path / "teachers")
+    started: list[str] = []
+    monkeypatch.setattr(cluster, "prestart_local_workers", lambda config: started.append("fork server"))
+    monkeypatch.setattr(cluster, "open_client", lambda config: started.append("cluster"))
+    monkeypatch.setattr(cluster, "visible_gpus", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    config = ExtractConfig(cuts=(str(DEMO / "speech_cuts.jsonl.gz"),), store=str(tmp_path / "store"),
+                           teachers=(TeacherConfig("beats", str(paths["beats"])),), device="cuda:1")
+    with pytest.raises(ConfigError, match=r"'cuda:1' .* shows 1 CUDA device\(s\) \(CUDA_VISIBLE_DEVICES=3\)"):
+        extract(config, echo=lambda _: None, progress=False)
+    monkeypatch.setattr(cluster, "visible_gpus", lambda: 0)
+    with pytest.raises(ConfigError, match="'cuda' .* shows no CUDA device .*--device cpu"):
+        extract(dataclasses.replace(config, device="cuda"), echo=lambda _: None, progress=False)
+    assert started == [] and not (tmp_path / "store").exists()
+    cluster.check_local_device(dataclasses.replace(config, device="cuda", scheduler="slurm"))  # GPUs are elsewhere
 
 
 @pytest.fixture(scope="module")
