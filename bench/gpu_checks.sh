@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one go: the `gpu` tests, then the teachers and extraction
-# benches at the released sizes (random weights). Each step's output is kept in OUT (default
-# gpu-checks/) and a failing step does not stop the next one.
+# Everything that needs a CUDA GPU, in one go: the extraction bench at the released sizes (random
+# weights; batches of 300 s, as a GPU wants them), the `gpu` tests, then the teachers bench. Each
+# step's output is kept in OUT (default gpu-checks/) and a failing step does not stop the next one.
 #
 #   bash bench/gpu_checks.sh [OUT]        # PYTHON=... picks the interpreter (default python3)
 #
@@ -29,8 +29,8 @@ step() {  # step NAME COMMAND...: run, keep the output in OUT/NAME.txt, remember
     [ "$rc" -eq 0 ] || status=1
 }
 step nvidia-smi nvidia-smi
+step extract-bench "$py" bench/extract_bench.py --size large --device cuda --repeat 100 --max-duration 300 \
+    --shard-hours 0.25 --workers 1,2 --decode-threads 6
 step tests "$py" -m pytest -m gpu -q -p no:cacheprovider tests
 step teachers-bench "$py" bench/teachers_bench.py --device cuda
-step extract-bench "$py" bench/extract_bench.py --size large --device cuda --repeat 100 --shard-hours 0.25 \
-    --workers 1,2 --decode-threads 6
 exit $status
