@@ -39,11 +39,16 @@ RANDOM_INIT_KEY = "mt2kd_random_init"  # extra checkpoint key marking random tes
 
 
 def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], bool]:
-    """Load a local openai-whisper ``.pt``; return (encoder on CPU, dims, random-init flag).
+    """Load a local openai-whisper ``.pt``; return (encoder on CPU, float32, dims, random-init flag).
 
-    The decoder is dropped right after loading: only the encoder is ever run.
+    Only the encoder is ever run, so only it is built (openai-whisper's
+    ``AudioEncoder`` from the checkpoint's ``dims``), its parameters the
+    float32 copies of the ``encoder.*`` tensors of ``model_state_dict``, read
+    from a memory map: the decoder (0.9 of large-v3's 1.55 G parameters) is
+    neither built, randomly initialised nor read. Same values as
+    ``whisper.load_model(path).encoder`` (tests/extract/test_whisper.py).
     """
-    import whisper
+    import whisper.model
 
     path = Path(path)
     if not path.is_file():
@@ -52,30 +57,43 @@ def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], boo
             f"not exist; nothing is downloaded at run time: put the file there or pass its local path."
         )
     try:
-        # an absolute path is never mistaken for a model name that load_model would download
-        model = whisper.load_model(str(path.resolve()), device="cpu")
-    except Exception as e:  # torch.load and load_state_dict raise many types for a bad file
+        checkpoint = _load_checkpoint(path)
+        dims = whisper.model.ModelDimensions(**checkpoint["dims"])
+        # float32 copies, as load_model makes (releases hold float16): nothing stays tied to the file's map
+        state = {key.removeprefix("encoder."): value.to(torch.float32, copy=True)
+                 for key, value in checkpoint["model_state_dict"].items() if key.startswith("encoder.")}
+        # built on the CPU as whisper builds it (random initial values included): on the meta device its
+        # sinusoid table would import torch._dynamo and sympy, 0.9 s in every worker
+        encoder = whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state,
+                                             dims.n_audio_head, dims.n_audio_layer)
+        missing = sorted(f"encoder.{key}" for key in set(encoder.state_dict()) - set(state))
+        if missing:
+            raise CheckpointError(f"whisper checkpoint {str(path)!r} must hold every encoder tensor its dims call "
+                                  f"for. Missing {len(missing)}: {', '.join(missing[:5])}")
+        # the checkpoint's tensors become the parameters (strict: a misshapen or unexpected one is an error)
+        encoder.load_state_dict(state, assign=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # torch.load, the dims and load_state_dict raise many types for a bad file
         raise CheckpointError(
             f"whisper checkpoint {str(path)!r} must be an openai-whisper .pt holding 'dims' and "
-            f"'model_state_dict'. Got a file that does not load: {type(e).__name__}: {e}"
+            f"'model_state_dict'. Got a file that does not load: {type(e).__name__}: {' '.join(str(e).split())}"
         ) from e
-    del model.decoder
-    dims = dict(model.dims.__dict__)
-    if dims["n_mels"] not in SUPPORTED_N_MELS:
+    if dims.n_mels not in SUPPORTED_N_MELS:
         raise CheckpointError(
-            f"whisper checkpoint {str(path)!r}: n_mels must be one of {list(SUPPORTED_N_MELS)}. Got {dims['n_mels']}."
+            f"whisper checkpoint {str(path)!r}: n_mels must be one of {list(SUPPORTED_N_MELS)}. Got {dims.n_mels}."
         )
-    encoder = model.encoder.eval().requires_grad_(False)
-    return encoder, dims, _has_random_flag(path)
+    return encoder.eval().requires_grad_(False), dict(dims.__dict__), bool(checkpoint.get(RANDOM_INIT_KEY, False))
 
 
-def _has_random_flag(path: Path) -> bool:
-    # mmap: only the small top-level dict is read, not the weights again
+def _load_checkpoint(path: Path) -> Any:
+    """The checkpoint dict, its tensors memory-mapped (read when used); a legacy non-zip file is read whole."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # a legacy (non-zip) file cannot be mapped; only our own writer sets the flag
-        return False
-    return bool(checkpoint.get(RANDOM_INIT_KEY, False))
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ---------------------------------------------------------------- log-mel

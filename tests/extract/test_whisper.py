@@ -1,7 +1,8 @@
 """The whisper teacher against openai-whisper itself, on tiny random checkpoints.
 
 Every checkpoint is written by ``write_tiny_whisper_checkpoint`` in the real
-``.pt`` format and loaded through ``whisper.load_model``, like a release.
+``.pt`` format; the references load it with ``whisper.load_model``, like a
+release, and the teacher with its own encoder-only loader.
 """
 
 from __future__ import annotations
@@ -201,6 +202,34 @@ def test_missing_or_malformed_checkpoint_names_the_file(tmp_path: Path) -> None:
     torch.save({"model": {}}, wrong)
     with pytest.raises(CheckpointError, match="wrong.pt"):
         load_teacher("whisper", wrong)
+
+
+def test_the_encoder_loads_as_whisper_load_model_loads_it_from_any_release_format(checkpoint: Path,
+                                                                                    tmp_path: Path) -> None:
+    import whisper
+
+    from mt2kd.extract._whisper_model import load_whisper
+
+    saved = torch.load(checkpoint, weights_only=True)
+    fp16 = {**saved, "model_state_dict": {k: v.half() for k, v in saved["model_state_dict"].items()}}
+    torch.save(fp16, tmp_path / "fp16.pt")  # the releases hold float16 tensors
+    torch.save(fp16, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    encoder_only = {**fp16, "model_state_dict": {k: v for k, v in fp16["model_state_dict"].items()
+                                                 if k.startswith("encoder.")}}
+    torch.save(encoder_only, tmp_path / "encoder_only.pt")  # the decoder is never read
+    want = whisper.load_model(str(tmp_path / "fp16.pt"), device="cpu").encoder.state_dict()
+    for name in ("fp16.pt", "legacy.pt", "encoder_only.pt"):
+        encoder, dims, random_init = load_whisper(tmp_path / name)
+        got = encoder.state_dict()
+        assert list(got) == list(want) and dims == saved["dims"] and random_init
+        assert not any(t.is_meta for t in [*encoder.parameters(), *encoder.buffers()])  # all filled in
+        for key, value in got.items():
+            assert value.dtype == torch.float32 and torch.equal(value, want[key]), (name, key)
+    broken = {**saved, "model_state_dict": {k: v for k, v in saved["model_state_dict"].items()
+                                            if k != "encoder.ln_post.weight"}}
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="broken.pt' must hold every encoder tensor.*encoder.ln_post.weight"):
+        load_whisper(tmp_path / "broken.pt")
 
 
 @pytest.mark.gpu
