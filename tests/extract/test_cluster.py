@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
@@ -113,7 +114,7 @@ def test_local_cuda_runs_default_to_one_worker_per_visible_gpu(monkeypatch: pyte
     monkeypatch.setattr(cluster, "visible_gpus", lambda: 4)
     teachers = (TeacherConfig("beats", "beats.pt"),)
 
-    def workers(**fields: object) -> int:
+    def workers(**fields: Any) -> int:
         return cluster.num_workers(ExtractConfig(cuts=("a.jsonl",), store="s", teachers=teachers, **fields))
 
     assert workers(device="cuda") == 4  # worker N takes GPU N: every GPU once
