@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from mt2kd.errors import ConfigError
@@ -110,8 +111,8 @@ class ExtractConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"each teacher may be given once. Got {names}.")
         self._check_numbers()
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be one of {list(DEVICES)}. Got {self.device!r}.")
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ConfigError(f"device must be one of {list(DEVICES)} or cuda:N. Got {self.device!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}. Got {self.precision!r}.")
 

@@ -39,7 +39,7 @@ RANDOM_INIT_KEY = "mt2kd_random_init"  # extra checkpoint key marking random tes
 
 
 def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], bool]:
-    """Load a local openai-whisper ``.pt``; return (encoder on CPU, float32, dims, random-init flag).
+    """Load a local openai-whisper ``.pt``; return (float32 encoder on CPU, dims, random-init flag).
 
     Only the encoder is ever run, so only it is built (openai-whisper's
     ``AudioEncoder`` from the checkpoint's ``dims``), its parameters the

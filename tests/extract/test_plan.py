@@ -95,6 +95,11 @@ def test_config_round_trips_and_refuses_bad_fields() -> None:
         ExtractConfig(cuts=(SPEECH,), store="s", teachers=config.teachers, shard_hours=0)
     with pytest.raises(ConfigError, match="unknown extract config fields"):
         ExtractConfig.from_dict({**config.to_dict(), "gpus": 3})
+    for device in ("cuda:1", "cuda"):
+        assert ExtractConfig.from_dict({**config.to_dict(), "device": device}).device == device
+    for device in ("cuda:", "cuda:one", "gpu"):
+        with pytest.raises(ConfigError, match=f"or cuda:N. Got '{device}'"):
+            ExtractConfig.from_dict({**config.to_dict(), "device": device})
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
