@@ -1,13 +1,15 @@
 """BEATs teacher against the reference vectors of the released implementation.
 
-The reference folder (shared/reference/beats, a sibling of the repository)
-holds a tiny checkpoint in the released format, two clips, and every
-intermediate array of the released code; its README gives the tolerances.
+The reference folder (shared/reference/beats, a sibling of the repository,
+or wherever ``MT2KD_BEATS_REFERENCE`` points) holds a tiny checkpoint in the
+released format, two clips, and every intermediate array of the released
+code; its README gives the tolerances.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,10 @@ from mt2kd.extract.beats import (
     write_tiny_beats_checkpoint,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "beats"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference vectors not found at {REFERENCE}")
+REFERENCE = Path(os.environ.get("MT2KD_BEATS_REFERENCE")
+                 or Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "beats")
+needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference vectors not found at {REFERENCE} "
+                                     f"(set MT2KD_BEATS_REFERENCE to their folder)")
 
 FEATURE_TOL = 1e-4  # README: encoder features from the waveform
 FED_FBANK_TOL = 2e-5  # README: encoder features when fed the reference fbank
