@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -211,7 +212,7 @@ def run_tasks(client: Any, resources: dict[str, int] | None, config: ExtractConf
     from mt2kd.extract._shard import run_shard
 
     settings = ShardSettings(config.store, config.max_duration, config.decode_threads, config.prefetch_cuts,
-                             config.events_log)
+                             config.events_log, owner=f"run-{uuid.uuid4().hex[:12]}")
     done_hours = plan.audio_hours - sum(s.audio_seconds for s in todo) / 3600
     futures = [client.submit(run_shard, s, settings, key=f"mt2kd-shard-{s.shard_id}", resources=resources,
                              pure=False) for s in todo]

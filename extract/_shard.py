@@ -36,6 +36,9 @@ class ShardSettings:
     decode_threads: int  # background decoding threads
     prefetch_cuts: int  # decoded cuts kept ready ahead of the model
     events_log: str = ""  # JSON-lines file of shard starts and commits ("" for none)
+    # the run's token, kept in each shard lock: a task that finds its shard locked by an earlier attempt of
+    # this run (dask reruns the task of a lost worker) waits for that attempt instead of giving the shard up
+    owner: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,7 @@ def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str,
     start = time.monotonic()
     failures: list[tuple[str, str | None, str]] = []
     try:
-        with store.shard_writer(task.shard_id) as writer:
+        with store.shard_writer(task.shard_id, owner=settings.owner) as writer:
             num_cuts, waits = fill_shard(writer, task, settings, teachers, failures)
     except ShardCommittedError as e:
         # a second run of this task (dask retry, or another process) got there first: same plan, same store

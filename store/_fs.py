@@ -13,12 +13,15 @@ import mmap
 import os
 import shutil
 import socket
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"  # temporary files, renamed into place or removed
 MAX_MAPS = 4096  # memory-mapped shard files kept per process (each costs one kernel mapping)
+LOCK_BEAT_SECONDS = 30.0  # a shard writer rewrites its lock this often, with the time ("beat")
+LOCK_STALE_SECONDS = 300.0  # a lock of another host not rewritten for this long is a dead writer's
 
 
 class Location:
@@ -316,6 +319,25 @@ def open_location(path_or_url: str | os.PathLike[str]) -> Location:
 
     fs, root = fsspec.core.url_to_fs(text)
     return FsspecLocation(text, fs, root)
+
+
+def holder_alive(holder: Mapping[str, Any], now: float | None = None) -> bool:
+    """Whether the writer that holds a shard lock (the lock file's JSON) may still be running.
+
+    On this host its pid answers at once. On another host (a worker of
+    another node, a SLURM job that was preempted or lost its node) only its
+    heartbeat can: a writer rewrites its lock every ``LOCK_BEAT_SECONDS``, so
+    one whose last beat is ``LOCK_STALE_SECONDS`` old is gone. That assumes
+    the hosts' clocks agree to within a few minutes; a lock without a beat
+    is taken to be alive.
+    """
+    host = str(holder.get("host"))
+    if host == socket.gethostname():
+        return process_alive(host, int(holder.get("pid", -1)))
+    beat = holder.get("beat")
+    if not isinstance(beat, (int, float)):
+        return True
+    return (time.time() if now is None else now) - beat < LOCK_STALE_SECONDS
 
 
 def process_alive(host: str, pid: int) -> bool:

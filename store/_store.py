@@ -118,16 +118,19 @@ class TeacherStore:
 
     # ------------------------------------------------------------ writing
 
-    def shard_writer(self, shard_id: int | str, replace: bool = False) -> ShardWriter:
+    def shard_writer(self, shard_id: int | str, replace: bool = False, owner: str = "") -> ShardWriter:
         """A context manager that writes shard ``shard_id`` and commits it when its block ends cleanly.
 
         Raises ShardCommittedError (on entry) when the shard is committed and
-        ``replace`` is False, and ShardLockedError when another live writer holds it.
+        ``replace`` is False, and ShardLockedError when another live writer
+        holds it. A live writer with the same non-empty ``owner`` (an earlier
+        attempt of the same task, e.g. the extraction run's token) is waited
+        for instead: until it commits (then ShardCommittedError) or dies.
         """
         if self.mode != "a":
             raise StoreError(f"{self.loc.url} is open read-only; open it with mode='a' to write shards.")
         return ShardWriter(self.loc, self._specs, shard_name(shard_id), replace, self._index_for_commit,
-                           self._committed)
+                           self._committed, owner)
 
     def _index_for_commit(self) -> StoreIndex:
         """The index brought up to date with shards other writers committed meanwhile (only those are read)."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from mt2kd.errors import MT2KDError
 from mt2kd.store._format import LOCKS_DIR, METADATA_FILE, SHARDS_DIR
-from mt2kd.store._fs import TMP_PREFIX, process_alive
+from mt2kd.store._fs import TMP_PREFIX, holder_alive
 from mt2kd.store._index import ShardRecord
 
 if TYPE_CHECKING:
@@ -179,14 +179,14 @@ def find_leftovers(store: TeacherStore) -> Iterator[tuple[str, str]]:
             continue
         shard, attempt = entry.split(".", 1)
         path = f"{SHARDS_DIR}/{entry}"
-        if holders.get(shard, {}).get("attempt") == attempt and _alive(holders[shard]):
+        if holders.get(shard, {}).get("attempt") == attempt and holder_alive(holders[shard]):
             continue  # being written right now
         if store.loc.exists(f"{path}/{METADATA_FILE}") and not entry.startswith(TMP_PREFIX):
             yield path, "complete-looking shard group without a commit record"
         else:
             yield path, "abandoned"
     for shard, holder in holders.items():
-        if not _alive(holder):
+        if not holder_alive(holder):
             yield f"{LOCKS_DIR}/{shard}.lock", "abandoned"
 
 
@@ -199,10 +199,6 @@ def _lock_holders(store: TeacherStore) -> dict[str, dict[str, Any]]:
             except (FileNotFoundError, ValueError):
                 continue  # released or being written just now
     return holders
-
-
-def _alive(holder: Mapping[str, Any]) -> bool:
-    return process_alive(str(holder.get("host")), int(holder.get("pid", -1)))
 
 
 def clean_leftovers(store: TeacherStore) -> list[str]:

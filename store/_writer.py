@@ -6,7 +6,9 @@ store until the commit record ``commits/<shard>/zarr.json`` is created,
 which is the last write and is atomic (``link`` of a complete temp file on
 local folders). A writer that dies leaves an attempt folder no reader looks
 at and a lock whose process is gone; the next writer of that shard removes
-both.
+both. A writer rewrites its lock every ``LOCK_BEAT_SECONDS`` (a heartbeat),
+so that a writer on another host can tell a lock whose holder died with its
+node from a live one (``holder_alive``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import datetime
 import json
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -22,6 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
+import mt2kd.store._fs as _fs
 from mt2kd.errors import DuplicateCutError, ShardCommittedError, ShardLockedError, ValidationError
 from mt2kd.store._format import (
     CUT_ID_BYTES,
@@ -42,7 +47,7 @@ from mt2kd.store._format import (
     group_metadata,
     make_codec,
 )
-from mt2kd.store._fs import Location, process_alive
+from mt2kd.store._fs import Location
 from mt2kd.store._index import ShardRecord, StoreIndex, TeacherRows, commit_path, read_record
 from mt2kd.store._spec import TeacherSpec
 
@@ -120,8 +125,9 @@ class ShardWriter:
     """
 
     def __init__(self, loc: Location, specs: Mapping[str, TeacherSpec], name: str, replace: bool,
-                 load_index: Callable[[], StoreIndex], on_commit: Callable[[ShardRecord], None]) -> None:
-        self.loc, self.specs, self.name, self.replace = loc, dict(specs), name, replace
+                 load_index: Callable[[], StoreIndex], on_commit: Callable[[ShardRecord], None],
+                 owner: str = "") -> None:
+        self.loc, self.specs, self.name, self.replace, self.owner = loc, dict(specs), name, replace, owner
         self._load_index, self._on_commit = load_index, on_commit
         self.attempt = uuid.uuid4().hex[:12]
         self.cut_ids: list[str] = []
@@ -131,6 +137,8 @@ class ShardWriter:
         self._failures: list[dict[str, Any]] = []
         self._lock_path = f"{LOCKS_DIR}/{name}.lock"
         self._locked = False
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
         self._done = False
 
     @property
@@ -166,16 +174,33 @@ class ShardWriter:
                                       f"(pass replace=True to rewrite it). Got an existing commit record.")
 
     def _acquire_lock(self) -> None:
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "attempt": self.attempt}).encode()
-        if not self.loc.create(self._lock_path, me):
+        """Create the lock; take over a dead writer's; wait for a live one of the same owner, refuse others.
+
+        A lock of the same ``owner`` is an earlier attempt of this very task
+        (dask reruns a task whose worker it lost, possibly on another node):
+        this writer waits until that attempt commits (then the shard is
+        committed and this one stops) or is found dead.
+        """
+        while not self.loc.create(self._lock_path, self._lock_document()):
             holder = self._lock_holder()
-            if process_alive(str(holder.get("host")), int(holder.get("pid", -1))):
-                raise ShardLockedError(f"shard {self.name} of {self.loc.url} must have one writer at a time. "
-                                       f"Got a second one; the first is pid {holder.get('pid')} on {holder.get('host')}.")
-            self.loc.remove(self._lock_path)  # its writer died (killed): take over
-            if not self.loc.create(self._lock_path, me):
+            if not _fs.holder_alive(holder):
+                self.loc.remove(self._lock_path)  # its writer died (killed, or its node lost): take over
+                if self.loc.create(self._lock_path, self._lock_document()):
+                    break
                 raise ShardLockedError(f"shard {self.name} of {self.loc.url} was taken by another writer just now.")
+            if not self.owner or holder.get("owner") != self.owner:
+                raise ShardLockedError(
+                    f"shard {self.name} of {self.loc.url} must have one writer at a time. Got a second one; the "
+                    f"first is pid {holder.get('pid')} on {holder.get('host')} (a lock on another host is taken "
+                    f"over once it has gone {_fs.LOCK_STALE_SECONDS:g} s without a heartbeat).")
+            time.sleep(min(_fs.LOCK_BEAT_SECONDS, 5.0))
         self._locked = True
+        self._beat_thread = threading.Thread(target=self._beat, name=f"mt2kd-lock-{self.name}", daemon=True)
+        self._beat_thread.start()
+
+    def _lock_document(self) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "attempt": self.attempt,
+                           "owner": self.owner, "beat": time.time()}).encode()
 
     def _lock_holder(self) -> dict[str, Any]:
         try:
@@ -184,9 +209,26 @@ class ShardWriter:
         except (FileNotFoundError, ValueError):
             return {"host": socket.gethostname(), "pid": os.getpid()}  # being written right now: alive
 
+    def _holds_lock(self) -> bool:
+        return self._lock_holder().get("attempt") == self.attempt
+
+    def _beat(self) -> None:
+        """Rewrite the lock with the time while it is ours, so writers on other hosts see this one alive."""
+        while not self._beat_stop.wait(_fs.LOCK_BEAT_SECONDS):
+            try:
+                if not self._holds_lock():
+                    return  # taken over (this writer was late by LOCK_STALE_SECONDS): the commit will refuse
+                self.loc.write(self._lock_path, self._lock_document())
+            except OSError:
+                continue  # a file system hiccup: the next beat tries again
+
     def _release_lock(self) -> None:
         if self._locked:
-            self.loc.remove(self._lock_path)
+            self._beat_stop.set()
+            if self._beat_thread is not None:
+                self._beat_thread.join()
+            if self._holds_lock():
+                self.loc.remove(self._lock_path)
             self._locked = False
 
     def _remove_abandoned_attempts(self) -> None:
@@ -274,6 +316,10 @@ class ShardWriter:
     # ------------------------------------------------------------ commit
 
     def _commit(self) -> None:
+        if not self._holds_lock():
+            raise ShardLockedError(f"shard {self.name} of {self.loc.url} was taken over by another writer while "
+                                   f"this one wrote it (its heartbeat was {_fs.LOCK_STALE_SECONDS:g} s late); "
+                                   f"not committed.")
         index = self._load_index()
         index.check_new(self.cut_ids, self.name)
         teachers = {t: self._write_teacher(t) for t in self.specs}

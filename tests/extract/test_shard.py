@@ -11,7 +11,7 @@ import pytest
 
 from mt2kd.extract._plan import ShardTask
 from mt2kd.extract import _shard
-from mt2kd.extract._shard import COMMITTED, ShardSettings, WriteBehind, write_shard
+from mt2kd.extract._shard import COMMITTED, LOCKED, ShardSettings, WriteBehind, write_shard
 from mt2kd.store import TeacherSpec, TeacherStore
 
 SAMPLE_RATE = 16_000  # Hz
@@ -119,6 +119,30 @@ def test_write_shard_puts_every_cut_and_records_failures(tmp_path: Path) -> None
     for cut_id in store.cut_ids():
         np.testing.assert_array_equal(store.get(cut_id)["echo"], np.full(4, audio[cut_id].size, np.float32))
     assert [f["cut_id"] for f in store.failures()] == ["cut-25"]
+
+
+def test_a_rerun_task_waits_out_the_lock_its_first_attempt_left_on_a_lost_node(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import time
+
+    import mt2kd.store._fs as fs
+
+    monkeypatch.setattr(fs, "LOCK_BEAT_SECONDS", 0.05)
+    monkeypatch.setattr(fs, "LOCK_STALE_SECONDS", 0.5)
+    _, cuts = write_corpus(tmp_path / "wav", [8000] * 3)
+    store = TeacherStore.create(tmp_path / "store", [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
+    task = ShardTask(shard_id=0, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    dead = {"host": "gpu-node-17", "pid": 311, "attempt": "first", "owner": "run-1", "beat": time.time()}
+    store.loc.write("locks/000000.lock", json.dumps(dead).encode())  # its worker died with the node just now
+    other_run = ShardSettings(str(tmp_path / "store"), 3.0, 1, 4, owner="run-2")
+    assert write_shard(task, other_run, {"echo": EchoTeacher()}).status == LOCKED  # type: ignore[dict-item]
+    started = time.monotonic()
+    same_run = ShardSettings(str(tmp_path / "store"), 3.0, 1, 4, owner="run-1")
+    result = write_shard(task, same_run, {"echo": EchoTeacher()})  # type: ignore[dict-item]
+    assert result.status == COMMITTED and result.num_cuts == 3
+    assert time.monotonic() - started >= 0.3  # it waited for the dead attempt's heartbeat to go stale
+    assert sorted(TeacherStore.open(tmp_path / "store").cut_ids()) == ["cut-0", "cut-1", "cut-2"]
 
 
 def test_write_shard_writer_crash_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -136,12 +136,32 @@ def test_a_second_process_cannot_write_a_held_or_committed_shard(tmp_path: Path)
     assert TeacherStore.open(str(path)).cut_ids() == ["held"]
 
 
-def test_two_writers_past_the_lock_never_both_commit(store_url: str, outputs_of: Any) -> None:
-    """Even if a lock is lost (stolen, or an object store race), the commit record is created once."""
+def test_a_writer_that_lost_its_lock_does_not_commit(store_url: str) -> None:
     store = TeacherStore.create(store_url, SPECS)
     first, second = store.shard_writer(0), store.shard_writer(0)
     first.__enter__()
-    store.loc.remove("locks/000000.lock")  # as if the first writer's lock had vanished
+    store.loc.remove("locks/000000.lock")  # as if the first writer had been taken for dead
+    second.__enter__()
+    first.put("from-first", {"ecapa": np.ones(6, np.float32)})
+    second.put("from-second", {"ecapa": np.zeros(6, np.float32)})
+    with pytest.raises(ShardLockedError, match="taken over by another writer while this one wrote it"):
+        first.__exit__(None, None, None)
+    assert store.loc.exists("locks/000000.lock")  # the first one leaves the second one's lock alone
+    second.__exit__(None, None, None)
+    reopened = TeacherStore.open(store_url)
+    assert reopened.cut_ids() == ["from-second"] and reopened.verify() == []
+    assert not reopened.loc.exists("locks/000000.lock")
+
+
+def test_two_writers_past_the_lock_never_both_commit(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even where both believe they hold the lock (an object store race), the commit record is created once."""
+    from mt2kd.store._writer import ShardWriter
+
+    monkeypatch.setattr(ShardWriter, "_holds_lock", lambda self: True)
+    store = TeacherStore.create(store_url, SPECS)
+    first, second = store.shard_writer(0), store.shard_writer(0)
+    first.__enter__()
+    store.loc.remove("locks/000000.lock")
     second.__enter__()
     first.put("from-first", {"ecapa": np.ones(6, np.float32)})
     second.put("from-second", {"ecapa": np.zeros(6, np.float32)})
