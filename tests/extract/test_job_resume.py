@@ -1,4 +1,4 @@
-"""Killing and rerunning the job, and two jobs on one store at once (CLI subprocesses, 2 local workers)."""
+"""Killing and rerunning the job, a worker killed mid-shard, two jobs on one store at once (CLI, 2 local workers)."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def reference(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     return TeacherStore.open(config.store)
 
 
-def cli_args(tiny: dict[str, Path], store: Path, events: Path) -> list[str]:
+def cli_args(tiny: dict[str, Path], store: Path, events: Path, shard_hours: float = SHARD_HOURS) -> list[str]:
     args = [sys.executable, "-m", "mt2kd", "extract", "--store", str(store), "--workers", "2",
-            "--max-duration", "8", "--shard-hours", str(SHARD_HOURS), "--events-log", str(events)]
+            "--max-duration", "8", "--shard-hours", str(shard_hours), "--events-log", str(events)]
     args += [a for c in DEMO_CUTS for a in ("--cuts", c)]
     return args + [a for n, p in tiny.items() for a in ("--teacher", f"{n}={p}")]
 
@@ -116,3 +116,30 @@ def test_two_jobs_on_one_store_lose_and_mix_nothing(tiny: dict[str, Path], refer
     result = TeacherStore.open(store)
     assert result.verify() == [] and len(result) == len(reference)
     assert_equal_stores(result, reference)
+
+
+def test_a_worker_killed_mid_shard_has_its_task_rerun_and_the_job_completes(tiny: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    """As when a SLURM job is preempted: the worker dies, its lock stays, dask reruns the task on another."""
+    shard_hours = 0.01  # shards of about 36 s of audio (seconds of work each): the kill lands inside one
+    want = ExtractConfig(cuts=DEMO_CUTS, store=str(tmp_path / "reference"), workers=2, max_duration=8.0,
+                         teachers=tuple(TeacherConfig(n, str(p)) for n, p in tiny.items()), shard_hours=shard_hours)
+    extract(want, progress=False)
+    store, log = tmp_path / "store", tmp_path / "events.jsonl"
+    job = spawn(cli_args(tiny, store, log, shard_hours), tmp_path / "job.out")
+    victim: dict[str, Any] | None = None
+    while victim is None and job.poll() is None:
+        started = [e for e in events_of(log) if e["event"] == "start"]
+        if started:
+            victim = started[0]
+            os.kill(victim["pid"], signal.SIGKILL)  # the worker process only; the client and the rest go on
+        time.sleep(0.01)
+    assert job.wait(timeout=300) == 0, (tmp_path / "job.out").read_text()
+    assert victim is not None
+    events = events_of(log)
+    reruns = [e for e in events if e["shard"] == victim["shard"]]
+    assert [e["event"] for e in reruns] == ["start", "start", "commit"]  # killed, then done by another worker
+    assert reruns[2]["pid"] != victim["pid"]
+    result = TeacherStore.open(store)
+    assert result.verify() == [] and result.leftovers() == []  # the dead attempt and its lock were cleared
+    assert_equal_stores(result, TeacherStore.open(want.store))
