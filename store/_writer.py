@@ -219,8 +219,8 @@ class ShardWriter:
                 if not self._holds_lock():
                     return  # taken over (this writer was late by LOCK_STALE_SECONDS): the commit will refuse
                 self.loc.write(self._lock_path, self._lock_document())
-            except OSError:
-                continue  # a file system hiccup: the next beat tries again
+            except Exception:  # noqa: BLE001 - a file system or network hiccup (fsspec backends raise their own
+                continue  # types): the next beat tries again; a beat thread that died would let the lock go stale
 
     def _release_lock(self) -> None:
         if self._locked:
