@@ -68,6 +68,21 @@ def check_local_device(config: ExtractConfig) -> None:
                           f"Run on a GPU node, or pass --device cpu.")
 
 
+def describe_workers(config: ExtractConfig) -> str:
+    """The dry run's line on where the tasks will run."""
+    if config.scheduler == "local":
+        workers = num_workers(config)
+        if not workers:
+            return "none: one per visible GPU, and this machine shows no CUDA device"
+        per_gpu = ", one per visible GPU" if config.workers is None and config.device == "cuda" else ""
+        return (f"{workers} local process(es) on {config.device}{per_gpu}, "
+                f"{local_torch_threads(workers)} torch thread(s) each")
+    if config.scheduler == "slurm":
+        return (f"{num_workers(config)} SLURM job(s) of {config.slurm_cores} CPUs, "
+                f"{slurm_workers_per_job(config)} worker(s) on {config.device} each")
+    return f"those of the scheduler at {config.scheduler}"
+
+
 def local_torch_threads(workers: int) -> int:
     """Torch threads per LocalCluster worker: its share of the cores less one for decoding and writing.
 

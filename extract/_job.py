@@ -116,7 +116,10 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
         say("NOTE: random-weight teacher checkpoints: the outputs are for tests and demos, not real labels.")
     if config.dry_run:
         plan = make_plan(config.cuts, config.shard_hours)
-        say("\n".join(f"{k:<16}: {v}" for k, v in plan.describe(teacher_specs(config))))
+        from mt2kd.extract._cluster import describe_workers
+
+        lines = [*plan.describe(teacher_specs(config)), ("Workers", describe_workers(config))]
+        say("\n".join(f"{k:<16}: {v}" for k, v in lines))
         return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
                               num_failures=0, seconds=time.monotonic() - start, dry_run=True)
     check_manifests(config.cuts)

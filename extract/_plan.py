@@ -64,7 +64,11 @@ class Plan:
     def describe(self, specs: Mapping[str, TeacherSpec]) -> list[tuple[str, str]]:
         """``key : value`` lines of the dry-run output."""
         lines = [("Cuts", f"{self.num_cuts:,}"), ("Audio", f"{self.audio_hours:.3f} h"),
-                 ("Shards", f"{len(self.shards):,}")]
+                 ("Shards", f"{len(self.shards):,}" + (f" of {self.audio_hours / len(self.shards):.3f} h"
+                                                         if self.shards else ""))]
+        if self.shards:  # the longest cut is the first of the plan: it sizes the biggest batch
+            longest = self.shards[0].cuts[0]
+            lines.append(("Longest cut", f"{float(longest['duration']):.1f} s ({longest['id']})"))
         for name, num_bytes in self.expected_bytes(specs).items():
             spec = specs[name]
             shape = f"[T, {spec.dim}] at {spec.frame_rate:g} Hz" if spec.kind == "frames" else f"[{spec.dim}]"

@@ -124,6 +124,10 @@ def test_local_cuda_runs_default_to_one_worker_per_visible_gpu(monkeypatch: pyte
     assert workers(device="cuda", scheduler="slurm") == 2  # SLURM jobs, each with its own GPUs
     with pytest.raises(ConfigError, match="workers must be >= 1. Got 0"):
         workers(workers=0)
+    on_gpus = ExtractConfig(cuts=("a.jsonl",), store="s", teachers=teachers, device="cuda")
+    assert cluster.describe_workers(on_gpus).startswith("4 local process(es) on cuda, one per visible GPU, ")
+    monkeypatch.setattr(cluster, "visible_gpus", lambda: 0)  # a login node: the dry run says so
+    assert cluster.describe_workers(on_gpus) == "none: one per visible GPU, and this machine shows no CUDA device"
 
 
 def test_a_local_cuda_run_without_a_gpu_stops_before_any_cluster_or_store(tmp_path: Path,

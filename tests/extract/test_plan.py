@@ -111,9 +111,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
             "--shard-hours", "0.01"] + [a for n, p in paths.items() for a in ("--teacher", f"{n}={p}")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "Cuts            : 44" in result.output and "Shards          : 3" in result.output
+    assert "Cuts            : 44" in result.output and "Shards          : 3 of 0.009 h" in result.output
+    plan = make_plan([SPEECH, EVENTS], 0.01)
+    longest = max((c for s in plan.shards for c in s.cuts), key=lambda c: float(c["duration"]))
+    assert f"Longest cut     : {float(longest['duration']):.1f} s ({longest['id']})" in result.output
     assert "Teacher whisper" in result.output and "random-weight" in result.output
+    assert "Workers         : 2 local process(es) on cpu" in result.output
     assert not (tmp_path / "store").exists()
+    slurm = CliRunner().invoke(main, args + ["--scheduler", "slurm", "--device", "cuda", "--slurm-gpus", "4"])
+    assert "Workers         : 2 SLURM job(s) of 8 CPUs, 4 worker(s) on cuda each" in slurm.output, slurm.output
 
 
 def test_a_missing_checkpoint_stops_a_local_job_before_any_cluster_or_store(tmp_path: Path,
