@@ -130,16 +130,13 @@ def test_local_cuda_runs_default_to_one_worker_per_visible_gpu(monkeypatch: pyte
     assert cluster.describe_workers(on_gpus) == "none: one per visible GPU, and this machine shows no CUDA device"
 
 
-def test_a_local_cuda_run_without_a_gpu_stops_before_any_cluster_or_store(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_cuda_run_without_a_gpu_stops_before_any_cluster_or_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster_starts: list[str]) -> None:
     import mt2kd.extract._cluster as cluster
     from mt2kd.extract import extract, make_tiny_checkpoints
     from mt2kd.tests.extract._corpus import DEMO
 
     paths = make_tiny_checkpoints(tmp_path / "teachers")
-    started: list[str] = []
-    monkeypatch.setattr(cluster, "prestart_local_workers", lambda config: started.append("fork server"))
-    monkeypatch.setattr(cluster, "open_client", lambda config: started.append("cluster"))
     monkeypatch.setattr(cluster, "visible_gpus", lambda: 1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     config = ExtractConfig(cuts=(str(DEMO / "speech_cuts.jsonl.gz"),), store=str(tmp_path / "store"),
@@ -149,7 +146,7 @@ def test_a_local_cuda_run_without_a_gpu_stops_before_any_cluster_or_store(tmp_pa
     monkeypatch.setattr(cluster, "visible_gpus", lambda: 0)
     with pytest.raises(ConfigError, match="'cuda' .* shows no CUDA device .*--device cpu"):
         extract(dataclasses.replace(config, device="cuda"), echo=lambda _: None, progress=False)
-    assert started == [] and not (tmp_path / "store").exists()
+    assert cluster_starts == [] and not (tmp_path / "store").exists()
     cluster.check_local_device(dataclasses.replace(config, device="cuda", scheduler="slurm"))  # GPUs are elsewhere
 
 

@@ -123,20 +123,16 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_a_missing_checkpoint_stops_a_local_job_before_any_cluster_or_store(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import mt2kd.extract._cluster as cluster
+                                                                            cluster_starts: list[str]) -> None:
     from mt2kd.errors import CheckpointNotFoundError
     from mt2kd.extract import extract, make_tiny_checkpoints
 
     paths = make_tiny_checkpoints(tmp_path / "teachers")
-    started: list[str] = []
-    monkeypatch.setattr(cluster, "prestart_local_workers", lambda config: started.append("fork server"))
-    monkeypatch.setattr(cluster, "open_client", lambda config: started.append("cluster"))
     teachers = (TeacherConfig("beats", str(paths["beats"])), TeacherConfig("whisper", str(tmp_path / "v3.pt")))
     config = ExtractConfig(cuts=(SPEECH,), store=str(tmp_path / "store"), teachers=teachers)
     with pytest.raises(CheckpointNotFoundError, match="whisper checkpoint .*v3.pt' does not exist"):
         extract(config, echo=lambda _: None, progress=False)
-    assert started == [] and not (tmp_path / "store").exists()
+    assert cluster_starts == [] and not (tmp_path / "store").exists()
 
 
 def test_a_missing_manifest_stops_the_job_before_any_cluster_or_store(tmp_path: Path) -> None:
