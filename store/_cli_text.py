@@ -52,7 +52,8 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         ("Type", "mt2kd.TeacherStore"), ("Store", facts["url"]),
         ("Format version", fmt_number(facts["format_version"], "{}")),
         ("Teachers", ", ".join(facts["teachers"])), ("Cuts", fmt_number(facts["num_cuts"])),
-        ("Committed shards", fmt_number(facts["num_shards"])), ("Failures", fmt_number(facts["num_failures"])),
+        ("Committed shards", fmt_number(facts["num_shards"])), ("Being written", writers_text(facts["writers"])),
+        ("Failures", fmt_number(facts["num_failures"])),
         ("Audio hours", fmt_number(facts["audio_hours"], "{:,.3f}")),
         ("Bytes on disk", fmt_bytes(facts["bytes_on_disk"])),
         ("Teacher data", fmt_bytes(facts["teacher_bytes_on_disk"])),
@@ -73,6 +74,16 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         ], indent=2)
         lines += config_lines(t.get("config", {}), indent=2)
     return lines
+
+
+def writers_text(writers: Sequence[Mapping[str, Any]]) -> str:
+    """Shards whose lock is held, by whom, and whether that writer still beats; "none" when there are none."""
+    def one(w: Mapping[str, Any]) -> str:
+        beat = "" if w["beat_age_s"] is None else f", beat {w['beat_age_s']:g} s ago"
+        state = "" if w["alive"] else " (gone: the shard's next writer takes the lock over)"
+        return f"{w['shard']} by pid {w['pid']} on {w['host']}{beat}{state}"
+
+    return "; ".join(map(one, writers)) if writers else "none"
 
 
 def config_lines(config: Mapping[str, Any], indent: int = 0) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +71,20 @@ def store_info(store: TeacherStore) -> dict[str, Any]:
         "teacher_bytes_on_disk": on_disk, "float32_bytes": float32,
         "storage_ratio": on_disk / float32 if float32 else None,
         "teachers": teachers,
+        "writers": writers(store),
     }
+
+
+def writers(store: TeacherStore) -> list[dict[str, Any]]:
+    """The shard locks held now: shard, host, pid, seconds since the holder's last heartbeat, alive or gone."""
+    now = time.time()
+    held = []
+    for shard, holder in sorted(_lock_holders(store).items()):
+        beat = holder.get("beat")
+        held.append({"shard": shard, "host": holder.get("host"), "pid": holder.get("pid"),
+                     "beat_age_s": round(now - beat, 1) if isinstance(beat, (int, float)) else None,
+                     "alive": holder_alive(holder, now)})
+    return held
 
 
 def _teacher_info(spec: dict[str, Any], name: str, records: list[ShardRecord]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,24 @@ def test_info_text_shows_the_json_facts(store_path: str) -> None:
     # one `key = value` line per option, sorted, the `=` aligned under the value column
     assert lines[config_at].split(": ", 1)[1] == "layer = -1"
     assert lines[config_at + 1] == " " * 22 + "mode  = trim"
+
+
+def test_info_names_the_writers_at_work_and_the_gone_ones(tmp_path: Path, outputs: dict) -> None:
+    import time
+
+    ts = TeacherStore.create(str(tmp_path / "w.zarr"), SPECS)
+    assert run_json("info", ts.url)["writers"] == [] and text_facts(run("info", ts.url)[1])["Being written"] == "none"
+    gone = {"host": "gpu-node-9", "pid": 77, "attempt": "a1", "owner": "run-1", "beat": time.time() - 900}
+    ts.loc.write("locks/000001.lock", json.dumps(gone).encode())
+    with ts.shard_writer(0) as writer:  # at work while info looks
+        writer.put("spk1-ch1-0001", outputs["spk1-ch1-0001"])
+        facts = run_json("info", ts.url)
+        text = text_facts(run("info", ts.url)[1])["Being written"]
+    here, old = facts["writers"]
+    assert (here["shard"], here["pid"], here["alive"]) == ("000000", os.getpid(), True) and here["beat_age_s"] < 60
+    assert (old["shard"], old["host"], old["alive"]) == ("000001", "gpu-node-9", False) and old["beat_age_s"] >= 900
+    assert text.startswith(f"000000 by pid {os.getpid()} on ") and "; 000001 by pid 77 on gpu-node-9, beat " in text
+    assert text.endswith("s ago (gone: the shard's next writer takes the lock over)")
 
 
 def test_info_counts_recorded_failures(tmp_path: Path, outputs: dict) -> None:
