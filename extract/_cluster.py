@@ -63,8 +63,8 @@ def check_local_device(config: ExtractConfig) -> None:
     index = int(config.device.split(":", 1)[1]) if ":" in config.device else 0
     if index >= count:
         seen = f"{count} CUDA device(s)" if count else "no CUDA device"
-        raise ConfigError(f"device {config.device!r} asked for a local run, but this machine shows {seen} "
-                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
+        raise ConfigError(f"device {config.device!r} must be a GPU this machine shows, for a local run. Got "
+                          f"{seen} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
                           f"Run on a GPU node, or pass --device cpu.")
 
 
