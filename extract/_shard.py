@@ -210,13 +210,15 @@ def run_teacher(teacher: Teacher, batch: Sequence[CutAudio]) -> list[np.ndarray 
     try:
         return list(teacher.extract([c.samples for c in batch]))
     except Exception:  # noqa: BLE001 - find the cut that broke the batch; the others still get outputs
-        results: list[np.ndarray | str] = []
-        for cut in batch:
-            try:
-                results.append(teacher.extract([cut.samples])[0])
-            except Exception as e:  # noqa: BLE001 - recorded as this cut's failure
-                results.append(f"teacher {teacher.name} failed: {type(e).__name__}: {str(e)[:300]}")
-        return results
+        pass  # retried below, out of this block: its traceback holds the failed forward's tensors (on a GPU,
+        # the memory that a batch that ran out of it needs back for its cuts one by one)
+    results: list[np.ndarray | str] = []
+    for cut in batch:
+        try:
+            results.append(teacher.extract([cut.samples])[0])
+        except Exception as e:  # noqa: BLE001 - recorded as this cut's failure
+            results.append(f"teacher {teacher.name} failed: {type(e).__name__}: {str(e)[:300]}")
+    return results
 
 
 def output_problem(output: np.ndarray) -> str | None:

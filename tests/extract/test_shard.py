@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,38 @@ def test_a_rerun_task_waits_out_the_lock_its_first_attempt_left_on_a_lost_node(
     assert result.status == COMMITTED and result.num_cuts == 3
     assert time.monotonic() - started >= 0.3  # it waited for the dead attempt's heartbeat to go stale
     assert sorted(TeacherStore.open(tmp_path / "store").cut_ids()) == ["cut-0", "cut-1", "cut-2"]
+
+
+class Activations:
+    """Stands for a forward's tensors on the device."""
+
+
+class MemoryHungryTeacher:
+    """Runs out of memory on batches of several cuts; one cut fits only once the failed batch's memory is back."""
+
+    name = "hungry"
+
+    def __init__(self) -> None:
+        self.last: weakref.ref[Activations] | None = None
+
+    def extract(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        if self.last is not None and self.last() is not None:
+            raise RuntimeError("out of memory: the failed batch's activations are still held")
+        activations = Activations()
+        self.last = weakref.ref(activations)
+        if len(waves) > 1:
+            raise RuntimeError("out of memory: a batch this size does not fit")
+        return [np.full(4, float(w.size), np.float32) for w in waves]
+
+
+def test_a_batch_that_runs_out_of_memory_is_retried_cut_by_cut_with_its_memory_back() -> None:
+    from mt2kd.extract._audio import CutAudio
+    from mt2kd.extract._shard import run_teacher
+
+    batch = [CutAudio(f"cut-{n}", n / SAMPLE_RATE, np.zeros(n, np.float32)) for n in (16_000, 8_000, 4_000)]
+    outputs = run_teacher(MemoryHungryTeacher(), batch)  # type: ignore[arg-type]
+    assert [o if isinstance(o, str) else o.tolist() for o in outputs] == [[16_000.0] * 4, [8_000.0] * 4,
+                                                                           [4_000.0] * 4]
 
 
 def test_write_shard_writer_crash_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
