@@ -58,6 +58,17 @@ def worker_index(worker_name: Any) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+def hash_checkpoints(configs: Sequence[TeacherConfig]) -> None:
+    """Compute (and so cache in this process) the digest of every checkpoint that can be read."""
+    from mt2kd.extract._teacher import checkpoint_digest
+
+    for config in configs:
+        try:
+            checkpoint_digest(config.checkpoint)
+        except OSError:  # missing or unreadable: loading the teacher reports it, naming the teacher
+            continue
+
+
 WARMUP_SECONDS = 1.0  # s of quiet noise each teacher sees once at setup
 
 
@@ -97,8 +108,13 @@ class TeacherPlugin(WorkerPlugin):
         # workers share the machine's cores: without this each one starts a thread per core
         torch.set_num_threads(self.num_threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(self.num_threads))
+        # the run asks one worker for the teachers' fingerprints before any shard starts: hash the checkpoints
+        # while they load, not after (existing ones only: a missing checkpoint is the loader's to report)
+        hashing = threading.Thread(target=hash_checkpoints, args=(self.configs,), name="mt2kd-hash", daemon=True)
+        hashing.start()
         self.teachers = load_teachers(self.configs, self.precision, worker_device(self.device, worker.name))
         warm_up(self.teachers)
+        hashing.join()
         if self.owns_worker:  # the worker ends with the run
             from mt2kd._process import skip_final_gc_at_exit
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,7 @@ class Teacher(abc.ABC):
             # precision changes the numbers (bf16 vs fp32), so it is part of the identity
             h.update(f"{self.name}:{FORMAT_VERSION}:{self.precision}:".encode())
             h.update(json.dumps(self.options, sort_keys=True, default=str).encode())
-            for path in sorted(_checkpoint_files(self.checkpoint)):
-                h.update(path.name.encode())
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
+            h.update(checkpoint_digest(self.checkpoint).encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -81,6 +78,32 @@ class Teacher(abc.ABC):
 
     @abc.abstractmethod
     def _extract(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+_DIGESTS: dict[tuple[tuple[str, int, int], ...], str] = {}  # checkpoint files (path, size, mtime) -> digest
+_DIGESTS_LOCK = threading.Lock()
+
+
+def checkpoint_digest(checkpoint: str | Path) -> str:
+    """SHA-256 of a checkpoint's files (names and bytes), computed once per process while they are unchanged.
+
+    Reading and hashing large-v3 takes about 1.5 s; a dask worker starts it
+    on a thread before loading its teachers (``TeacherPlugin``), so the
+    fingerprints the run asks for are ready when the loading is done.
+    """
+    files = sorted(_checkpoint_files(Path(checkpoint)))
+    key = tuple((str(p.resolve()), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    with _DIGESTS_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)  # hashlib lets other threads run meanwhile (blocks over 2 KiB)
+    with _DIGESTS_LOCK:
+        return _DIGESTS.setdefault(key, h.hexdigest())
 
 
 def _checkpoint_files(checkpoint: Path) -> list[Path]:

@@ -1,0 +1,76 @@
+"""A worker's teachers: loaded at setup, with their checkpoints hashed alongside."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mt2kd.extract import TeacherConfig, load_teacher, make_tiny_checkpoints
+from mt2kd.extract import _teacher
+from mt2kd.extract._plugin import TeacherPlugin
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("teachers"))
+
+
+def test_a_checkpoint_is_hashed_once_per_process_until_it_changes(tmp_path: Path, tiny: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "beats.pt"
+    path.write_bytes(tiny["beats"].read_bytes())
+    first = _teacher.checkpoint_digest(path)
+    opened: list[str] = []
+    real_open = open
+
+    def counted_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counted_open)
+    assert _teacher.checkpoint_digest(path) == first and opened == []  # from the cache: nothing read again
+    monkeypatch.undo()
+    with open(path, "ab") as f:
+        f.write(b"\0")  # a changed file (size and time) is hashed again
+    assert _teacher.checkpoint_digest(path) != first
+    folder = _teacher.checkpoint_digest(tiny["ecapa"])  # a speechbrain folder: every file counts
+    assert len(folder) == 64 and folder != first
+
+
+def test_the_fingerprint_follows_the_checkpoint_bytes_the_options_and_the_precision(tmp_path: Path,
+                                                                                   tiny: dict[str, Path]) -> None:
+    path = tmp_path / "whisper.pt"
+    path.write_bytes(tiny["whisper"].read_bytes())
+    base = load_teacher("whisper", path).fingerprint
+    assert load_teacher("whisper", path).fingerprint == base and len(base) == 16
+    assert load_teacher("whisper", path, layer=1).fingerprint != base
+    assert load_teacher("whisper", path, precision="bf16").fingerprint != base
+    with open(path, "ab") as f:
+        f.write(b"\0")
+    os.utime(path)
+    assert load_teacher("whisper", path).fingerprint != base
+
+
+def test_worker_setup_hashes_every_checkpoint_while_the_teachers_load(tiny: dict[str, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_teacher, "_DIGESTS", {})
+    configs = [TeacherConfig(name, str(path)) for name, path in tiny.items()]
+    plugin = TeacherPlugin(configs, "fp32", "cpu", 1)
+    plugin.setup(types.SimpleNamespace(name=0))  # type: ignore[arg-type]
+    assert len(_teacher._DIGESTS) == len(configs)  # the specs the run asks for next hash nothing
+    hashed: list[str] = []
+
+    def counted_sha256(*args: bytes) -> Any:
+        hashed.append("sha256")
+        return hashlib.new("sha256", *args)
+
+    monkeypatch.setattr(_teacher.hashlib, "sha256", counted_sha256)
+    assert {name: t.spec.fingerprint for name, t in plugin.teachers.items()}.keys() == tiny.keys()
+    assert hashed == ["sha256"] * len(configs)  # one small hash each over name, options and digest
+    plugin.teardown(None)  # type: ignore[arg-type]
+
