@@ -109,7 +109,7 @@ class TeacherPlugin(WorkerPlugin):
         torch.set_num_threads(self.num_threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(self.num_threads))
         # the run asks one worker for the teachers' fingerprints before any shard starts: hash the checkpoints
-        # while they load, not after (existing ones only: a missing checkpoint is the loader's to report)
+        # while they load, not after (one that cannot be read is the loader's to report, naming its teacher)
         hashing = threading.Thread(target=hash_checkpoints, args=(self.configs,), name="mt2kd-hash", daemon=True)
         hashing.start()
         self.teachers = load_teachers(self.configs, self.precision, worker_device(self.device, worker.name))
