@@ -37,9 +37,15 @@ class CutFailure:
     reason: str
 
 
+def audio_sources(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The audio source dicts of a cut dict: its recording's, or every track's of a MixedCut (nested)."""
+    yield from data.get("recording", {}).get("sources", [])
+    for track in data.get("tracks", []):
+        yield from audio_sources(track.get("cut", {}))
+
+
 def _missing_files(data: dict[str, Any]) -> list[str]:
-    sources = data.get("recording", {}).get("sources", [])
-    return [s["source"] for s in sources if s.get("type") == "file" and not os.path.exists(s["source"])]
+    return [s["source"] for s in audio_sources(data) if s.get("type") == "file" and not os.path.exists(s["source"])]
 
 
 def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:

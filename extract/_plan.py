@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from mt2kd.errors import ConfigError, DuplicateCutError
-from mt2kd.extract._audio import by_duration
+from mt2kd.extract._audio import audio_sources, by_duration
 from mt2kd.store import TeacherSpec
 
 SECONDS_PER_HOUR = 3600.0
@@ -116,6 +116,7 @@ def iter_cut_dicts(manifest: str) -> Iterator[dict[str, Any]]:
     folder = os.path.dirname(os.path.abspath(manifest))
     for cut in CutSet.from_jsonl_lazy(manifest):
         data = cut.to_dict()
+        data.setdefault("duration", cut.duration)  # a MixedCut's dict has none; lhotse reads it back all the same
         _absolute_sources(data, folder)
         yield data
 
@@ -132,7 +133,7 @@ def check_manifests(manifests: Sequence[str]) -> None:
 
 
 def _absolute_sources(data: dict[str, Any], folder: str) -> None:
-    for source in data.get("recording", {}).get("sources", []):
+    for source in audio_sources(data):
         path = source.get("source")
         if source.get("type") != "file" or not isinstance(path, str) or os.path.isabs(path) or "://" in path:
             continue

@@ -58,6 +58,41 @@ def test_relative_recording_paths_resolve_next_to_the_manifest() -> None:
     assert Path(source).parent == DEMO / "speech"
 
 
+def test_mixed_cuts_are_planned_and_decoded_as_lhotse_mixes_them(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corpus mixed beforehand (speech plus noise, as MixedCuts), its paths relative to its manifest."""
+    import numpy as np
+    import soundfile as sf
+    from lhotse import CutSet, MonoCut, Recording
+
+    from mt2kd.extract._audio import CutAudio, CutFailure, audio_sources, load_cut_audio
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    sf.write(folder / "speech.wav", tone(2.0, seed=1), 16_000)
+    sf.write(folder / "noise.wav", tone(1.0, freq=97.0, seed=2), 16_000)
+    monkeypatch.chdir(folder)
+    speech, noise = (MonoCut(f"{n}-cut", 0.0, Recording.from_file(f"{n}.wav", n).duration, 0,
+                             recording=Recording.from_file(f"{n}.wav", n)) for n in ("speech", "noise"))
+    mixed = speech.mix(noise, offset_other_by=1.5, snr=10.0)  # the noise runs past the speech: 2.5 s
+    manifest = write_manifest([{**c.to_dict(), "type": type(c).__name__} for c in (mixed, speech)],
+                              folder / "mixed.jsonl.gz")
+    want = CutSet.from_jsonl(manifest)[mixed.id].load_audio()[0]
+    monkeypatch.chdir(tmp_path)  # the relative paths must now resolve next to the manifest
+    plan = make_plan([str(manifest)], 1.0)
+    cuts = {c["id"]: c for s in plan.shards for c in s.cuts}
+    assert list(cuts) == [mixed.id, "speech-cut"]  # longest first
+    assert cuts[mixed.id]["duration"] == pytest.approx(2.5) and plan.audio_seconds == pytest.approx(4.5)
+    assert [s["source"] for s in audio_sources(cuts[mixed.id])] == [str(folder / "speech.wav"),
+                                                                     str(folder / "noise.wav")]
+    decoded = load_cut_audio(cuts[mixed.id])
+    assert isinstance(decoded, CutAudio) and decoded.duration == pytest.approx(2.5)
+    np.testing.assert_allclose(decoded.samples, want, atol=1e-6)
+    cuts[mixed.id]["tracks"][1]["cut"]["recording"]["sources"][0]["source"] = str(folder / "no-noise.wav")
+    failure = load_cut_audio(cuts[mixed.id])
+    assert isinstance(failure, CutFailure) and failure.reason == f"missing audio file: {folder / 'no-noise.wav'}"
+
+
 def test_duplicate_ids_across_inputs_name_both_manifests(tmp_path: Path) -> None:
     import soundfile as sf
 
