@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from mt2kd.errors import ConfigError, DuplicateCutError
-from mt2kd.extract._audio import audio_sources, by_duration
+from mt2kd.extract._audio import audio_only, audio_sources, by_duration
 from mt2kd.store import TeacherSpec
 
 SECONDS_PER_HOUR = 3600.0
@@ -166,7 +166,7 @@ def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Even
                 raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} in both "
                                         f"{seen[cut_id]} and {manifest}.")
             seen[cut_id] = manifest
-            cuts.append(data)
+            cuts.append(audio_only(data))
     cuts = by_duration(cuts)
     groups = equal_shards([max(0.0, float(c["duration"])) for c in cuts], shard_hours * SECONDS_PER_HOUR)
     shards = tuple(ShardTask(i, tuple(cuts[j] for j in group), sum(float(cuts[j]["duration"]) for j in group))

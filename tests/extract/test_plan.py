@@ -58,6 +58,26 @@ def test_relative_recording_paths_resolve_next_to_the_manifest() -> None:
     assert Path(source).parent == DEMO / "speech"
 
 
+def test_the_plan_keeps_of_each_cut_only_what_decoding_reads() -> None:
+    import pickle
+
+    from mt2kd.extract._audio import CutAudio, audio_only, load_cut_audio
+    from mt2kd.extract._plan import iter_cut_dicts
+
+    full = {c["id"]: c for c in iter_cut_dicts(SPEECH)}
+    assert all(c["supervisions"] and c["supervisions"][0]["text"] for c in full.values())  # transcripts
+    planned = {c["id"]: c for s in make_plan([SPEECH], 1.0).shards for c in s.cuts}
+    assert planned.keys() == full.keys()
+    for cut_id, cut in planned.items():
+        assert cut == {**full[cut_id], "supervisions": []}
+    assert len(pickle.dumps(list(planned.values()))) < 0.6 * len(pickle.dumps(list(full.values())))
+    one = next(iter(planned))
+    extra = {**full[one], "custom": {"labels": [0, 3]}, "features": {"type": "kaldi-fbank", "storage_key": "x"}}
+    assert audio_only(extra) == planned[one]
+    a, b = load_cut_audio(planned[one]), load_cut_audio(full[one])
+    assert isinstance(a, CutAudio) and isinstance(b, CutAudio) and (a.samples == b.samples).all()
+
+
 def test_mixed_cuts_are_planned_and_decoded_as_lhotse_mixes_them(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A corpus mixed beforehand (speech plus noise, as MixedCuts), its paths relative to its manifest."""
