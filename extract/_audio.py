@@ -148,4 +148,9 @@ def batches(items: Iterable[CutAudio | CutFailure], max_duration: float
 
 def by_duration(cuts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Longest first (ties by ID): similar lengths share a batch, and the big ones meet memory first."""
-    return sorted(cuts, key=lambda c: (-float(c["duration"]), str(c["id"])))
+    return sorted(cuts, key=lambda c: duration_order(float(c["duration"]), str(c["id"])))
+
+
+def duration_order(duration: float, cut_id: str) -> tuple[float, str]:
+    """The sort key of ``by_duration`` (and of the plan): longest first, ties by ID."""
+    return -duration, cut_id

@@ -14,7 +14,10 @@ what lets a rerun skip the shards already committed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gzip
+import json
 import math
 import os
 import threading
@@ -22,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from mt2kd.errors import ConfigError, DuplicateCutError
-from mt2kd.extract._audio import audio_only, audio_sources, by_duration
+from mt2kd.extract._audio import audio_only, audio_sources, duration_order
 from mt2kd.store import TeacherSpec
 
 SECONDS_PER_HOUR = 3600.0
@@ -31,15 +34,37 @@ BYTES_PER_VALUE = {"float16": 2, "float32": 4}  # on-disk bytes of one value, be
 
 @dataclasses.dataclass(frozen=True)
 class ShardTask:
-    """One task of the job: a shard ID and the cuts it holds (lhotse cut dicts, absolute audio paths)."""
+    """One task of the job: a shard ID and its cuts, longest first.
+
+    Each cut is kept as compact JSON of its lhotse dict (what decoding reads,
+    audio paths made absolute): the client holds every cut of a run, and a
+    planned cut takes 0.5 KB so against 2.9 KB as a dict (LibriSpeech-like
+    cuts; 5 GB instead of 29 GB for 10 M cuts).
+    """
 
     shard_id: int  # position in the plan; the store names it by this number
-    cuts: tuple[dict[str, Any], ...]  # cut dicts as lhotse writes them, recording paths made absolute
-    audio_seconds: float  # s of audio in the shard (sum of cut durations)
+    cut_ids: tuple[str, ...]  # cut IDs, in shard order
+    durations: tuple[float, ...]  # s, each cut's
+    lines: tuple[str, ...]  # each cut's dict as compact JSON
+
+    @classmethod
+    def of(cls, shard_id: int, cuts: Sequence[dict[str, Any]]) -> ShardTask:
+        """A task of ``cuts`` (cut dicts) in the order given."""
+        return cls(shard_id, tuple(str(c["id"]) for c in cuts), tuple(float(c["duration"]) for c in cuts),
+                   tuple(compact_json(c) for c in cuts))
 
     @property
-    def cut_ids(self) -> list[str]:
-        return [c["id"] for c in self.cuts]
+    def cuts(self) -> list[dict[str, Any]]:
+        """The cut dicts, read anew on each call."""
+        return [json.loads(line) for line in self.lines]
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(self.durations)
+
+
+def compact_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +84,7 @@ class Plan:
         return {name: expected_teacher_bytes(spec, self.durations()) for name, spec in specs.items()}
 
     def durations(self) -> Iterator[float]:
-        return (float(c["duration"]) for s in self.shards for c in s.cuts)
+        return (d for s in self.shards for d in s.durations)
 
     def describe(self, specs: Mapping[str, TeacherSpec]) -> list[tuple[str, str]]:
         """``key : value`` lines of the dry-run output."""
@@ -67,8 +92,8 @@ class Plan:
                  ("Shards", f"{len(self.shards):,}" + (f" of {self.audio_hours / len(self.shards):.3f} h"
                                                          if self.shards else ""))]
         if self.shards:  # the longest cut is the first of the plan: it sizes the biggest batch
-            longest = self.shards[0].cuts[0]
-            lines.append(("Longest cut", f"{float(longest['duration']):.1f} s ({longest['id']})"))
+            first = self.shards[0]
+            lines.append(("Longest cut", f"{first.durations[0]:.1f} s ({first.cut_ids[0]})"))
         for name, num_bytes in self.expected_bytes(specs).items():
             spec = specs[name]
             shape = f"[T, {spec.dim}] at {spec.frame_rate:g} Hz" if spec.kind == "frames" else f"[{spec.dim}]"
@@ -105,20 +130,41 @@ def _human(num_bytes: float) -> str:
 
 
 def iter_cut_dicts(manifest: str) -> Iterator[dict[str, Any]]:
-    """Cut dicts of a manifest, read lazily through lhotse, with audio paths made absolute.
+    """Cut dicts of a manifest as lhotse wrote them, read line by line, with audio paths made absolute.
 
     A relative recording path is looked up next to the manifest first (so a
     corpus folder works from anywhere) and then in the working directory.
+    The lines are parsed as JSON, not built into lhotse cuts (4 us a cut
+    instead of 46 us: 10 M cuts plan in minutes, not in ten); the workers'
+    lhotse reads each cut when it decodes it. A line that is not a cut stops
+    the plan, naming the manifest and the line.
     """
-    from lhotse import CutSet
-
     check_manifests([manifest])
     folder = os.path.dirname(os.path.abspath(manifest))
-    for cut in CutSet.from_jsonl_lazy(manifest):
-        data = cut.to_dict()
-        data.setdefault("duration", cut.duration)  # a MixedCut's dict has none; lhotse reads it back all the same
-        _absolute_sources(data, folder)
-        yield data
+    opener = gzip.open if manifest.endswith(".gz") else open
+    with opener(manifest, "rt", encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                data = _cut_dict(line, f"{manifest} line {number}")
+                _absolute_sources(data, folder)
+                yield data
+
+
+def _cut_dict(line: str, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except ValueError as e:
+        raise ConfigError(f"{where} must be a JSON cut, as lhotse writes CutSets. Got: {e}") from e
+    kind = data.get("type") if isinstance(data, dict) else None
+    if not isinstance(kind, str) or not kind.endswith("Cut") or not isinstance(data.get("id"), str):
+        got = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{where} must be a cut with an 'id' and a 'type' such as 'MonoCut' (is this a CutSet "
+                          f"manifest, not recordings or supervisions?). Got {got}.")
+    if "duration" not in data:  # a MixedCut: its duration follows from its tracks, as lhotse computes it
+        from lhotse.serialization import deserialize_item
+
+        data["duration"] = deserialize_item(copy.deepcopy(data)).duration
+    return data
 
 
 class PlanCancelled(Exception):
@@ -156,7 +202,7 @@ def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Even
     """
     check_manifests(manifests)
     seen: dict[str, str] = {}
-    cuts: list[dict[str, Any]] = []
+    cuts: list[tuple[float, str, str]] = []  # (duration, ID, compact JSON): no dict of every cut held at once
     for manifest in manifests:
         for data in iter_cut_dicts(manifest):
             if stop is not None and stop.is_set():
@@ -166,12 +212,12 @@ def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Even
                 raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} in both "
                                         f"{seen[cut_id]} and {manifest}.")
             seen[cut_id] = manifest
-            cuts.append(audio_only(data))
-    cuts = by_duration(cuts)
-    groups = equal_shards([max(0.0, float(c["duration"])) for c in cuts], shard_hours * SECONDS_PER_HOUR)
-    shards = tuple(ShardTask(i, tuple(cuts[j] for j in group), sum(float(cuts[j]["duration"]) for j in group))
-                   for i, group in enumerate(groups))
-    return Plan(shards, len(cuts), sum(float(c["duration"]) for c in cuts))
+            cuts.append((float(data["duration"]), cut_id, compact_json(audio_only(data))))
+    cuts.sort(key=lambda c: duration_order(c[0], c[1]))
+    groups = equal_shards([max(0.0, duration) for duration, _, _ in cuts], shard_hours * SECONDS_PER_HOUR)
+    shards = tuple(ShardTask(i, tuple(cuts[j][1] for j in group), tuple(cuts[j][0] for j in group),
+                             tuple(cuts[j][2] for j in group)) for i, group in enumerate(groups))
+    return Plan(shards, len(cuts), sum(duration for duration, _, _ in cuts))
 
 
 def equal_shards(durations: Sequence[float], limit: float) -> list[list[int]]:

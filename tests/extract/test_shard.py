@@ -109,7 +109,7 @@ def test_write_shard_puts_every_cut_and_records_failures(tmp_path: Path) -> None
     audio, cuts = write_corpus(tmp_path / "wav", lengths)
     store_path = tmp_path / "store"
     TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
-    task = ShardTask(shard_id=0, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    task = ShardTask.of(0, tuple(cuts))
     settings = ShardSettings(str(store_path), max_duration=3.0, decode_threads=2, prefetch_cuts=4)
     result = write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
     assert result.status == COMMITTED
@@ -133,7 +133,7 @@ def test_a_rerun_task_waits_out_the_lock_its_first_attempt_left_on_a_lost_node(
     monkeypatch.setattr(fs, "LOCK_STALE_SECONDS", 0.5)
     _, cuts = write_corpus(tmp_path / "wav", [8000] * 3)
     store = TeacherStore.create(tmp_path / "store", [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
-    task = ShardTask(shard_id=0, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    task = ShardTask.of(0, tuple(cuts))
     dead = {"host": "gpu-node-17", "pid": 311, "attempt": "first", "owner": "run-1", "beat": time.time()}
     store.loc.write("locks/000000.lock", json.dumps(dead).encode())  # its worker died with the node just now
     other_run = ShardSettings(str(tmp_path / "store"), 3.0, 1, 4, owner="run-2")
@@ -182,7 +182,7 @@ def test_write_shard_writer_crash_commits_nothing(tmp_path: Path, monkeypatch: p
     audio, cuts = write_corpus(tmp_path / "wav", [8000] * 12)
     store_path = tmp_path / "store"
     TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
-    task = ShardTask(shard_id=2, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    task = ShardTask.of(2, tuple(cuts))
     settings = ShardSettings(str(store_path), max_duration=1.0, decode_threads=2, prefetch_cuts=4)
     real_put_cut = _shard.put_cut
     calls = []
@@ -215,7 +215,7 @@ def test_write_shard_records_an_output_the_store_refuses(tmp_path: Path) -> None
            "recording": {"id": "a", "sampling_rate": SAMPLE_RATE, "num_samples": 8000, "duration": 0.5,
                          "channel_ids": [0], "sources": [{"type": "file", "channels": [0],
                                                           "source": str(folder / "a.wav")}]}}
-    task = ShardTask(shard_id=3, cuts=(cut,), audio_seconds=0.5)
+    task = ShardTask.of(3, (cut,))
     result = write_shard(task, ShardSettings(str(store_path), 3.0, 1, 2), {"echo": EchoTeacher()})  # type: ignore[dict-item]
     # a shape the store refuses is recorded as the cut's failure; the shard still commits, empty
     assert result.num_cuts == 0 and result.failures and "refused by the store" in result.failures[0][2]
@@ -239,7 +239,7 @@ def _shard_with(tmp_path: Path, num_cuts: int) -> tuple[ShardTask, ShardSettings
     _, cuts = write_corpus(tmp_path / "wav", [8000] * num_cuts)
     store_path = tmp_path / "store"
     TeacherStore.create(store_path, [TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
-    task = ShardTask(shard_id=0, cuts=tuple(cuts), audio_seconds=sum(c["duration"] for c in cuts))
+    task = ShardTask.of(0, tuple(cuts))
     return task, ShardSettings(str(store_path), max_duration=1.0, decode_threads=1, prefetch_cuts=2)
 
 
@@ -309,7 +309,7 @@ def test_a_workers_tasks_share_one_open_store_for_the_run(tmp_path: Path, monkey
     plugin.teachers = {"echo": EchoTeacher()}  # type: ignore[dict-item]
     monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(plugins={PLUGIN_NAME: plugin}))
     settings = ShardSettings(str(store_path), max_duration=1.0, decode_threads=1, prefetch_cuts=2)
-    tasks = [ShardTask(i, tuple(cuts[3 * i:3 * i + 3]), 1.5) for i in range(2)]
+    tasks = [ShardTask.of(i, cuts[3 * i:3 * i + 3]) for i in range(2)]
     assert [_shard.run_shard(t, settings).status for t in tasks] == [COMMITTED, COMMITTED]
     shared = worker_store(str(store_path))
     assert list(plugin.stores.values()) == [shared]  # opened once, by the first task
