@@ -88,6 +88,25 @@ def test_the_plan_keeps_of_each_cut_only_what_decoding_reads_and_compactly() -> 
     assert kept.num_cuts == len(as_dicts) and plan_bytes < dict_bytes / 3
 
 
+def test_a_line_that_is_not_a_cut_stops_the_plan_naming_the_manifest_and_line(tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    from mt2kd.extract._plan import iter_cut_dicts
+
+    first = next(iter_cut_dicts(SPEECH))
+    broken = tmp_path / "broken.jsonl.gz"
+    with gzip.open(broken, "wt") as f:
+        f.write(json.dumps(first) + "\n\n{not json\n")
+    with pytest.raises(ConfigError, match=r"broken.jsonl.gz line 3 must be a JSON cut.*Got: Expecting"):
+        make_plan([str(broken)], 1.0)
+    recordings = tmp_path / "recordings.jsonl"
+    recordings.write_text(json.dumps(first["recording"]) + "\n")
+    with pytest.raises(ConfigError, match=r"recordings.jsonl line 1 must be a cut with an 'id' and a 'type'.*"
+                                          r"not recordings or supervisions.*'sampling_rate'"):
+        make_plan([str(recordings)], 1.0)
+
+
 def test_mixed_cuts_are_planned_and_decoded_as_lhotse_mixes_them(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A corpus mixed beforehand (speech plus noise, as MixedCuts), its paths relative to its manifest."""
