@@ -209,8 +209,8 @@ def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Even
                 raise PlanCancelled(f"planning stopped while reading {manifest}")
             cut_id = data["id"]
             if cut_id in seen:
-                raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} in both "
-                                        f"{seen[cut_id]} and {manifest}.")
+                where = f"twice in {manifest}" if seen[cut_id] == manifest else f"in both {seen[cut_id]} and {manifest}"
+                raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} {where}.")
             seen[cut_id] = manifest
             cuts.append((float(data["duration"]), cut_id, compact_json(audio_only(data))))
     cuts.sort(key=lambda c: duration_order(c[0], c[1]))

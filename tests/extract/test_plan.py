@@ -150,6 +150,9 @@ def test_duplicate_ids_across_inputs_name_both_manifests(tmp_path: Path) -> None
     with pytest.raises(DuplicateCutError) as caught:
         make_plan([SPEECH, str(first)], 1.0)
     assert "spk-anna-00" in str(caught.value) and SPEECH in str(caught.value) and str(first) in str(caught.value)
+    twice = write_manifest([cut("x", tmp_path / "a.flac", 16_000, 16_000)] * 2, tmp_path / "twice.jsonl.gz")
+    with pytest.raises(DuplicateCutError, match=f"Got 'x' twice in {twice}."):
+        make_plan([str(twice)], 1.0)
 
 
 def test_expected_frames_follow_the_whisper_frame_math() -> None:
