@@ -105,6 +105,15 @@ def test_a_line_that_is_not_a_cut_stops_the_plan_naming_the_manifest_and_line(tm
     with pytest.raises(ConfigError, match=r"recordings.jsonl line 1 must be a cut with an 'id' and a 'type'.*"
                                           r"not recordings or supervisions.*'sampling_rate'"):
         make_plan([str(recordings)], 1.0)
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({**first, "duration": "3 s"}) + "\n")
+    with pytest.raises(ConfigError, match=r"odd.jsonl line 1: cut 'spk-anna-00' must have a duration in seconds. "
+                                          r"Got '3 s'."):
+        make_plan([str(odd)], 1.0)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"id": "m", "type": "MixedCut", "tracks": [{"cut": {"id": "x"}}]}) + "\n")
+    with pytest.raises(ConfigError, match=r"mixed.jsonl line 1 must be a cut lhotse can read. Got "):
+        make_plan([str(mixed)], 1.0)
 
 
 def test_mixed_cuts_are_planned_and_decoded_as_lhotse_mixes_them(tmp_path: Path,
