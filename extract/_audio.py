@@ -41,8 +41,8 @@ def audio_only(data: dict[str, Any]) -> dict[str, Any]:
     """The cut dict less what decoding never reads (supervisions, features, custom fields), tracks included.
 
     The plan holds every cut of a run in the client and sends each to a
-    worker: LibriSpeech-like cuts take 2.6 KB each as lhotse writes them and
-    1.0 KB like this.
+    worker, so it keeps no more of a cut than this (``ShardTask`` says how
+    much that is).
     """
     slim = {key: value for key, value in data.items() if key not in ("features", "custom")}
     if "supervisions" in slim:
