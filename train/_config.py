@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mt2kd._typed import typed_values
 from mt2kd.errors import ConfigError
 
 
@@ -142,9 +143,16 @@ class TrainConfig:
             raise ConfigError(f"every repeat count must be >= 1. Got {list(self.repeats)}.")
         if self.student not in STUDENT_PRESETS:
             raise ConfigError(f"student must be one of {sorted(STUDENT_PRESETS)}. Got {self.student!r}.")
-        for name in ("max_duration", "lr", "num_steps", "checkpoint_every", "keep_last", "log_every"):
+        for name in ("max_duration", "lr", "num_steps", "checkpoint_every", "keep_last", "log_every",
+                     "num_buckets", "buffer_size", "lr_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0. Got {getattr(self, name)!r}.")
+        if self.grad_clip <= 0:  # 0 would zero every gradient and a negative value flip its sign
+            raise ConfigError(f"grad_clip must be > 0 (the max global gradient norm). Got {self.grad_clip!r}.")
+        for name in ("weight_decay", "warmup_steps", "num_workers", "whisper_weight", "beats_weight",
+                     "ecapa_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0. Got {getattr(self, name)!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be one of ['auto', 'cpu', 'cuda']. Got {self.device!r}.")
 
@@ -162,12 +170,17 @@ class TrainConfig:
         if not path.is_file():
             raise ConfigError(f"config file must exist. Got {str(path)!r}.")
         text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        is_yaml = path.suffix in (".yaml", ".yml")
+        try:
+            if is_yaml:
+                import yaml
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as e:  # json.JSONDecodeError or yaml.YAMLError
+            raise ConfigError(f"config file {str(path)!r} must be valid {'YAML' if is_yaml else 'JSON'}. "
+                              f"Got: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping. Got {type(data).__name__}.")
-        return cls.from_dict(data)
+        return cls.from_dict(typed_values(cls, data, f"config file {str(path)!r}: "))

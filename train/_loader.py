@@ -76,6 +76,7 @@ def make_loader(
     sampler: Any, store_paths: Sequence[str], num_workers: int, teachers: Sequence[str] | None = None
 ) -> Any:
     """DataLoader over :class:`KDDataset`; batches come whole from the sampler (``batch_size=None``)."""
+    import torch
     from torch.utils.data import DataLoader
 
     return DataLoader(
@@ -84,6 +85,9 @@ def make_loader(
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,  # no re-fork and store re-open every epoch
+        # its own generator: starting an iterator must not draw from the global RNG that dropout uses,
+        # or a resumed run's masks would be one draw off an uninterrupted run's
+        generator=torch.Generator(),
     )
 
 

@@ -8,6 +8,7 @@ run continues as if it had never stopped.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -60,6 +61,21 @@ def student_config_for(cfg: TrainConfig) -> StudentConfig:
             raise ConfigError(f"teacher {teacher!r} must be a {kind!r} teacher for {field}. Got {spec.kind!r}.")
         sizes[field] = spec.dim
     return dataclasses.replace(StudentConfig.preset(cfg.student), **sizes)
+
+
+# fields whose change invalidates the saved sampler position (the batches would be other batches)
+_SAMPLER_FIELDS = ("cuts", "repeats", "max_duration", "num_buckets", "buffer_size", "shuffle", "seed")
+
+
+def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields whose value differs between a checkpoint's train_config and this run's: name -> (old, new).
+
+    Examples
+    --------
+    >>> _changed_settings({"lr": 0.003, "seed": 1}, {"lr": 0.0001, "seed": 1, "bf16": True})
+    {'lr': (0.003, 0.0001)}
+    """
+    return {name: (saved[name], value) for name, value in now.items() if name in saved and saved[name] != value}
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -127,7 +143,7 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids)
 
-    def state(self) -> dict[str, Any]:
+    def state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "student_config": self.student_config.to_dict(),
             "train_config": self.cfg.to_dict(),
@@ -137,11 +153,19 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": sampler_state(self.sampler, self.batches_in_epoch),
-            "rng": capture_rng(),
+            "rng": rng,  # one entry per rank: each draws its own dropout masks
         }
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of ``exp_dir`` if there is one."""
+        """Load the latest checkpoint of ``exp_dir`` if there is one.
+
+        Settings changed since the checkpoint take effect: the learning rate,
+        weight decay and schedule from the resumed step on. The sampler's
+        position holds only for the same corpora, batching, seed and number
+        of ranks; if any of those changed, training goes on at the saved step
+        with the sampler's next epoch from its start (logged as a warning:
+        that resume is not exact).
+        """
         found = list_checkpoints(self.cfg.exp_dir)
         if not found:
             return False
@@ -149,11 +173,57 @@ class Trainer:
         self.model.load_state_dict(data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
-        restore_sampler(self.sampler, data["sampler"])
-        restore_rng(data["rng"])
+        self._apply_optimiser_settings()
+        rng = data["rng"] if isinstance(data["rng"], list) else [data["rng"]]  # a dict: one rank's, older runs
+        restore_rng(rng[self.rank % len(rng)])
         self.step, self.batches_in_epoch = int(data["step"]), int(data["batches_in_epoch"])
+        changed = _changed_settings(data["train_config"], self.cfg.to_dict())
+        moved = [name for name in changed if name in _SAMPLER_FIELDS]
+        saved_ranks = int(data["sampler"]["world_size"])
+        if saved_ranks != self.world_size:
+            moved.append("ranks")
+            changed["ranks"] = (saved_ranks, self.world_size)
+        if moved:
+            log.warning(
+                "resuming %s with changed %s: the sampler cannot resume mid-epoch with them, so training goes "
+                "on at step %d with its epoch %d from the start (not an exact resume)", found[-1],
+                ", ".join(f"{name} ({changed[name][0]!r} -> {changed[name][1]!r})" for name in moved),
+                self.step, int(data["sampler"]["epoch"]) + 1,
+            )
+            self.sampler.set_epoch(int(data["sampler"]["epoch"]) + 1)
+            self.batches_in_epoch = 0
+        else:
+            restore_sampler(self.sampler, data["sampler"])
+        rest = [name for name in changed if name not in moved]
+        if rest:
+            log.info("resuming with changed %s",
+                     ", ".join(f"{name} ({changed[name][0]!r} -> {changed[name][1]!r})" for name in rest))
         log.info("resumed from %s at step %d", found[-1], self.step)
         return True
+
+    def _apply_optimiser_settings(self) -> None:
+        """This run's lr, weight decay and schedule on the restored optimiser (unchanged ones: same values)."""
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.cfg.weight_decay
+            group["initial_lr"] = self.cfg.lr
+        self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
+        factor = eden_factor(self.scheduler.last_epoch, self.cfg.warmup_steps, self.cfg.lr_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor  # LambdaLR's formula: the saved lr, bit for bit, if nothing changed
+
+    def _rng_of_every_rank(self) -> list[dict[str, Any]]:
+        """Each rank's RNG states, gathered on every rank (a collective: all ranks call it together)."""
+        own = capture_rng()
+        if self.world_size <= 1:
+            return [own]
+        import torch.distributed as dist
+
+        # as torch.save bytes: all_gather_object's unpickler cannot rebuild tensors
+        buffer = io.BytesIO()
+        torch.save(own, buffer)
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, buffer.getvalue())
+        return [torch.load(io.BytesIO(data), weights_only=True) for data in gathered]
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         self.ddp_model.train()
@@ -208,8 +278,11 @@ class Trainer:
 
     def _maybe_checkpoint(self) -> None:
         last = self.step >= self.cfg.num_steps
-        if self.rank == 0 and (self.step % self.cfg.checkpoint_every == 0 or last):
-            path = save_checkpoint(self.state(), self.cfg.exp_dir, self.cfg.keep_last)
+        if self.step % self.cfg.checkpoint_every and not last:
+            return
+        rng = self._rng_of_every_rank()
+        if self.rank == 0:
+            path = save_checkpoint(self.state(rng), self.cfg.exp_dir, self.cfg.keep_last)
             log.info("saved %s", path)
 
 

@@ -17,7 +17,8 @@ from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
 from mt2kd.extract import ExtractConfig
 from mt2kd.train._config import TrainConfig, checkpoint_path
-from mt2kd.workflows._sections import check_types, load_section
+from mt2kd._typed import typed_values
+from mt2kd.workflows._sections import load_section
 
 _STAGE_2_KEYS = ("finetune", "fine_tune", "stage2")  # refused with a clear message: not built yet
 
@@ -97,4 +98,4 @@ def _check_top_level(cls: type, data: dict[str, Any]) -> None:
         raise ConfigError(f"unknown workflow config fields {unknown}; expected a subset of {sorted(known)}.")
     if not isinstance(data.get("extract"), dict):
         raise ConfigError(f"a workflow config needs an 'extract' section (a mapping). Got {data.get('extract')!r}.")
-    check_types(cls, {k: data[k] for k in ("tiny_teachers", "verify", "report") if k in data}, "workflow")
+    typed_values(cls, {k: data[k] for k in ("tiny_teachers", "verify", "report") if k in data}, "workflow.")

@@ -30,5 +30,7 @@ def test_torchrun_two_gloo_ranks(tmp_path, make_cuts, fill_store) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     paths = list_checkpoints(exp_dir)
     assert [p.name for p in paths] == ["checkpoint-00000003.pt", "checkpoint-00000006.pt"]
-    assert read_checkpoint(paths[-1])["sampler"]["world_size"] == 2
+    data = read_checkpoint(paths[-1])
+    assert data["sampler"]["world_size"] == 2
+    assert len(data["rng"]) == 2  # each rank resumes its own RNG states, not rank 0's
     assert "step 6" in result.stderr  # rank 0's progress line

@@ -147,3 +147,77 @@ def test_head_sizes_follow_the_store(tmp_path, make_cuts, fill_store) -> None:
     model, config = load_student(list_checkpoints(tmp_path / "exp")[-1])
     assert config.teacher_frame_dim == 48 and model.asr_head.out_features == 48
     assert history[-1]["whisper"] > 0
+
+
+@pytest.fixture
+def dropout_student(monkeypatch):
+    """The tiny preset with dropout on, as the paper preset has it (the plain tiny preset draws no masks)."""
+    import dataclasses
+
+    from mt2kd.train import _config
+
+    monkeypatch.setitem(_config.STUDENT_PRESETS, "tiny", dataclasses.replace(_config.STUDENT_PRESETS["tiny"],
+                                                                            dropout=0.1))
+
+
+def test_resume_with_dropout_matches_a_straight_run(tmp_path, corpus, deterministic, dropout_student) -> None:
+    # starting a DataLoader iterator drew from the global RNG, so a resumed run's masks were one draw off
+    straight = train(_config(corpus, tmp_path / "a", num_steps=12))
+    first = train(_config(corpus, tmp_path / "b", num_steps=6))
+    second = train(_config(corpus, tmp_path / "b", num_steps=12))
+    assert [h["total"] for h in straight] == [h["total"] for h in first + second]
+
+
+def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, corpus, caplog) -> None:
+    exp = tmp_path / "exp"
+    train(_config(corpus, exp, num_steps=4, lr=3e-3, weight_decay=0.01))
+    with caplog.at_level(logging.INFO, logger="mt2kd.train._trainer"):
+        history = train(_config(corpus, exp, num_steps=6, lr=1e-4, weight_decay=0.5))
+    # step 5 trains at lr * eden_factor(4): the old 3e-3 would give 30x these values
+    assert [h["lr"] for h in history] == pytest.approx([1e-4 * eden_factor(s, 10, 1000.0) for s in (5, 6)])
+    group = read_checkpoint(list_checkpoints(exp)[-1])["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == 0.5 and group["initial_lr"] == 1e-4
+    assert "lr (0.003 -> 0.0001)" in caplog.text and "weight_decay (0.01 -> 0.5)" in caplog.text
+    assert "not an exact resume" not in caplog.text
+
+
+def test_resume_with_changed_batching_restarts_the_sampler_and_says_so(tmp_path, corpus, caplog) -> None:
+    exp = tmp_path / "exp"
+    train(_config(corpus, exp, num_steps=2))
+    epoch = read_checkpoint(list_checkpoints(exp)[-1])["sampler"]["epoch"]
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+        history = train(_config(corpus, exp, num_steps=4, max_duration=2.0))
+    assert len(history) == 2
+    assert "max_duration (3.0 -> 2.0)" in caplog.text and "not an exact resume" in caplog.text
+    sampler = read_checkpoint(list_checkpoints(exp)[-1])["sampler"]
+    assert sampler["max_duration"] == 2.0 and sampler["epoch"] >= epoch + 1
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("grad_clip", 0.0, "grad_clip must be > 0"),
+    ("grad_clip", -1.0, "grad_clip must be > 0"),
+    ("weight_decay", -0.1, "weight_decay must be >= 0"),
+    ("num_buckets", 0, "num_buckets must be > 0"),
+    ("beats_weight", -1.0, "beats_weight must be >= 0"),
+])
+def test_config_refuses_values_that_would_train_wrongly(field, value, message) -> None:
+    from mt2kd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_config_file_reads_yaml_exponents_and_refuses_wrong_types(tmp_path) -> None:
+    from mt2kd.errors import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-4\nweight_decay: 1e-2\nnum_steps: 2e3\nlr_steps: 7.5e3\n")  # YAML 1.1: strings
+    cfg = TrainConfig.from_file(path)
+    assert (cfg.lr, cfg.weight_decay, cfg.num_steps, cfg.lr_steps) == (1e-4, 1e-2, 2000, 7500.0)
+    assert isinstance(cfg.num_steps, int)
+    path.write_text('{"shuffle": "false"}')
+    with pytest.raises(ConfigError, match="shuffle must be true or false. Got 'false'"):
+        TrainConfig.from_file(path)
+    path.write_text("lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="must be valid YAML"):
+        TrainConfig.from_file(path)

@@ -1,0 +1,90 @@
+"""Checking YAML/JSON values against a frozen config dataclass's annotations, before it is built.
+
+A config file is read into plain values; a value of the wrong type must fail
+naming its field, not as a ``TypeError`` deep inside a run, and a string
+``"false"`` must never pass as true. One leniency: YAML 1.1 (what PyYAML
+reads) takes ``1e-4`` and ``5e3`` for strings, as they lack a dot; such a
+string given for a number field is read as the number it spells.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from typing import Any
+
+from mt2kd.errors import ConfigError
+
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+_YAML_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # what YAML 1.1 leaves as a string
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML/JSON value fits a field annotation (unknown annotations are left to the dataclass)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return isinstance(value, (list, tuple)) and all(_matches(item, args[0]) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # YAML reads "1000" as an int: accept it for a float field
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {_describe(args[0]).split(' ', 1)[-1]}s"
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _number(value: Any, hint: Any) -> Any:
+    """``value`` as the number a YAML 1.1 exponent string spells, when the field takes one; else unchanged."""
+    if not isinstance(value, str) or not _YAML_NUMBER.match(value.strip()):
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    kinds = set(args) if origin in (typing.Union, types.UnionType) else {hint}
+    number = float(value)
+    if float in kinds:
+        return number
+    if int in kinds and number.is_integer():
+        return int(number)
+    return value
+
+
+def typed_values(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` checked against ``cls``'s annotations; raise :class:`ConfigError` naming the first bad field.
+
+    ``where`` prefixes the field in the message (``"train."`` gives
+    ``train.lr``). Fields ``cls`` does not have are left to its own checks.
+
+    Examples
+    --------
+    >>> from mt2kd.train._config import TrainConfig
+    >>> typed_values(TrainConfig, {"lr": "1e-4", "num_steps": "2e3"}, "train.")
+    {'lr': 0.0001, 'num_steps': 2000}
+    >>> typed_values(TrainConfig, {"shuffle": "false"}, "train.")
+    Traceback (most recent call last):
+    ...
+    mt2kd.errors.ConfigError: train.shuffle must be true or false. Got 'false'.
+    """
+    hints = typing.get_type_hints(cls)
+    values = dict(data)
+    for name, value in data.items():
+        if name not in hints:
+            continue
+        values[name] = _number(value, hints[name])
+        if not _matches(values[name], hints[name]):
+            raise ConfigError(f"{where}{name} must be {_describe(hints[name])}. Got {value!r}.")
+    return values
