@@ -3,7 +3,9 @@
 Targets are joined by cut ID from one or several teacher stores. Which store
 ID a cut reads is decided by :func:`target_id`:
 
-- a MixedCut reads the targets of its first track;
+- a cut's own ID comes first: a corpus mixed before extraction was extracted
+  as mixed; otherwise a MixedCut (mixed on the fly, e.g. with noise) reads
+  the targets of its first track;
 - a cut whose audio is time-altered (speed or tempo perturbation) has no
   valid targets: the teachers saw other audio with another frame count;
 - an ID that ``CutSet.repeat()`` suffixed (``_repeatN``) maps back to the
@@ -54,19 +56,43 @@ def _first_track_cut(cut: Any) -> Any:
     return cut
 
 
+def target_source(cut: Any, store: Any) -> tuple[str, Any] | None:
+    """(store cut ID, the cut those targets were computed on) for ``cut``, or None if none are valid.
+
+    The cut's own ID comes first (a corpus mixed before extraction was
+    extracted as mixed), then, for a MixedCut, its first track's.
+
+    Examples
+    --------
+    >>> target_source(cut.repeat(2)[1], store)[0]  # doctest: +SKIP
+    'cut-0001'
+    """
+    if is_time_altered(cut):
+        _warn_perturbed(cut.id)
+        return None
+    own = stored_cut_id(cut.id, store)
+    if own is not None:
+        return own, cut
+    source = _first_track_cut(cut)
+    if source is cut:
+        return None
+    if is_time_altered(source):
+        _warn_perturbed(cut.id)
+        return None
+    stored = stored_cut_id(source.id, store)
+    return None if stored is None else (stored, source)
+
+
 def target_id(cut: Any, store: Any) -> str | None:
-    """The store cut ID whose targets belong to ``cut``, or None if none are valid.
+    """The store cut ID whose targets belong to ``cut`` (see :func:`target_source`), or None.
 
     Examples
     --------
     >>> target_id(cut.repeat(2)[1], store)  # doctest: +SKIP
     'cut-0001'
     """
-    source = _first_track_cut(cut)
-    if is_time_altered(source):
-        _warn_perturbed(cut.id)
-        return None
-    return stored_cut_id(source.id, store)
+    found = target_source(cut, store)
+    return None if found is None else found[0]
 
 
 def _warn_perturbed(cut_id: str) -> None:
@@ -149,7 +175,8 @@ def fetch_targets(
     as "no cut has it".
     """
     names = [n for n in (store.specs if teachers is None else teachers) if n in store.specs]
-    ids = [target_id(cut, store) for cut in cuts]
+    sources = [target_source(cut, store) for cut in cuts]
+    ids = [None if found is None else found[0] for found in sources]
     wanted = list(dict.fromkeys(i for i in ids if i is not None))
     fetched = dict(zip(wanted, store.get_many(wanted, teachers=names))) if wanted and names else {}
     targets = {}
@@ -157,14 +184,15 @@ def fetch_targets(
         spec = store.specs[name]
         rows = [fetched[i].get(name) if i in fetched else None for i in ids]
         if spec.kind == "frames":
-            rows = [_checked_frames(r, c, spec.frame_rate) for r, c in zip(rows, cuts)]
+            rows = [None if found is None else _checked_frames(r, found[1], spec.frame_rate)
+                    for r, found in zip(rows, sources)]
         collate = _collate_frames if spec.kind == "frames" else _collate_clip
         targets[name] = collate(rows, spec.dim)
     return targets
 
 
 def _checked_frames(row: np.ndarray | None, cut: Any, frame_rate: float) -> np.ndarray | None:
-    """``row`` if its length fits the cut's duration, else None (masked, with a warning).
+    """``row`` if its length fits the duration of ``cut`` (the one its targets were computed on), else None.
 
     A cut cut out of a longer one (``truncate``, windows) keeps an ID whose
     stored frames cover other audio; truncating those to the shorter length
@@ -172,7 +200,7 @@ def _checked_frames(row: np.ndarray | None, cut: Any, frame_rate: float) -> np.n
     """
     if row is None:
         return None
-    expected = _first_track_cut(cut).duration * frame_rate
+    expected = cut.duration * frame_rate
     if abs(row.shape[0] - expected) <= FRAME_TOLERANCE:
         return row
     global _warned_length

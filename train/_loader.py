@@ -44,6 +44,44 @@ def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), s
     return CutSet.mux(*corpora, weights=weights, seed=seed)
 
 
+COVERAGE_SAMPLE = 1000  # cuts read from the head of each manifest to check it has targets
+
+
+def check_target_coverage(cut_paths: Sequence[str | Path], store: Any) -> dict[str, float]:
+    """Fraction of the first cuts of each manifest that have targets in ``store``; refuse all-zero.
+
+    A store that does not belong to the manifests would otherwise train on
+    nothing but zero losses. A corpus without any targets is only warned
+    about when another corpus has some; none at all is a :class:`ConfigError`.
+
+    Examples
+    --------
+    >>> check_target_coverage(["train.jsonl.gz"], store)  # doctest: +SKIP
+    {'train.jsonl.gz': 1.0}
+    """
+    import itertools
+    import logging
+
+    from mt2kd.train._data import target_source
+
+    coverage = {}
+    for path in cut_paths:
+        head = list(itertools.islice(open_manifest(path), COVERAGE_SAMPLE))
+        found = sum(target_source(cut, store) is not None for cut in head)
+        coverage[str(path)] = found / max(1, len(head))
+    if not any(coverage.values()):
+        raise ConfigError(
+            f"the stores must hold targets for the cuts. Got none for the first {COVERAGE_SAMPLE} cuts of every "
+            f"manifest ({', '.join(map(repr, coverage))}): are these the stores extracted from these manifests?"
+        )
+    for path, fraction in coverage.items():
+        if fraction == 0:
+            logging.getLogger(__name__).warning(
+                "corpus %s: none of its first %d cuts has targets in the stores; its cuts train nothing",
+                path, COVERAGE_SAMPLE)
+    return coverage
+
+
 def make_sampler(
     cuts: Any,
     max_duration: float,

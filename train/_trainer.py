@@ -20,7 +20,15 @@ import torch
 from mt2kd.errors import ConfigError
 from mt2kd.train._checkpoint import capture_rng, list_checkpoints, read_checkpoint, restore_rng, save_checkpoint
 from mt2kd.train._config import StudentConfig, TrainConfig
-from mt2kd.train._loader import make_loader, make_sampler, open_corpora, restore_sampler, sampler_state
+from mt2kd.train._data import LazyStores
+from mt2kd.train._loader import (
+    check_target_coverage,
+    make_loader,
+    make_sampler,
+    open_corpora,
+    restore_sampler,
+    sampler_state,
+)
 from mt2kd.train._losses import LossWeights, kd_losses
 from mt2kd.train._model import Student
 from mt2kd.train._progress import Progress
@@ -46,8 +54,6 @@ def student_config_for(cfg: TrainConfig) -> StudentConfig:
 
     A teacher the store lacks keeps the preset's size; its loss is then 0.
     """
-    from mt2kd.train._data import LazyStores
-
     specs = LazyStores(cfg.stores).get().specs
     sizes = {}
     for field, teacher, kind in (("teacher_frame_dim", cfg.whisper_teacher, "frames"),
@@ -116,6 +122,7 @@ class Trainer:
         self.rank, self.world_size, local_rank = _distributed()
         self.device = _device(cfg, local_rank)
         self.student_config = student_config_for(cfg)
+        check_target_coverage(cfg.cuts, LazyStores(cfg.stores).get())
         torch.manual_seed(cfg.seed)
         self.model = Student(self.student_config).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -87,6 +87,36 @@ def test_mixed_cut_takes_targets_of_its_first_track(tmp_path, make_cuts, fill_st
     assert batch["num_frames"].tolist() == [num_fbank_frames(mixed.num_samples)]
 
 
+def test_a_mixed_cut_extracted_as_mixed_reads_its_own_targets(tmp_path, make_cuts, fill_store) -> None:
+    # a corpus mixed before extraction: the teachers saw the mix, stored under the MixedCut's own ID
+    cuts = make_cuts("utt", [1.0, 0.6])
+    mixed = cuts[0].mix(cuts[1], offset_other_by=0.6, allow_padding=True).with_id("mix-099")  # 1.2 s
+    store = _open(fill_store(tmp_path / "s.zarr", [mixed, cuts[0]]))
+    batch = KDDataset([str(tmp_path / "s.zarr")])[[mixed]]
+    expected = store.get(mixed.id)["whisper"]
+    assert expected.shape[0] != store.get(cuts[0].id)["whisper"].shape[0]
+    assert batch["targets"]["whisper"]["lengths"].tolist() == [expected.shape[0]]
+    np.testing.assert_array_equal(batch["targets"]["whisper"]["values"][0].numpy(), expected)
+    np.testing.assert_array_equal(batch["targets"]["beats"]["values"][0].numpy(), store.get(mixed.id)["beats"])
+
+
+def test_training_refuses_stores_that_hold_none_of_the_cuts(tmp_path, make_cuts, fill_store, caplog) -> None:
+    from mt2kd.errors import ConfigError
+    from mt2kd.train._loader import check_target_coverage
+
+    ours, others = make_cuts("utt", [0.6, 0.8]), make_cuts("other", [0.6, 0.8])
+    paths = []
+    for name, cuts in (("ours", ours), ("others", others)):
+        paths.append(str(tmp_path / f"{name}.jsonl.gz"))
+        cuts.to_file(paths[-1])
+    store = _open(fill_store(tmp_path / "s.zarr", ours))
+    with pytest.raises(ConfigError, match="must hold targets for the cuts.*others.jsonl.gz"):
+        check_target_coverage(paths[1:], store)
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train._loader"):
+        assert check_target_coverage(paths, store) == {paths[0]: 1.0, paths[1]: 0.0}
+    assert "others.jsonl.gz" in caplog.text and "train nothing" in caplog.text
+
+
 def test_frames_of_a_truncated_cut_are_masked_not_misaligned(tmp_path, make_cuts, fill_store, caplog,
                                                              monkeypatch) -> None:
     cuts = make_cuts("utt", [1.6, 0.8])
