@@ -196,7 +196,7 @@ def pieces_to_text(pieces: Sequence[str]) -> str:
 
 
 def read_transcripts(path: str | Path) -> dict[str, str]:
-    """Read a ``cut_id text`` file (one utterance per line; text may be empty).
+    """Read a ``cut_id text`` file (one utterance per line, ID and text split by spaces or a tab; text may be empty).
 
     Examples
     --------
@@ -208,7 +208,8 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
     for num_line, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        cut_id, _, text = line.strip().partition(" ")
+        cut_id, *rest = line.split(maxsplit=1)  # Kaldi text files separate the ID by a space or a tab
+        text = rest[0] if rest else ""
         if cut_id in transcripts:
             raise ValidationError(f"{path}:{num_line}: cut ID {cut_id!r} occurs twice. Expected one line per cut.")
         transcripts[cut_id] = " ".join(text.split())

@@ -100,6 +100,15 @@ def test_transcript_files(tmp_path):
     assert report["wer"]["rate"] == pytest.approx(2 / 6)
 
 
+def test_transcript_files_split_the_id_at_a_tab_too(tmp_path):
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    ref.write_text("u1\tthe cat sat\nu2 a b\nu3\n")
+    hyp.write_text("u1\tthe bat  sat\nu2\ta b\nu3\t\n")
+    assert read_transcripts(ref) == {"u1": "the cat sat", "u2": "a b", "u3": ""}
+    report = score_transcripts(read_transcripts(ref), read_transcripts(hyp))
+    assert report["wer"]["num_errors"] == 1 and report["wer"]["rate"] == pytest.approx(1 / 5)
+
+
 def test_transcript_duplicate_id_is_an_error(tmp_path):
     path = tmp_path / "ref.txt"
     path.write_text("c1 a\nc1 b\n")

@@ -133,6 +133,17 @@ def test_kd_l1_truncates_and_masks():
     assert kd_l1_parts(student, teacher, mask) == (4.0, 4)
 
 
+def test_kd_l1_leaves_out_padded_teacher_frames():
+    student = np.zeros((2, 4, 1))
+    teacher = np.ones((2, 4, 1))
+    teacher[1, 2:] = 0.0  # cut 1's teacher has 2 frames, zero-padded to 4
+    teacher_mask = np.array([[True] * 4, [True, True, False, False]])
+    assert kd_l1(student, teacher, teacher_mask=teacher_mask) == pytest.approx(1.0)
+    assert kd_l1_parts(student, teacher, teacher_mask=teacher_mask) == (6.0, 6)
+    with pytest.raises(ValidationError, match="teacher_mask must have the teacher's shape"):
+        kd_l1(student, teacher, teacher_mask=teacher_mask[:, :3])
+
+
 def test_kd_l1_equals_mean_abs_on_equal_lengths():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
