@@ -332,17 +332,38 @@ class ShardWriter:
         self._publish(record)
 
     def _publish(self, record: ShardRecord) -> None:
+        """Write the commit record; from then on the shard is committed, whatever fails after."""
         document = group_metadata({COMMIT_KEY: record.to_dict()})
-        if self.replace:
-            old = read_record(self.loc, self.name)
-            self.loc.write(commit_path(self.name), document)
-            if old is not None and old.attempt != self.attempt:
-                self.loc.remove(old.path)
-        elif not self.loc.create(commit_path(self.name), document):
+        old = read_record(self.loc, self.name) if self.replace else None
+        try:
+            if self.replace:
+                self.loc.write(commit_path(self.name), document)
+                published = True
+            else:
+                published = self.loc.create(commit_path(self.name), document)
+        except Exception:
+            if not self._record_is_ours():  # a write whose reply was lost may still have landed
+                raise
+            published = True
+        # a retried create (NFS, an object store's retry after a lost reply) reports "exists" for our own record
+        if not published and not self._record_is_ours():
             raise ShardCommittedError(f"shard {self.name} of {self.loc.url} must be committed once. "
                                       "Got a commit record written by another writer meanwhile.")
         self._done = True
         self._on_commit(record)
+        if old is not None and old.attempt != self.attempt:
+            try:
+                self.loc.remove(old.path)
+            except Exception:  # noqa: BLE001 - best effort: the old attempt is then a leftover that clean removes
+                pass
+
+    def _record_is_ours(self) -> bool:
+        """Whether the shard's commit record names this writer's attempt (False when it cannot be read)."""
+        try:
+            record = read_record(self.loc, self.name)
+        except Exception:  # noqa: BLE001 - unreadable now: not known to be ours, so not committed
+            return False
+        return record is not None and record.attempt == self.attempt
 
     def _write_teacher(self, teacher: str) -> TeacherRows:
         spec = self.specs[teacher]

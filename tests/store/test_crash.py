@@ -170,3 +170,51 @@ def test_two_writers_past_the_lock_never_both_commit(store_url: str, monkeypatch
         second.__exit__(None, None, None)
     reopened = TeacherStore.open(store_url)
     assert reopened.cut_ids() == ["from-first"] and reopened.verify() == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt("Ctrl-C"), OSError("network unreachable")])
+def test_a_replace_whose_old_attempt_cannot_be_deleted_keeps_the_new_data(
+        store_url: str, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    store = TeacherStore.create(store_url, SPECS)
+    with store.shard_writer(0) as writer:
+        writer.put("a", {"ecapa": np.ones(6, np.float32)})
+    old_path = store.shards["000000"].path
+    remove = store.loc.remove
+
+    def failing_remove(path: str) -> None:
+        if path == old_path:
+            raise error  # interrupted while deleting a big old attempt, or the object store went away
+        remove(path)
+
+    writer = store.shard_writer(0, replace=True).__enter__()
+    writer.put("a", {"ecapa": np.full(6, 2.0, np.float32)})
+    monkeypatch.setattr(store.loc, "remove", failing_remove)
+    if isinstance(error, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            writer.__exit__(None, None, None)
+    else:
+        writer.__exit__(None, None, None)  # committed: the failed deletion is not the commit's failure
+    monkeypatch.setattr(store.loc, "remove", remove)
+    reopened = TeacherStore.open(store_url, mode="a")
+    assert reopened.shards["000000"].attempt == writer.attempt
+    np.testing.assert_array_equal(reopened.get("a")["ecapa"], np.full(6, 2.0, np.float32))
+    assert not reopened.loc.exists("locks/000000.lock")
+    assert reopened.leftovers() == [old_path]  # the old attempt is a leftover now, which clean removes
+    assert reopened.clean() == [old_path] and reopened.verify() == []
+
+
+def test_a_commit_whose_create_reports_exists_for_its_own_record_keeps_its_data(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = TeacherStore.create(store_url, SPECS)
+    create = store.loc.create
+
+    def lost_reply(path: str, data: bytes) -> bool:
+        created = create(path, data)
+        return created and not path.startswith("commits/")  # created, but the retry after a lost reply saw it
+
+    monkeypatch.setattr(store.loc, "create", lost_reply)
+    with store.shard_writer(0) as writer:
+        writer.put("a", {"ecapa": np.ones(6, np.float32)})
+    reopened = TeacherStore.open(store_url)
+    assert reopened.shards["000000"].attempt == writer.attempt and reopened.verify() == []
+    np.testing.assert_array_equal(reopened.get("a")["ecapa"], np.ones(6, np.float32))
