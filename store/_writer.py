@@ -107,9 +107,9 @@ class _TeacherFile:
         return self.position + len(tail)
 
     def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.close()
 
 
 class ShardWriter:
@@ -164,9 +164,11 @@ class ShardWriter:
             if exc_type is None:
                 self._commit()
         finally:
-            if not self._done:
-                self._discard()
-            self._release_lock()
+            try:
+                if not self._done:
+                    self._discard()
+            finally:  # a discard that fails (the file system went away) must not keep the lock or its heartbeat
+                self._release_lock()
 
     def _refuse_if_committed(self) -> None:
         if not self.replace and self.loc.exists(commit_path(self.name)):
@@ -224,12 +226,12 @@ class ShardWriter:
 
     def _release_lock(self) -> None:
         if self._locked:
+            self._locked = False
             self._beat_stop.set()
             if self._beat_thread is not None:
                 self._beat_thread.join()
             if self._holds_lock():
                 self.loc.remove(self._lock_path)
-            self._locked = False
 
     def _remove_abandoned_attempts(self) -> None:
         """Attempt folders of this shard left by dead writers (we hold the lock, so none is live)."""
@@ -240,10 +242,13 @@ class ShardWriter:
                 self.loc.remove(f"{SHARDS_DIR}/{entry}")
 
     def _discard(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self.loc.remove(self.path)
         self._done = True
+        for f in self._files.values():
+            try:
+                f.close()
+            except OSError:  # a full disk fails the close's flush too; the attempt folder goes anyway
+                continue
+        self.loc.remove(self.path)
 
     # ------------------------------------------------------------ writing
 

@@ -218,3 +218,32 @@ def test_a_commit_whose_create_reports_exists_for_its_own_record_keeps_its_data(
     reopened = TeacherStore.open(store_url)
     assert reopened.shards["000000"].attempt == writer.attempt and reopened.verify() == []
     np.testing.assert_array_equal(reopened.get("a")["ecapa"], np.ones(6, np.float32))
+
+
+def test_a_writer_whose_cleanup_fails_still_releases_its_lock(store_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    store = TeacherStore.create(store_url, SPECS)
+    put, remove = store.loc.put, store.loc.remove
+
+    def unreachable(*args: Any) -> None:
+        raise OSError("network unreachable")
+
+    def remove_locks_only(path: str) -> None:
+        if path.startswith("shards/"):
+            unreachable()
+        remove(path)
+
+    monkeypatch.setattr(store.loc, "put", unreachable)  # the commit fails ...
+    monkeypatch.setattr(store.loc, "remove", remove_locks_only)  # ... and so does removing the attempt
+    with pytest.raises(OSError, match="network unreachable"):
+        with store.shard_writer(0, owner="run-1") as writer:
+            writer.put("a", {"ecapa": np.ones(6, np.float32)})
+    monkeypatch.setattr(store.loc, "put", put)
+    monkeypatch.setattr(store.loc, "remove", remove)
+    assert not store.loc.exists("locks/000000.lock")
+    assert not [t for t in threading.enumerate() if t.name == "mt2kd-lock-000000"]  # no heartbeat keeps beating
+    with store.shard_writer(0, owner="other-run") as writer:  # a held lock would be ShardLockedError here
+        writer.put("a", {"ecapa": np.ones(6, np.float32)})
+    assert TeacherStore.open(store_url).cut_ids() == ["a"]
