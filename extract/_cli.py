@@ -34,6 +34,8 @@ _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "
               help="h of audio per shard at most (the audio is split into equal shards)")
 @click.option("--dry-run", is_flag=True, help="print the plan (cuts, hours, shards, bytes) and exit")
 @click.option("--overwrite", is_flag=True, help="replace a store made by other teachers or inputs")
+@click.option("--retry-failed", is_flag=True,
+              help="recompute the committed shards that hold failed cuts (e.g. once a missing disk is back)")
 @click.option("--max-failures", default=_DEFAULTS.max_failures, show_default=True,
               help="stop once more cuts than this failed (-1: never)")
 @click.option("--precision", default=_DEFAULTS.precision, show_default=True,

@@ -9,12 +9,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mt2kd.errors import FingerprintMismatchError, ShardLockedError, TooManyFailuresError
 from mt2kd.extract._config import ExtractConfig
-from mt2kd.extract._plan import Plan, check_manifests, make_plan
+from mt2kd.extract._plan import Plan, ShardTask, check_manifests, make_plan
 from mt2kd.extract._progress import ExtractSummary, Progress
 from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
 from mt2kd.store import TeacherSpec
@@ -148,8 +148,12 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 plan = planned.result()
                 specs = {name: TeacherSpec.from_dict(spec) for name, spec in asked.result().items()}
                 store = prepare_store(config, plan, specs, random)
-                todo = [s for s in plan.shards if not store.is_committed(s.shard_id)]
-                results = run_tasks(client, resources, config, plan, todo, progress) if todo else []
+                todo, retry = shards_to_run(store, plan, config.retry_failed)
+                announce_resume(say, store, plan, retry, config.retry_failed)
+                results = run_tasks(client, resources, config, plan, todo, progress, retry) if todo else []
+        except FailureLimitReached as e:
+            stop.set()
+            raise too_many_failures(e) from None
         except BaseException:
             stop.set()
             raise
@@ -158,13 +162,49 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     if locked:
         raise ShardLockedError(f"{len(locked)} shard(s) were being written by another extraction process and were "
                                f"left to it; rerun this command once it has finished. First: {locked[0].message}")
+    store.refresh()  # the index as the workers left it: what the store holds now
     return ExtractSummary(**summary, num_shards_skipped=len(plan.shards) - len(todo),
                           num_shards_written=sum(r.status != ALREADY_COMMITTED for r in results),
                           num_failures=len({f[0] for r in results for f in r.failures}),
                           seconds=time.monotonic() - start, task_seconds=sum(r.seconds for r in results),
                           decode_wait=sum(r.waits.decode for r in results),
                           first_batch_wait=sum(r.waits.first_batch for r in results),
-                          write_wait=sum(r.waits.write for r in results))
+                          write_wait=sum(r.waits.write for r in results), num_shards_retried=len(retry),
+                          num_failures_in_store=num_failed_cuts(store))
+
+
+def num_failed_cuts(store: TeacherStore, shards: Collection[str] | None = None) -> int:
+    """Distinct cuts with a recorded failure in the store's committed shards (or in ``shards`` of them)."""
+    return len({f["cut_id"] for f in store.failures() if shards is None or f["shard"] in shards})
+
+
+def shards_to_run(store: TeacherStore, plan: Plan, retry_failed: bool) -> tuple[list[ShardTask], frozenset[int]]:
+    """The shards this run writes: those not committed, and with ``retry_failed`` those holding failures.
+
+    Returns them in plan order and the IDs of the committed ones among them (written again with ``replace``).
+    """
+    from mt2kd.store._format import shard_name
+
+    with_failures = {f["shard"] for f in store.failures()} if retry_failed else set()
+    retry = frozenset(s.shard_id for s in plan.shards if shard_name(s.shard_id) in with_failures)
+    todo = [s for s in plan.shards if s.shard_id in retry or not store.is_committed(s.shard_id)]
+    return todo, retry
+
+
+def announce_resume(say: Callable[[str], None], store: TeacherStore, plan: Plan, retry: frozenset[int],
+                    retry_failed: bool) -> None:
+    """On a store that already has committed shards: how many, and the failed cuts they hold."""
+    if not store.shards:
+        return
+    failed = num_failed_cuts(store)
+    text = f"resuming {store.url}: {len(store.shards)} of {len(plan.shards)} shards committed"
+    if retry_failed:
+        text += (f", {failed} failed cuts recorded in them; --retry-failed recomputes the {len(retry)} shards "
+                 f"that hold them")
+    elif failed:
+        text += (f", holding {failed} failed cuts (mt2kd store info lists them); these stay as they are: once "
+                 f"their cause is fixed, rerun with --retry-failed to recompute their shards")
+    say(text + ".")
 
 
 def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, Any]:
@@ -208,22 +248,42 @@ def wait_done_or_failed(futures: Sequence[Any], poll_seconds: float = 0.2) -> No
 
 
 def run_tasks(client: Any, resources: dict[str, int] | None, config: ExtractConfig, plan: Plan, todo: list[Any],
-              progress: bool) -> list[ShardResult]:
-    """Submit one task per shard in ``todo`` and collect them, stopping past ``max_failures``."""
+              progress: bool, retry: frozenset[int] = frozenset()) -> list[ShardResult]:
+    """Submit one task per shard in ``todo`` and collect them, stopping past ``max_failures``.
+
+    The shards in ``retry`` are committed already and are written again (``--retry-failed``).
+    """
     from distributed import as_completed
 
     from mt2kd.extract._shard import run_shard
 
     settings = ShardSettings(config.store, config.max_duration, config.decode_threads, config.prefetch_cuts,
-                             config.events_log, owner=f"run-{uuid.uuid4().hex[:12]}")
+                             config.events_log, owner=f"run-{uuid.uuid4().hex[:12]}", replace_shards=retry)
     done_hours = plan.audio_hours - sum(s.audio_seconds for s in todo) / 3600
     futures = [client.submit(run_shard, s, settings, key=f"mt2kd-shard-{s.shard_id}", resources=resources,
                              pure=False) for s in todo]
     bar = Progress(plan.audio_hours, len(plan.shards), done_hours, len(plan.shards) - len(todo), progress)
     try:
         return collect(as_completed(futures), bar, config.max_failures, client, futures)
+    except FailureLimitReached as e:
+        e.store_url = config.store
+        e.running = config.scheduler not in ("local", "slurm")
+        raise
     finally:
         bar.close()
+
+
+class FailureLimitReached(Exception):
+    """More cuts failed than ``--max-failures`` allows; the job turns it into TooManyFailuresError.
+
+    The error is raised once the cluster is closed, so that it can count what the store holds by then.
+    """
+
+    def __init__(self, max_failures: int, failed: set[str], num_in_flight: int) -> None:
+        super().__init__(f"more than {max_failures} failed cuts")
+        self.max_failures, self.failed, self.num_in_flight = max_failures, failed, num_in_flight
+        self.store_url = ""
+        self.running = False  # a scheduler the job did not start: its workers finish their shards
 
 
 def collect(completed: Any, bar: Progress, max_failures: int, client: Any, futures: list[Any]) -> list[ShardResult]:
@@ -235,7 +295,22 @@ def collect(completed: Any, bar: Progress, max_failures: int, client: Any, futur
         failed.update(f[0] for f in result.failures)
         bar.shard_done(result.audio_seconds, len(failed))
         if 0 <= max_failures < len(failed):
+            num_in_flight = sum(not f.done() for f in futures)
             client.cancel(futures)
-            raise TooManyFailuresError(f"at most {max_failures} failed cuts are allowed (--max-failures). Got "
-                                       f"{len(failed)}, e.g. {sorted(failed)[:3]}; committed shards stay committed.")
+            raise FailureLimitReached(max_failures, failed, num_in_flight)
     return results
+
+
+def too_many_failures(limit: FailureLimitReached) -> TooManyFailuresError:
+    """The error of a run stopped by ``--max-failures``, counting the failed cuts the store holds now."""
+    from mt2kd.store import TeacherStore
+
+    in_store = num_failed_cuts(TeacherStore.open(limit.store_url))
+    text = (f"at most {limit.max_failures} failed cuts are allowed (--max-failures). Got {len(limit.failed)} in the "
+            f"shards this run saw committed, e.g. {sorted(limit.failed)[:3]}; the store's committed shards now hold "
+            f"{in_store} failed cuts in all (mt2kd store info lists them)")
+    if limit.running and limit.num_in_flight:
+        text += (f". {limit.num_in_flight} shards were still queued or being written on the scheduler's workers: "
+                 f"those already started still commit and may add failures")
+    return TooManyFailuresError(text + ". Committed shards stay committed; once the cause is fixed, rerun with "
+                                       "--retry-failed to recompute the shards that hold failures.")

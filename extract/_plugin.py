@@ -121,8 +121,9 @@ class TeacherPlugin(WorkerPlugin):
             skip_final_gc_at_exit()
 
     def teardown(self, worker: Worker) -> None:
-        self.teachers.clear()
-        self.stores.clear()
+        # let go of the dicts, never empty them: a closing worker removes its plugins before it waits for the
+        # task it runs, and that task must keep its teachers to the end (it holds the models until it ends)
+        self.teachers, self.stores = {}, {}
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -159,14 +160,14 @@ def worker_store(url: str) -> TeacherStore:
 
 
 def worker_teachers() -> dict[str, Teacher]:
-    """The teachers the plugin loaded into the worker running the current task."""
+    """The teachers the plugin loaded into the worker running the current task (the task's own dict)."""
     import torch
 
     plugin = _worker_plugin()
     # OpenMP thread counts are per calling thread: setup ran on the worker's event loop, tasks run on
     # its executor thread, which would otherwise start OMP_NUM_THREADS threads and crowd the decoders
     torch.set_num_threads(plugin.num_threads)
-    return plugin.teachers
+    return dict(plugin.teachers)
 
 
 def loaded_specs() -> dict[str, dict[str, Any]]:

@@ -32,6 +32,8 @@ class ExtractSummary:
     decode_wait: float = 0.0  # of which the teachers waited for decoded audio
     first_batch_wait: float = 0.0  # of that, for each shard's first batch (its decode window starts empty)
     write_wait: float = 0.0  # of which the teachers waited for the writer
+    num_shards_retried: int = 0  # committed shards holding failures that this run wrote again (--retry-failed)
+    num_failures_in_store: int = 0  # distinct failed cuts the store's committed shards hold at the end
 
     def line(self) -> str:
         if self.dry_run:
@@ -39,9 +41,18 @@ class ExtractSummary:
         rate = self.audio_hours / self.seconds if self.seconds > 0 else 0.0
         text = (f"done: {self.num_shards_written} shards written, {self.num_shards_skipped} already committed, "
                 f"{self.num_shards} in the plan; {self.num_cuts:,} cuts, {self.audio_hours:.3f} h of audio, "
-                f"{self.num_failures} failed cuts; {self.seconds:.1f} s ({rate * SECONDS_PER_HOUR:.1f} audio-s/s)"
-                f"{self._waits()} -> {self.store}")
+                f"{self.num_failures} failed cuts{self._retried()}; {self.seconds:.1f} s "
+                f"({rate * SECONDS_PER_HOUR:.1f} audio-s/s){self._waits()} -> {self.store}{self._stored_failures()}")
         return text + ("  [RANDOM teachers: outputs are not real labels]" if self.random_teachers else "")
+
+    def _retried(self) -> str:
+        return f" ({self.num_shards_retried} shards with failures recomputed)" if self.num_shards_retried else ""
+
+    def _stored_failures(self) -> str:
+        if not self.num_failures_in_store:
+            return ""
+        return (f"; the store holds {self.num_failures_in_store} failed cuts (mt2kd store info lists them; once "
+                f"their cause is fixed, rerun with --retry-failed to recompute their shards)")
 
     def _waits(self) -> str:
         """Where the teachers waited; decoding waits past the first batches over a tenth get a hint."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from mt2kd.errors import ShardCommittedError, ShardLockedError, ValidationError
+from mt2kd.errors import ShardCommittedError, ShardLockedError, StoreError, ValidationError
 from mt2kd.extract._audio import CutAudio, CutFailure, batches, by_duration, prefetched
 from mt2kd.extract._plan import ShardTask
 
@@ -39,6 +39,7 @@ class ShardSettings:
     # the run's token, kept in each shard lock: a task that finds its shard locked by an earlier attempt of
     # this run (dask reruns the task of a lost worker) waits for that attempt instead of giving the shard up
     owner: str = ""
+    replace_shards: frozenset[int] = frozenset()  # committed shards to write again (--retry-failed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +95,10 @@ def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str,
     start = time.monotonic()
     failures: list[tuple[str, str | None, str]] = []
     try:
-        with store.shard_writer(task.shard_id, owner=settings.owner) as writer:
+        replace = task.shard_id in settings.replace_shards
+        with store.shard_writer(task.shard_id, replace=replace, owner=settings.owner) as writer:
             num_cuts, waits = fill_shard(writer, task, settings, teachers, failures)
+            check_accounted(task, writer.cut_ids, failures)
     except ShardCommittedError as e:
         # a second run of this task (dask retry, or another process) got there first: same plan, same store
         return ShardResult(task.shard_id, ALREADY_COMMITTED, 0, (), task.audio_seconds, str(e))
@@ -106,6 +109,22 @@ def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str,
               first_batch_wait=waits.first_batch, write_wait=waits.write)
     return ShardResult(task.shard_id, COMMITTED, num_cuts, tuple(failures), task.audio_seconds, seconds=seconds,
                        waits=waits)
+
+
+def check_accounted(task: ShardTask, stored: Sequence[str], failures: Sequence[tuple[str, str | None, str]]
+                    ) -> None:
+    """Refuse to commit a shard unless each of its cuts was stored or recorded as failed.
+
+    A shard missing a cut would look complete: a rerun skips it and verify
+    does not know the cut. Raised inside the writer's block, the attempt is
+    discarded and the shard is done again by the next attempt or run.
+    """
+    accounted = set(stored).union(cut_id for cut_id, _, _ in failures)
+    missing = [cut_id for cut_id in task.cut_ids if cut_id not in accounted]
+    if missing:
+        raise StoreError(f"shard {task.shard_id} must have each of its {len(task.cut_ids)} cuts stored or recorded "
+                         f"as failed before it commits. Got {len(missing)} with neither, e.g. {missing[:3]}; "
+                         f"not committed.")
 
 
 def fill_shard(writer: ShardWriter, task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher],

@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from mt2kd.errors import FingerprintMismatchError, TooManyFailuresError
 from mt2kd.extract import ExtractConfig, TeacherConfig, extract
 from mt2kd.extract._plan import make_plan
 from mt2kd.store import TeacherSpec, TeacherStore
-from mt2kd.tests.extract._corpus import BAD_CASES, DEMO, make_bad_corpus
+from mt2kd.tests.extract._corpus import BAD_CASES, DEMO, SAMPLE_RATE, make_bad_corpus
 
 DEMO_CUTS = (str(DEMO / "speech_cuts.jsonl.gz"), str(DEMO / "events_cuts.jsonl.gz"))
 
@@ -135,3 +136,67 @@ def test_on_cuda_the_job_matches_the_cpu_store(tiny: dict[str, Path], demo_store
         for name, value in cpu.get(cut_id).items():
             np.testing.assert_allclose(gpu.get(cut_id)[name].astype(np.float32), value.astype(np.float32),
                                        rtol=1e-2, atol=1e-2, err_msg=f"{cut_id} {name}")
+
+
+def test_failed_cuts_are_counted_on_rerun_and_retry_failed_recomputes_their_shards(
+        tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The audio folder is gone during the first run (a disk not mounted), back for the reruns."""
+    from mt2kd.tests.extract._corpus import cut, tone, write_manifest
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    cuts = []
+    for i in range(6):
+        sf.write(audio / f"c{i}.flac", tone(1.0 + 0.1 * i, seed=i), SAMPLE_RATE)
+        cuts.append(cut(f"c{i}", audio / f"c{i}.flac", SAMPLE_RATE, int((1.0 + 0.1 * i) * SAMPLE_RATE)))
+    manifest = write_manifest(cuts, tmp_path / "cuts.jsonl.gz")
+    config = ExtractConfig(cuts=(str(manifest),), store=str(tmp_path / "store"), workers=1,
+                           teachers=(TeacherConfig("beats", str(tiny["beats"])),), shard_hours=2.5 / 3600,
+                           max_failures=1)
+    audio.rename(tmp_path / "unmounted")
+    with pytest.raises(TooManyFailuresError) as error:
+        extract(config, progress=False)
+    store = TeacherStore.open(config.store)
+    in_store = len({f["cut_id"] for f in store.failures()})
+    assert in_store >= 2 and f"now hold {in_store} failed cuts" in str(error.value)
+    assert "--retry-failed" in str(error.value)
+    (tmp_path / "unmounted").rename(audio)
+
+    said: list[str] = []
+    plain = dataclasses.replace(config, max_failures=100)
+    rerun = extract(plain, echo=said.append, progress=False)
+    store = TeacherStore.open(config.store)
+    in_store = len({f["cut_id"] for f in store.failures()})
+    assert rerun.num_failures == 0 and rerun.num_failures_in_store == in_store > 0
+    assert f"holding {in_store} failed cuts" in "\n".join(said) and "--retry-failed" in "\n".join(said)
+    assert f"the store holds {in_store} failed cuts" in rerun.line() and "--retry-failed" in rerun.line()
+
+    retried = extract(dataclasses.replace(plain, retry_failed=True), progress=False)
+    store = TeacherStore.open(config.store)
+    assert store.failures() == [] and sorted(store.cut_ids()) == [f"c{i}" for i in range(6)]
+    assert retried.num_shards_retried > 0 and retried.num_failures_in_store == 0
+    assert store.verify({c["id"]: c["duration"] for c in cuts}) == [] and store.leftovers() == []
+    again = extract(dataclasses.replace(plain, retry_failed=True), progress=False)
+    assert again.num_shards_written == 0 and again.num_shards_skipped == len(make_plan(config.cuts,
+                                                                                       config.shard_hours).shards)
+
+
+def test_retry_failed_is_a_flag_of_the_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import mt2kd.extract._job as job
+    from mt2kd.extract._cli import extract as command
+
+    got: list[ExtractConfig] = []
+
+    def fake(config: ExtractConfig, echo: Any = None) -> Any:
+        got.append(config)
+        raise TooManyFailuresError("stop here")
+
+    manifest = tmp_path / "cuts.jsonl"
+    manifest.write_text("")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(job, "extract", fake)
+        CliRunner().invoke(command, ["--cuts", str(manifest), "--store", "s", "--teacher", "beats=b.pt",
+                                     "--retry-failed"])
+    assert got and got[0].retry_failed is True

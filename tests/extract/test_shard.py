@@ -339,3 +339,51 @@ def test_decoded_audio_is_one_channel_and_any_non_finite_sample_fails_the_cut(tm
     sf.write(tmp_path / "bad.wav", broken, 16_000, subtype="FLOAT")
     failed = load_cut_audio(cut("bad", tmp_path / "bad.wav", 16_000, broken.size))
     assert isinstance(failed, CutFailure) and failed.reason == "non-finite samples: 2 NaN/Inf values"
+
+
+def test_a_shard_with_a_cut_neither_stored_nor_recorded_as_failed_refuses_to_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mt2kd.errors import StoreError
+
+    task, settings = _shard_with(tmp_path, 6)
+    real_put_cut = _shard.put_cut
+
+    def losing_put_cut(writer, cut, outputs, failures):  # type: ignore[no-untyped-def]
+        return 0 if cut.cut_id == "cut-3" else real_put_cut(writer, cut, outputs, failures)  # dropped, unrecorded
+
+    monkeypatch.setattr(_shard, "put_cut", losing_put_cut)
+    with pytest.raises(StoreError, match=r"shard 0 .*6 cuts.*'cut-3'"):
+        write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
+    store = TeacherStore.open(settings.store_url)
+    assert not store.is_committed(0) and len(store) == 0 and store.leftovers() == []  # the attempt is discarded
+    monkeypatch.setattr(_shard, "put_cut", real_put_cut)
+    assert write_shard(task, settings, {"echo": EchoTeacher()}).status == COMMITTED  # type: ignore[dict-item]
+    assert len(TeacherStore.open(settings.store_url)) == 6
+
+
+def test_a_plugin_torn_down_mid_shard_leaves_the_running_task_its_teachers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closing worker removes its plugins before it waits for the task it runs (Ctrl-C, --max-failures)."""
+    import types
+
+    import distributed
+
+    from mt2kd.extract._plugin import PLUGIN_NAME, TeacherPlugin
+
+    task, settings = _shard_with(tmp_path, 8)  # 4 batches of 2 cuts
+    plugin = TeacherPlugin((), "fp32", "cpu", 1)
+    plugin.teachers = {"echo": EchoTeacher()}  # type: ignore[dict-item]
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(plugins={PLUGIN_NAME: plugin}))
+    real_batches = _shard.batches
+
+    def batches_then_teardown(*args: object) -> object:
+        for i, batch in enumerate(real_batches(*args)):  # type: ignore[arg-type]
+            if i == 1:
+                plugin.teardown(None)  # type: ignore[arg-type]
+            yield batch
+
+    monkeypatch.setattr(_shard, "batches", batches_then_teardown)
+    result = _shard.run_shard(task, settings)
+    assert result.status == COMMITTED and result.num_cuts == 8 and not result.failures
+    assert sorted(TeacherStore.open(settings.store_url).cut_ids()) == sorted(task.cut_ids)
+    assert not plugin.teachers and not plugin.stores  # the worker's own references are let go all the same
