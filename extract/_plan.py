@@ -169,6 +169,10 @@ def _cut_dict(line: str, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where} must be a cut lhotse can read. Got {type(e).__name__}: {e}") from e
     if isinstance(data["duration"], bool) or not isinstance(data["duration"], (int, float)):
         raise ConfigError(f"{where}: cut {data['id']!r} must have a duration in seconds. Got {data['duration']!r}.")
+    # JSON lines may hold NaN and Infinity: NaN breaks the duration order, Infinity the shard split
+    if not math.isfinite(data["duration"]) or data["duration"] < 0:
+        raise ConfigError(f"{where}: cut {data['id']!r} must have a finite duration >= 0 in seconds. "
+                          f"Got {data['duration']!r}.")
     return data
 
 

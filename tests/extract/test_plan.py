@@ -116,6 +116,22 @@ def test_a_line_that_is_not_a_cut_stops_the_plan_naming_the_manifest_and_line(tm
         make_plan([str(mixed)], 1.0)
 
 
+@pytest.mark.parametrize("duration", [float("nan"), float("inf"), float("-inf"), -1.5])
+def test_a_non_finite_or_negative_duration_stops_the_plan_naming_manifest_line_and_cut(duration: float,
+                                                                                         tmp_path: Path) -> None:
+    import json
+
+    from mt2kd.extract._plan import iter_cut_dicts
+
+    cuts = list(iter_cut_dicts(SPEECH))[:3]
+    cuts[1]["duration"] = duration  # json.dumps writes NaN, Infinity and -Infinity, and json.loads reads them
+    manifest = tmp_path / "odd.jsonl"
+    manifest.write_text("".join(json.dumps(c) + "\n" for c in cuts))
+    with pytest.raises(ConfigError, match=rf"odd.jsonl line 2: cut '{cuts[1]['id']}' must have a finite duration "
+                                          rf">= 0 in seconds. Got {duration!r}."):
+        make_plan([str(manifest)], 1.0)
+
+
 def test_mixed_cuts_are_planned_and_decoded_as_lhotse_mixes_them(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A corpus mixed beforehand (speech plus noise, as MixedCuts), its paths relative to its manifest."""
