@@ -23,6 +23,7 @@ from mt2kd.store._cli_text import (
     TOP_K,
     diff_lines,
     diff_stores,
+    failure_lines,
     info_lines,
     kv_lines,
     load_durations,
@@ -165,7 +166,9 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
 
     Problems are the store's own findings (NaN/Inf values, uncommitted
     leftovers, unreadable shards) plus, with --cuts, cuts of the manifest that
-    are missing and frame counts that disagree with a cut's duration.
+    are missing and frame counts that disagree with a cut's duration. Cuts
+    the extraction recorded as failed (with their reason) are accounted for:
+    they are listed as failures, not problems.
     """
     try:
         durations = load_durations(manifest) if manifest else None
@@ -173,13 +176,17 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
         raise click.ClickException(f"--cuts must be a lhotse CutSet .jsonl(.gz). Got {manifest!r}: {e}") from e
     ts = _open(path)
     problems = ts.verify(durations)
+    failures = ts.failures()
     facts = {"store": path, "manifest": manifest, "num_cuts": len(ts), "ok": not problems,
+             "num_failures": len(failures), "failures": failures,
              "num_problems": len(problems), "problems": [p.to_dict() for p in problems]}
     if as_json:
         _emit_json(facts)
     else:
         lines = kv_lines([("Store", path), ("Manifest", manifest or "-"), ("Cuts", f"{len(ts):,}"),
-                          ("Problems", len(problems))])
+                          ("Recorded failures", f"{len(failures):,}")])
+        lines += failure_lines(failures)
+        lines += kv_lines([("Problems", len(problems))])
         lines += [f"  - {p}" for p in problems]
         lines.append("OK" if not problems else "FAILED")
         click.echo("\n".join(lines))

@@ -86,6 +86,16 @@ def writers_text(writers: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(map(one, writers)) if writers else "none"
 
 
+def failure_lines(failures: Sequence[Mapping[str, Any]], limit: int = 2 * TOP_K) -> list[str]:
+    """One ``  * cut ...: reason`` line per recorded failure, the first ``limit`` of them."""
+    lines = [f"  * cut {f['cut_id']!r}, "
+             + ("all teachers" if f["teacher"] is None else f"teacher {f['teacher']!r}")
+             + f" (shard {f['shard']}): {f['reason']}" for f in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"  ... {len(failures) - limit:,} more failures (--json lists all)")
+    return lines
+
+
 def config_lines(config: Mapping[str, Any], indent: int = 0) -> list[str]:
     """A teacher's config as ``Config : key = value`` lines, nested keys dotted, the ``=`` aligned.
 

@@ -257,8 +257,9 @@ class TeacherStore:
     def verify(self, durations: Mapping[str, float] | None = None) -> list[Problem]:
         """Problems found by reading everything; an empty list means the store is sound.
 
-        ``durations`` (cut ID -> seconds) adds: every cut must be present and
-        its frame counts must match ``duration x frame_rate`` within 1 frame.
+        ``durations`` (cut ID -> seconds) adds: every cut must be present (or
+        recorded as a whole-cut failure, see :meth:`failures`) and its frame
+        counts must match ``duration x frame_rate`` within 1 frame.
         Each :class:`Problem` has a ``kind``, the ``cut_id``, ``teacher`` and
         ``shard`` it concerns (None when not one), and ``str()`` reads as a line.
 

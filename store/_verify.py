@@ -152,8 +152,11 @@ def _check_record(store: TeacherStore, record: ShardRecord) -> list[Problem]:
 def _check_durations(store: TeacherStore, durations: Mapping[str, float]) -> list[Problem]:
     problems = []
     frames = {n: s for n, s in store.specs.items() if s.kind == "frames"}
+    failed = {f["cut_id"] for f in store.failures() if f["teacher"] is None}
     for cut_id, duration in durations.items():
         found = store._index.where.get(cut_id)
+        if found is None and cut_id in failed:
+            continue  # recorded as failed, with its reason: accounted for
         if found is None:
             problems.append(Problem("missing", f"cut {cut_id!r} is in the manifest but not in the store",
                                     cut_id=cut_id))

@@ -271,6 +271,32 @@ def test_verify_reports_a_manifest_cut_missing_from_the_store(store_path: str, t
                         "text": "cut 'spk9-ch9-0009' is in the manifest but not in the store"}]
 
 
+def test_verify_counts_recorded_failures_as_accounted_for(tmp_path: Path, outputs: dict) -> None:
+    path = str(tmp_path / "f.zarr")
+    ts = TeacherStore.create(path, SPECS)
+    kept = ["spk1-ch1-0001", "spk1-ch1-0002"]
+    with ts.shard_writer(0) as writer:
+        writer.put(kept[0], outputs[kept[0]])
+        writer.put(kept[1], {t: a for t, a in outputs[kept[1]].items() if t != "beats"})
+        writer.record_failure(kept[1], "NaN logits", teacher="beats")
+        writer.record_failure("spk2 ch/7 ü", "audio file could not be decoded")
+    manifest = write_manifest(tmp_path / "cuts.jsonl", {c: DURATIONS[c] for c in [*kept, "spk2 ch/7 ü"]})
+    code, out = run("verify", path, "--cuts", manifest)
+    assert code == 0 and out.strip().endswith("OK"), out
+    facts = text_facts(out)
+    assert facts["Recorded failures"] == "2" and facts["Problems"] == "0"
+    assert "  * cut 'spk2 ch/7 ü', all teachers (shard 000000): audio file could not be decoded" in out
+    assert "  * cut 'spk1-ch1-0002', teacher 'beats' (shard 000000): NaN logits" in out
+    facts = run_json("verify", path, "--cuts", manifest)
+    assert facts["ok"] and facts["problems"] == [] and facts["num_failures"] == 2
+    assert {(f["cut_id"], f["teacher"], f["shard"]) for f in facts["failures"]} == {
+        ("spk2 ch/7 ü", None, "000000"), ("spk1-ch1-0002", "beats", "000000")}
+    # a cut neither stored nor recorded as failed is still missing
+    manifest = write_manifest(tmp_path / "more.jsonl", {**DURATIONS, "spk2 ch/7 ü": DURATIONS["spk2 ch/7 ü"]})
+    code, out = run("verify", path, "--cuts", manifest, "--json")
+    assert code == 1 and [p["cut_id"] for p in json.loads(out)["problems"]] == ["spk3-ch9-0100"]
+
+
 def test_verify_reports_frame_counts_that_disagree_with_durations(store_path: str, tmp_path: Path) -> None:
     longer = {**DURATIONS, "spk1-ch1-0001": DURATIONS["spk1-ch1-0001"] + 1.0}  # 25 frames too few
     code, out = run("verify", store_path, "--cuts", write_manifest(tmp_path / "cuts.jsonl", longer))

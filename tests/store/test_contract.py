@@ -307,6 +307,17 @@ def test_verify_reports_missing_cuts_and_frame_counts(store_url: str, specs_of: 
     assert (problems[1].kind, problems[1].cut_id, problems[1].teacher) == ("missing", "gone", None)
 
 
+def test_verify_counts_a_cut_recorded_as_failed_as_present(store_url: str, specs_of: Any, outputs_of: Any) -> None:
+    store = TeacherStore.create(store_url, specs_of())
+    with store.shard_writer(0) as writer:
+        writer.put("a", outputs_of(["a"])["a"])
+        writer.record_failure("bad", "audio file could not be decoded")
+        writer.record_failure("half", "NaN logits", teacher="beats")
+    frames = store.num_frames("a", "whisper")
+    problems = store.verify({"a": frames / 25.0, "bad": 3.0, "half": 2.0})
+    assert [(p.kind, p.cut_id) for p in problems] == [("missing", "half")]  # a teacher's failure is not the cut's
+
+
 def test_a_cut_committed_twice_by_racing_writers_is_refused_at_open(store_url: str, specs_of: Any,
                                                                    outputs_of: Any) -> None:
     """Two writers that checked for duplicates before either committed: readers name both shards."""
