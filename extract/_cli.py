@@ -33,7 +33,9 @@ _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "
 @click.option("--shard-hours", default=_DEFAULTS.shard_hours, show_default=True,
               help="h of audio per shard at most (the audio is split into equal shards)")
 @click.option("--dry-run", is_flag=True, help="print the plan (cuts, hours, shards, bytes) and exit")
-@click.option("--overwrite", is_flag=True, help="replace a store made by other teachers or inputs")
+@click.option("--overwrite", is_flag=True,
+              help="delete the existing store and start it again, even one this command would resume (without "
+                   "it a rerun resumes the store, and a store made by other teachers or inputs is refused)")
 @click.option("--retry-failed", is_flag=True,
               help="recompute the committed shards that hold failed cuts (e.g. once a missing disk is back)")
 @click.option("--max-failures", default=_DEFAULTS.max_failures, show_default=True,

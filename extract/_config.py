@@ -86,7 +86,7 @@ class ExtractConfig:
     max_duration: float = 200.0  # s of audio per teacher batch
     shard_hours: float = 1.0  # at most h of audio per shard, shared out equally (one shard = one task)
     dry_run: bool = False  # print the plan and exit
-    overwrite: bool = False  # replace a store whose teachers or plan differ
+    overwrite: bool = False  # delete an existing store and start it again (else a rerun resumes it)
     retry_failed: bool = False  # recompute the committed shards that hold recorded failed cuts
     max_failures: int = 100  # stop once more cuts than this have failed (-1: never stop)
     precision: str = "fp32"  # teacher compute precision: "fp32", "bf16" or "fp16"

@@ -58,14 +58,24 @@ def store_attrs(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSp
     }
 
 
-def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSpec], random: bool
-                  ) -> TeacherStore:
-    """Create the store, or open the existing one and check it was made by the same teachers and plan."""
+def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSpec], random: bool,
+                  say: Callable[[str], None] = lambda text: None) -> TeacherStore:
+    """Create the store, or open the existing one and check it was made by the same teachers and plan.
+
+    With ``overwrite`` an existing store is deleted and made again, whether or not it could be resumed.
+    """
     from mt2kd.errors import StoreError, StoreNotFoundError
     from mt2kd.store import TeacherStore
 
     attrs = store_attrs(config, plan, specs, random)
     if config.overwrite:
+        try:
+            old = TeacherStore.open(config.store)
+        except StoreNotFoundError:
+            pass  # nothing to delete
+        else:
+            say(f"--overwrite: deleting the store {old.url} ({len(old.shards)} committed shards, {len(old):,} "
+                f"cuts) and starting it again.")
         return TeacherStore.create(config.store, list(specs.values()), attrs=attrs, overwrite=True)
     try:
         store = TeacherStore.open(config.store, "a")
@@ -147,7 +157,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 wait_done_or_failed([planned, asked])
                 plan = planned.result()
                 specs = {name: TeacherSpec.from_dict(spec) for name, spec in asked.result().items()}
-                store = prepare_store(config, plan, specs, random)
+                store = prepare_store(config, plan, specs, random, say)
                 todo, retry = shards_to_run(store, plan, config.retry_failed)
                 announce_resume(say, store, plan, retry, config.retry_failed)
                 results = run_tasks(client, resources, config, plan, todo, progress, retry) if todo else []

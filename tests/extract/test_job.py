@@ -138,21 +138,33 @@ def test_on_cuda_the_job_matches_the_cpu_store(tiny: dict[str, Path], demo_store
                                        rtol=1e-2, atol=1e-2, err_msg=f"{cut_id} {name}")
 
 
+def tone_corpus(folder: Path, num_cuts: int = 6) -> list[dict[str, Any]]:
+    """``folder/cuts.jsonl.gz``: cuts of 1.0, 1.1, ... s, audio in ``folder/audio``; returns the cut dicts."""
+    from mt2kd.tests.extract._corpus import cut, tone, write_manifest
+
+    audio = folder / "audio"
+    audio.mkdir(parents=True)
+    cuts = []
+    for i in range(num_cuts):
+        sf.write(audio / f"c{i}.flac", tone(1.0 + 0.1 * i, seed=i), SAMPLE_RATE)
+        cuts.append(cut(f"c{i}", audio / f"c{i}.flac", SAMPLE_RATE, int((1.0 + 0.1 * i) * SAMPLE_RATE)))
+    write_manifest(cuts, folder / "cuts.jsonl.gz")
+    return cuts
+
+
+def beats_config(tiny: dict[str, Path], folder: Path, **fields: Any) -> ExtractConfig:
+    """A fast run over ``tone_corpus(folder)``: the tiny BEATs alone, one worker, shards of about 2.5 s."""
+    fields = {"store": str(folder / "store"), "workers": 1, "shard_hours": 2.5 / 3600, **fields}
+    return ExtractConfig(cuts=(str(folder / "cuts.jsonl.gz"),), teachers=(TeacherConfig("beats", str(tiny["beats"])),),
+                         **fields)
+
+
 def test_failed_cuts_are_counted_on_rerun_and_retry_failed_recomputes_their_shards(
         tiny: dict[str, Path], tmp_path: Path) -> None:
     """The audio folder is gone during the first run (a disk not mounted), back for the reruns."""
-    from mt2kd.tests.extract._corpus import cut, tone, write_manifest
-
+    cuts = tone_corpus(tmp_path)
+    config = beats_config(tiny, tmp_path, max_failures=1)
     audio = tmp_path / "audio"
-    audio.mkdir()
-    cuts = []
-    for i in range(6):
-        sf.write(audio / f"c{i}.flac", tone(1.0 + 0.1 * i, seed=i), SAMPLE_RATE)
-        cuts.append(cut(f"c{i}", audio / f"c{i}.flac", SAMPLE_RATE, int((1.0 + 0.1 * i) * SAMPLE_RATE)))
-    manifest = write_manifest(cuts, tmp_path / "cuts.jsonl.gz")
-    config = ExtractConfig(cuts=(str(manifest),), store=str(tmp_path / "store"), workers=1,
-                           teachers=(TeacherConfig("beats", str(tiny["beats"])),), shard_hours=2.5 / 3600,
-                           max_failures=1)
     audio.rename(tmp_path / "unmounted")
     with pytest.raises(TooManyFailuresError) as error:
         extract(config, progress=False)
@@ -200,3 +212,21 @@ def test_retry_failed_is_a_flag_of_the_command(tmp_path: Path) -> None:
         CliRunner().invoke(command, ["--cuts", str(manifest), "--store", "s", "--teacher", "beats=b.pt",
                                      "--retry-failed"])
     assert got and got[0].retry_failed is True
+
+
+def test_overwrite_deletes_a_store_that_would_resume_and_says_so(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mt2kd.extract._cli import extract as command
+
+    tone_corpus(tmp_path, num_cuts=3)
+    config = beats_config(tiny, tmp_path)
+    first = extract(config, progress=False)
+    said: list[str] = []
+    again = extract(dataclasses.replace(config, overwrite=True), echo=said.append, progress=False)
+    assert again.num_shards_skipped == 0 and again.num_shards_written == first.num_shards_written > 0
+    assert any(line.startswith(f"--overwrite: deleting the store {config.store}") and "starting it again" in line
+               for line in said), said
+    assert TeacherStore.open(config.store).verify() == [] and len(TeacherStore.open(config.store)) == 3
+    help_text = " ".join(CliRunner().invoke(command, ["--help"]).output.split())
+    assert "--overwrite delete the existing store and start it again, even one this command would resume" in help_text
