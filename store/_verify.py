@@ -188,10 +188,14 @@ def find_leftovers(store: TeacherStore) -> Iterator[tuple[str, str]]:
     commit record"`` for a shard group a plain-zarr reader could mistake for
     data (verify reports it).
     """
+    # The order matters. A writer takes its lock before it makes its attempt folder, and writes its
+    # commit record before it lets the lock go; so an attempt listed first has a lock read after the
+    # listing, unless its writer has finished, and then the records read last show whether it committed.
+    entries = store.loc.listdir(SHARDS_DIR)
+    holders = _lock_holders(store)
     store.refresh()
     live = {r.path.split("/", 1)[1] for r in store.shards.values()}
-    holders = _lock_holders(store)
-    for entry in store.loc.listdir(SHARDS_DIR):
+    for entry in entries:
         if entry in live or entry == METADATA_FILE or "." not in entry:
             continue
         shard, attempt = entry.split(".", 1)
@@ -211,16 +215,40 @@ def _lock_holders(store: TeacherStore) -> dict[str, dict[str, Any]]:
     holders = {}
     for name in store.loc.listdir(LOCKS_DIR):
         if name.endswith(".lock"):
-            try:
-                holders[name[:-len(".lock")]] = json.loads(store.loc.read(f"{LOCKS_DIR}/{name}"))
-            except (FileNotFoundError, ValueError):
-                continue  # released or being written just now
+            holder = _read_lock(store, name[:-len(".lock")])
+            if holder is not None:
+                holders[name[:-len(".lock")]] = holder
     return holders
+
+
+def _read_lock(store: TeacherStore, shard: str) -> dict[str, Any] | None:
+    """The JSON of ``shard``'s lock; None when there is none (released, or being written just now)."""
+    try:
+        holder = json.loads(store.loc.read(f"{LOCKS_DIR}/{shard}.lock"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else {}
+
+
+def _taken_since(store: TeacherStore, path: str) -> bool:
+    """Whether a live writer holds what ``path`` (an attempt folder or a lock) belongs to, read just now.
+
+    Between finding a leftover and removing it a new writer may have taken
+    the shard over (its lock) or started the very attempt (a lock read late).
+    """
+    if path.startswith(f"{LOCKS_DIR}/"):
+        holder = _read_lock(store, path[len(LOCKS_DIR) + 1:-len(".lock")])
+        return holder is None or holder_alive(holder)  # gone already, or a live writer's now
+    shard, _, attempt = path[len(SHARDS_DIR) + 1:].partition(".")
+    holder = _read_lock(store, shard)
+    return holder is not None and holder.get("attempt") == attempt and holder_alive(holder)
 
 
 def clean_leftovers(store: TeacherStore) -> list[str]:
     removed = []
     for path, _ in list(find_leftovers(store)):
+        if _taken_since(store, path):
+            continue
         store.loc.remove(path)
         removed.append(path)
     return removed

@@ -247,3 +247,57 @@ def test_a_writer_whose_cleanup_fails_still_releases_its_lock(store_url: str,
     with store.shard_writer(0, owner="other-run") as writer:  # a held lock would be ShardLockedError here
         writer.put("a", {"ecapa": np.ones(6, np.float32)})
     assert TeacherStore.open(store_url).cut_ids() == ["a"]
+
+
+def test_clean_leaves_a_writer_that_starts_while_it_looks_alone(store_url: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import mt2kd.store._verify as verify
+
+    store = TeacherStore.create(store_url, SPECS)
+    writer = store.shard_writer(0)
+    read_locks = verify._lock_holders
+
+    def writer_starts_meanwhile(s: TeacherStore) -> dict[str, dict[str, Any]]:
+        holders = read_locks(s)  # no lock held yet ...
+        writer.__enter__()  # ... when a writer takes shard 0 and streams its first chunks
+        writer.put("a", {"whisper": np.ones((2000, 32), np.float32)})
+        return holders
+
+    monkeypatch.setattr(verify, "_lock_holders", writer_starts_meanwhile)
+    assert TeacherStore.open(store_url, mode="a").clean() == []
+    monkeypatch.setattr(verify, "_lock_holders", read_locks)
+    writer.put("b", {"ecapa": np.ones(6, np.float32)})
+    writer.__exit__(None, None, None)
+    reopened = TeacherStore.open(store_url)
+    assert reopened.get("a")["whisper"].shape == (2000, 32) and reopened.verify() == []
+
+
+def test_clean_leaves_a_lock_taken_over_after_it_was_found_abandoned(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import socket
+
+    import mt2kd.store._verify as verify
+
+    path = str(tmp_path / "s.zarr")
+    store = TeacherStore.create(path, SPECS)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True, timeout=PROCESS_TIMEOUT)
+    (tmp_path / "s.zarr" / "locks").mkdir()
+    (tmp_path / "s.zarr" / "locks" / "000000.lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": int(dead.stdout), "attempt": "0123456789ab", "owner": "",
+         "beat": time.time()}))  # a killed writer's lock
+    writer = store.shard_writer(0)
+    read_locks = verify._lock_holders
+
+    def taken_over_meanwhile(s: TeacherStore) -> dict[str, dict[str, Any]]:
+        holders = read_locks(s)  # the dead writer's lock ...
+        writer.__enter__()  # ... which a new writer takes over before clean removes it
+        return holders
+
+    monkeypatch.setattr(verify, "_lock_holders", taken_over_meanwhile)
+    assert TeacherStore.open(path, mode="a").clean() == []
+    monkeypatch.setattr(verify, "_lock_holders", read_locks)
+    writer.put("a", {"ecapa": np.ones(6, np.float32)})
+    writer.__exit__(None, None, None)  # it still holds its lock: it commits
+    assert TeacherStore.open(path).cut_ids() == ["a"]
