@@ -1,7 +1,8 @@
 """Where a store lives: a local folder or any fsspec URL, behind one small interface.
 
 Local folders get real atomicity (temp file + ``rename``/``link``) and
-``pread`` on cached file descriptors; fsspec URLs get write-once files and
+shard files memory-mapped once per process (a bounded, least recently used
+set: see :class:`_MapCache`); fsspec URLs get write-once files and
 ``cat_file`` ranges. Every path handed to these methods is relative to the
 store root and made only of names mt2kd chooses (shard names, teacher names,
 attempt tokens): cut IDs never become paths.
@@ -13,13 +14,16 @@ import mmap
 import os
 import shutil
 import socket
+import sys
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"  # temporary files, renamed into place or removed
-MAX_MAPS = 4096  # memory-mapped shard files kept per process (each costs one kernel mapping)
+MAX_MAPS = 256  # memory-mapped files kept per process, all stores together (each holds a descriptor before 3.13)
 LOCK_BEAT_SECONDS = 30.0  # a shard writer rewrites its lock this often, with the time ("beat")
 LOCK_STALE_SECONDS = 300.0  # a lock of another host not rewritten for this long is a dead writer's
 
@@ -96,15 +100,73 @@ class Location:
         """Drop cached handles (after fork, or on close)."""
 
 
+_UNTRACKED: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}  # no descriptor per map
+
+
+class _MapCache:
+    """Read-only memory maps of whole files, shared by every local store of the process.
+
+    At most ``MAX_MAPS`` are kept, the least recently used dropped first: a
+    map holds a file descriptor (before Python 3.13, whose maps need none),
+    and a store has three files per shard, so an unbounded cache runs into
+    the process's limit on open files (1,024 by default on Linux) after a
+    few hundred shards. A dropped map is unmapped, and its descriptor
+    closed, as soon as no read still decodes from it (its last reference
+    goes). A forked child closes the maps it inherited and maps anew.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._views: OrderedDict[str, memoryview] = OrderedDict()  # absolute path -> mapping of the whole file
+        # no thread is inside get() when the process forks, so the child's copy of the lock is free to take
+        os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
+                            after_in_child=self._after_fork_in_child)
+
+    def get(self, full: str) -> memoryview:
+        with self._lock:
+            view = self._views.get(full)
+            if view is not None:
+                self._views.move_to_end(full)
+                return view
+            while len(self._views) >= MAX_MAPS:
+                self._views.popitem(last=False)
+            with open(full, "rb") as f:  # the map keeps what it needs: this descriptor is closed at once
+                view = self._views[full] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ,
+                                                                **_UNTRACKED))
+            return view
+
+    def drop(self, full: str) -> None:
+        """Forget the maps of ``full`` and of every file below it."""
+        with self._lock:
+            for path in [p for p in self._views if p == full or p.startswith(full + os.sep)]:
+                del self._views[path]
+
+    def _after_fork_in_child(self) -> None:
+        inherited, self._views = self._views, OrderedDict()
+        self._lock.release()
+        for view in inherited.values():
+            _close_map(view)
+
+
+def _close_map(view: memoryview) -> None:
+    """Unmap ``view``'s file and close its descriptor now, unless something still reads from it."""
+    try:
+        mapped = view.obj
+        view.release()
+        mapped.close()  # type: ignore[attr-defined]
+    except (BufferError, ValueError):
+        pass  # still exported (by a thread that did not survive a fork): closed with its last reference
+
+
+_MAPS = _MapCache()
+
+
 class LocalLocation(Location):
     """A store folder on a local (or POSIX network) file system."""
 
     def __init__(self, root: str) -> None:
         self.url = root
         self.root = os.path.abspath(root)
-        self._fds: dict[str, int] = {}
-        self._maps: dict[str, memoryview] = {}  # path -> read-only mapping of the whole file
-        self._pid = os.getpid()
 
     def _abs(self, path: str) -> str:
         return os.path.join(self.root, path) if path else self.root
@@ -113,39 +175,29 @@ class LocalLocation(Location):
         with open(self._abs(path), "rb") as f:
             return f.read()
 
-    def _fd(self, path: str) -> int:
-        if self._pid != os.getpid():  # a forked child must not share file offsets or caches
-            self.forget_handles()
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(self._abs(path), os.O_RDONLY)
-        return fd
-
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        fd = self._fd(path)
-        out = []
-        for start, end in ranges:
-            data = os.pread(fd, end - start, start)
-            if len(data) != end - start:
-                raise OSError(f"{self._abs(path)}: expected {end - start} bytes at {start}. Got {len(data)}.")
-            out.append(data)
-        return out
+        # no descriptor is kept: readers call this once per file (its shard index), then map the file
+        fd = os.open(self._abs(path), os.O_RDONLY)
+        try:
+            out = []
+            for start, end in ranges:
+                data = os.pread(fd, end - start, start)
+                if len(data) != end - start:
+                    raise OSError(f"{self._abs(path)}: expected {end - start} bytes at {start}. Got {len(data)}.")
+                out.append(data)
+            return out
+        finally:
+            os.close(fd)
 
     def map(self, path: str) -> memoryview:
         """The whole file, memory-mapped read-only (cached per process; files are never rewritten in place).
 
         Shard files are written once and only ever removed whole, so a mapping
         stays valid (a removed file's pages live until the mapping goes).
+        Hold the view only while reading: the cache keeps at most ``MAX_MAPS``
+        maps open, and one still referenced stays open past that.
         """
-        if self._pid != os.getpid():
-            self.forget_handles()
-        view = self._maps.get(path)
-        if view is None:
-            if len(self._maps) >= MAX_MAPS:  # bound the process's mappings; dropped ones unmap when unused
-                self._maps.pop(next(iter(self._maps)))
-            with open(self._abs(path), "rb") as f:
-                view = self._maps[path] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        return view
+        return _MAPS.get(self._abs(path))
 
     def size(self, path: str) -> int:
         return os.path.getsize(self._abs(path))
@@ -204,21 +256,14 @@ class LocalLocation(Location):
 
     def remove(self, path: str) -> None:
         full = self._abs(path)
-        if self._pid == os.getpid():
-            for cached in [p for p in self._fds if p == path or p.startswith(path + "/")]:
-                os.close(self._fds.pop(cached))
-            for cached in [p for p in self._maps if p == path or p.startswith(path + "/")]:
-                del self._maps[cached]  # unmapped once no array decoding from it remains
+        _MAPS.drop(full)  # unmapped once no read decoding from them remains
         if os.path.isdir(full):
             shutil.rmtree(full, ignore_errors=True)
         elif os.path.lexists(full):
             os.unlink(full)
 
     def forget_handles(self) -> None:
-        if self._pid == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds, self._maps, self._pid = {}, {}, os.getpid()
+        _MAPS.drop(self.root)
 
 
 class FsspecLocation(Location):

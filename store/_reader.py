@@ -8,8 +8,9 @@ into *pieces*: one chunk's byte range and the array it decodes into
 into a scratch array copied out afterwards). Raw chunks (``codec="none"``)
 stored back to back make a cut's rows one byte range: one piece per cut.
 
-Local files are memory-mapped once (per process) and pieces decode straight
-from the page cache: no read call, no copy of the compressed bytes. Pieces
+Local files are memory-mapped once (per process; the ``MAX_MAPS`` most
+recently used are kept) and pieces decode straight from the page cache: no
+read call, no copy of the compressed bytes. Pieces
 of big reads are split by bytes between the calling thread and a few helper
 threads (blosc releases the GIL while decoding); small reads decode inline,
 where a thread hand-off would cost more than it saves. fsspec files get
@@ -20,9 +21,9 @@ A chunk whose index entry is all 0xFF (``MISSING``) is absent, as Zarr's
 sharding codec defines it: its rows read as the array's ``fill_value``.
 
 Fork safety: nothing here uses zarr (so no event-loop thread is involved).
-Memory maps, file descriptors and the thread pool belong to the process
-that made them; after ``fork`` (torch DataLoader workers) they are rebuilt
-on first use.
+Memory maps and the thread pool belong to the process that made them; a
+forked child (torch DataLoader workers) closes the maps it inherited and
+rebuilds both on first use.
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ from mt2kd.store._format import (
     num_chunks_of,
     parse_metadata,
 )
-from mt2kd.store._fs import LocalLocation, Location
+from mt2kd.store._fs import MAX_MAPS, LocalLocation, Location
 from mt2kd.store._index import ShardRecord
 from mt2kd.store._spec import TeacherSpec
 
 MAX_THREADS = 4  # threads (the caller's included) decoding one get / get_many
 MIN_PARALLEL_BYTES = 256 * 1024  # compressed bytes per thread below which a hand-off costs more than it saves
+MAX_FILES_PER_PASS = MAX_MAPS // 2  # local files one decoding pass maps at once (a bigger call takes several)
 MAX_RUN_BYTES = 4 * 1024 * 1024  # fsspec: adjacent chunks merged into one range request up to this size
 ABSENT = -1  # chunk offset of an absent chunk, once the index is read as int64
 BLOSC_HEADER_BYTES = 16  # blosc1 chunk header: version, flags, typesize, nbytes, blocksize, cbytes
@@ -196,7 +198,21 @@ class ChunkReader:
         if not isinstance(self.loc, LocalLocation):
             self._decode_remote(pieces)
             return
-        views = {p.path: self.loc.map(p.path) for p in pieces}  # mapped here: helpers never touch the cache
+        if len(dict.fromkeys(p.path for p in pieces)) <= MAX_FILES_PER_PASS:
+            self._decode_local(self.loc, pieces)
+            return
+        # more files than the map cache keeps: decode them in passes, so that the call never holds more maps
+        # (each a file descriptor) than that; a file's pieces are consecutive
+        start, files = 0, set[str]()
+        for end, piece in enumerate(pieces):
+            if piece.path not in files and len(files) == MAX_FILES_PER_PASS:
+                self._decode_local(self.loc, pieces[start:end])
+                start, files = end, set()
+            files.add(piece.path)
+        self._decode_local(self.loc, pieces[start:])
+
+    def _decode_local(self, loc: LocalLocation, pieces: list[Piece]) -> None:
+        views = {p.path: loc.map(p.path) for p in pieces}  # mapped here: helpers never touch the cache
         total = sum(p.nbytes for p in pieces)
         to_decode = sum(p.nbytes for p in pieces if p.codec is not None)  # raw copies are memory-bound: no split
         num_groups = max(1, min(self.num_threads, to_decode // MIN_PARALLEL_BYTES, len(pieces)))

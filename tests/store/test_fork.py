@@ -104,3 +104,59 @@ def test_a_child_forked_while_the_parent_has_helper_threads_rebuilds_them(tmp_pa
     _FORKED_FROM = None
     assert child.exitcode == 0 and own_pool
     assert data == rows.astype(np.float16).tobytes()
+
+
+def _open_files_under(folder: str) -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith(folder + os.sep)
+        except OSError:
+            continue  # the descriptor os.listdir used, closed by now
+    return count
+
+
+def _child_counts_files(folder: str, results: Any) -> None:
+    assert _FORKED_FROM is not None
+    inherited = _open_files_under(folder)
+    got = _FORKED_FROM.get_many(_FORKED_FROM.cut_ids())
+    after_reading = _open_files_under(folder)
+    grandchild = os.fork()  # a worker that forks again (its maps' lock must not stay taken)
+    if grandchild == 0:
+        os._exit(0 if _FORKED_FROM.get("cut-0") else 1)
+    grandchild_ok = os.waitpid(grandchild, 0)[1] == 0
+    results.put((inherited, after_reading, [g["whisper"].tobytes() for g in got], grandchild_ok))
+
+
+def test_a_forked_child_closes_the_files_the_parent_had_open(tmp_path: Any, specs_of: Any, outputs_of: Any) -> None:
+    """The child has none of the parent's maps open, and reading every cut opens only its own."""
+    import multiprocessing
+
+    global _FORKED_FROM
+    if not os.path.isdir("/proc/self/fd"):
+        import pytest
+
+        pytest.skip("counts descriptors in /proc/self/fd")
+    outputs = outputs_of([f"cut-{i}" for i in range(4)], seed=13)
+    store = TeacherStore.create(str(tmp_path / "s.zarr"), specs_of())
+    for shard, cut_id in enumerate(outputs):
+        with store.shard_writer(shard) as writer:
+            writer.put(cut_id, outputs[cut_id])
+    parent = TeacherStore.open(str(tmp_path / "s.zarr"))
+    parent.get_many(list(outputs))
+    assert _open_files_under(str(tmp_path)) == 12  # 4 shards x 3 teachers, one map each
+    _FORKED_FROM = parent
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_child_counts_files, args=(str(tmp_path), results))
+    child.start()
+    try:
+        inherited, after_reading, frames, grandchild_ok = results.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        child.kill()
+        _FORKED_FROM = None
+    assert child.exitcode == 0 and grandchild_ok
+    assert inherited == 0 and after_reading == 12
+    assert frames == [o["whisper"].astype(np.float16).tobytes() for o in outputs.values()]
+    assert _open_files_under(str(tmp_path)) == 12  # the parent keeps its own
