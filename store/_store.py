@@ -74,6 +74,11 @@ class TeacherStore:
             attrs_json = json.loads(json.dumps(dict(attrs or {}), allow_nan=False))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"store attrs must be JSON-serialisable. Got {attrs!r}: {e}") from e
+        # everything is checked and serialised before the first write (or deletion): a refused spec leaves nothing
+        root = {"format_version": FORMAT_VERSION, "specs": [_spec_json(s) for s in specs], "attrs": attrs_json,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "layout": "docs/store-format.md of mt2kd"}
+        root_document = group_metadata({ROOT_KEY: root})
         loc = open_location(path_or_url)
         if loc.exists(METADATA_FILE) or loc.listdir(""):
             if not overwrite:
@@ -83,12 +88,9 @@ class TeacherStore:
                 raise StoreError(f"overwrite=True replaces an mt2kd store only. Got a non-empty {loc.url} "
                                  "that is not one; remove it yourself if that is what you want.")
             loc.remove("")
-        root = {"format_version": FORMAT_VERSION, "specs": [s.to_dict() for s in specs], "attrs": attrs_json,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "layout": "docs/store-format.md of mt2kd"}
         for group in (SHARDS_DIR, COMMITS_DIR):
             loc.write(f"{group}/{METADATA_FILE}", group_metadata({}))
-        loc.write(METADATA_FILE, group_metadata({ROOT_KEY: root}))  # last: the store exists once this does
+        loc.write(METADATA_FILE, root_document)  # last: the store exists once this does
         return cls(loc, "a", root)
 
     @classmethod
@@ -310,6 +312,15 @@ def _checked_specs(specs: Sequence[TeacherSpec]) -> list[TeacherSpec]:
     if len(set(names)) != len(names):
         raise ConfigError(f"teacher names must be unique. Got {names}.")
     return specs
+
+
+def _spec_json(spec: TeacherSpec) -> dict[str, Any]:
+    """``spec.to_dict()`` as it will read back from the store's JSON; ConfigError naming the teacher if it cannot."""
+    try:
+        return json.loads(json.dumps(spec.to_dict(), allow_nan=False))  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"teacher {spec.name!r}: the spec (config included) must be JSON-serialisable. "
+                          f"Got config {spec.config!r}: {e}") from e
 
 
 def _is_store(loc: Location) -> bool:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mt2kd.errors import (
+    ConfigError,
     CutNotFoundError,
     DuplicateCutError,
     ShardCommittedError,
@@ -254,6 +255,20 @@ def test_open_and_create_errors(store_url: str, specs_of: Any) -> None:
         TeacherStore.open(store_url).shard_writer(0)
     fresh = TeacherStore.create(store_url, specs_of("float32")[:1], overwrite=True)
     assert list(fresh.specs) == ["whisper"] and fresh.specs["whisper"].dtype == "float32"
+
+
+def test_a_spec_that_cannot_be_stored_is_refused_before_anything_is_written(store_url: str, specs_of: Any,
+                                                                           outputs_of: Any) -> None:
+    bad = TeacherSpec("whisper", "frames", 8, frame_rate=25.0, config={"layer": np.int64(-1)})
+    with pytest.raises(ConfigError, match="teacher 'whisper'.*JSON-serialisable"):
+        TeacherStore.create(store_url, [bad])
+    with pytest.raises(StoreNotFoundError):
+        TeacherStore.open(store_url)
+    store = TeacherStore.create(store_url, specs_of())  # nothing was left in the way
+    write(store, outputs_of(["a"]))
+    with pytest.raises(ConfigError, match="teacher 'whisper'"):
+        TeacherStore.create(store_url, [bad], overwrite=True)  # and the store it would replace is kept
+    assert TeacherStore.open(store_url).cut_ids() == ["a"]
 
 
 def test_overwrite_never_deletes_something_that_is_not_a_store(tmp_path: Path, specs_of: Any) -> None:
