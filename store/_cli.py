@@ -27,6 +27,7 @@ from mt2kd.store._cli_text import (
     info_lines,
     kv_lines,
     load_durations,
+    read_cuts,
     shape_text,
     show_pairs,
     summarize,
@@ -141,7 +142,7 @@ def show(path: str, cut_id: str, as_json: bool) -> None:
     """Shapes and value summary of every teacher output of CUT_ID."""
     ts = _open(path)
     specs = ts.specs
-    teachers = {t: summarize(a, specs.get(t)) for t, a in ts.get(cut_id).items()}
+    teachers = {t: summarize(a, specs.get(t)) for t, a in read_cuts(ts, [cut_id])[0].items()}
     if as_json:
         _emit_json({"store": path, "cut_id": cut_id, "teachers": teachers})
         return
@@ -211,7 +212,7 @@ def plot(path: str, cut_id: str, output: str) -> None:
 
     ts = _open(path)
     specs = ts.specs
-    arrays = ts.get(cut_id)
+    arrays = read_cuts(ts, [cut_id])[0]
     fig, axes = plt.subplots(len(arrays), 1, figsize=(10, 3.2 * len(arrays)), squeeze=False)
     for ax, (name, array) in zip(axes[:, 0], arrays.items()):
         _draw(ax, name, np.asarray(array, dtype=np.float32), specs.get(name))

@@ -175,7 +175,38 @@ def scan(ts: TeacherStore, cut_ids: Sequence[str], teachers: Sequence[str] | Non
     """(cut ID, {teacher: array}) of every cut, read in batches so reads are coalesced."""
     for start in range(0, len(cut_ids), READ_BATCH):
         chunk = cut_ids[start:start + READ_BATCH]
-        yield from zip(chunk, ts.get_many(chunk, teachers=teachers))
+        yield from zip(chunk, read_cuts(ts, chunk, teachers))
+
+
+def read_cuts(ts: TeacherStore, cut_ids: Sequence[str], teachers: Sequence[str] | None = None
+              ) -> list[dict[str, np.ndarray]]:
+    """``ts.get_many``, but data that cannot be decoded is a StoreFormatError naming the cut, teacher and shard."""
+    from mt2kd.errors import ConfigError, CutNotFoundError, StoreFormatError
+
+    try:
+        return ts.get_many(cut_ids, teachers=teachers)
+    except (ConfigError, CutNotFoundError):
+        raise  # the caller's mistake, already a one-line message
+    except (StoreFormatError, OSError, ValueError, RuntimeError) as e:  # numcodecs raises RuntimeError, ValueError
+        cut_id, teacher, error = _first_unreadable(ts, cut_ids, teachers or list(ts.specs))
+        if cut_id is None:
+            raise StoreFormatError(f"{ts.url}: cuts {cut_ids[0]!r} .. {cut_ids[-1]!r} could not be read: "
+                                   f"{type(e).__name__}: {e}") from e
+        record = ts._index.where[cut_id][0]
+        raise StoreFormatError(f"{ts.url}: cut {cut_id!r}, teacher {teacher!r} (shard {record.name}, "
+                               f"{record.path}) could not be decoded: {type(error).__name__}: {error}") from error
+
+
+def _first_unreadable(ts: TeacherStore, cut_ids: Sequence[str], teachers: Sequence[str]
+                      ) -> tuple[str | None, str | None, BaseException | None]:
+    """(cut ID, teacher, error) of the first output that fails to read on its own; Nones when each reads."""
+    for cut_id in cut_ids:
+        for teacher in teachers:
+            try:
+                ts.get_many([cut_id], teachers=[teacher])
+            except (OSError, ValueError, RuntimeError) as e:
+                return cut_id, teacher, e
+    return None, None, None
 
 
 def load_durations(manifest: str) -> dict[str, float]:

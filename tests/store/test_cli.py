@@ -427,6 +427,26 @@ def test_a_path_that_is_not_a_store_is_a_one_line_error(command: str, tmp_path: 
         assert "Traceback" not in out and out.startswith("Error: ") and len(out.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["show", "plot", "diff"])
+def test_a_chunk_that_cannot_be_decoded_is_named_in_one_line(command: str, tmp_path: Path, outputs: dict) -> None:
+    path = str(tmp_path / "z.zarr")
+    ts = TeacherStore.create(path, [SPECS[0].with_storage(codec="zstd"), *SPECS[1:]])
+    with ts.shard_writer(0) as writer:
+        for cut_id in ("spk1-ch1-0001", "spk1-ch1-0002"):
+            writer.put(cut_id, outputs[cut_id])
+    record = ts.shards["000000"]
+    chunk_file = Path(path) / record.path / "whisper" / "data" / "c" / "0" / "0"
+    data = bytearray(chunk_file.read_bytes())
+    data[0] ^= 0xFF  # the first chunk's zstd frame header
+    chunk_file.write_bytes(bytes(data))
+    args = {"show": ["show", path, "spk1-ch1-0001"], "plot": ["plot", path, "spk1-ch1-0001", "-o",
+                                                               str(tmp_path / "cut.png")],
+            "diff": ["diff", path, path]}[command]
+    code, out = run(*args)
+    assert code == 1 and "Traceback" not in out and out.startswith("Error: ") and len(out.strip().splitlines()) == 1
+    assert f"cut 'spk1-ch1-0001', teacher 'whisper' (shard 000000, {record.path}) could not be decoded" in out
+
+
 def test_store_commands_do_not_import_torch(store_path: str) -> None:
     script = (
         "import sys\n"
