@@ -82,10 +82,34 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
     except StoreNotFoundError:
         try:
             return TeacherStore.create(config.store, list(specs.values()), attrs=attrs)
-        except StoreError:  # another process started on the same new store a moment before us
-            store = TeacherStore.open(config.store, "a")
+        except StoreError as refused:  # another process started on the same new store a moment before us?
+            try:
+                store = TeacherStore.open(config.store, "a")
+            except StoreNotFoundError:
+                raise refused from None  # no: the reason the store could not be made
     check_resumable(store, specs, attrs["plan"]["fingerprint"])
     return store
+
+
+def check_store_path(url: str) -> None:
+    """``--store`` must name an mt2kd store or nothing yet (or an empty folder): checked before workers start."""
+    from mt2kd.errors import StoreError
+    from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR
+    from mt2kd.store._fs import open_location
+
+    loc = open_location(url)
+    if loc.exists(METADATA_FILE):
+        return  # a store, or something that claims to be one: opening it checks which
+    try:
+        entries = loc.listdir("")
+    except NotADirectoryError:
+        raise StoreError(f"--store must name an mt2kd store or a folder to make one in. Got {loc.url}, which is "
+                         f"a file.") from None
+    if set(entries) - {COMMITS_DIR, LOCKS_DIR, SHARDS_DIR}:  # only these: a store being made (its root comes last)
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise StoreError(f"--store must name an mt2kd store, or a new or empty folder. Got {loc.url}, a non-empty "
+                         f"folder without a store's {METADATA_FILE} (it holds {shown}); pass another path, or remove "
+                         f"the folder yourself if it is not needed (--overwrite deletes mt2kd stores only).")
 
 
 def check_resumable(store: TeacherStore, specs: Mapping[str, TeacherSpec], fingerprint: str) -> None:
@@ -133,6 +157,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
         return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
                               num_failures=0, seconds=time.monotonic() - start, dry_run=True)
     check_manifests(config.cuts)
+    check_store_path(config.store)
     if config.is_local:  # the workers will read the checkpoints here: a missing one fails now, not in each worker
         from mt2kd.extract._teacher import check_checkpoint
 

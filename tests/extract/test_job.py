@@ -230,3 +230,30 @@ def test_overwrite_deletes_a_store_that_would_resume_and_says_so(tiny: dict[str,
     assert TeacherStore.open(config.store).verify() == [] and len(TeacherStore.open(config.store)) == 3
     help_text = " ".join(CliRunner().invoke(command, ["--help"]).output.split())
     assert "--overwrite delete the existing store and start it again, even one this command would resume" in help_text
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_not_a_store_stops_the_job_before_any_worker_starts(
+        tmp_path: Path, cluster_starts: list[str], overwrite: bool) -> None:
+    from mt2kd.errors import StoreError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("not a folder")
+    ckpt = tmp_path / "beats.pt"
+    ckpt.write_bytes(b"")
+    for store, reason in (("out", r"a non-empty folder without a store's zarr.json \(it holds notes.txt\)"),
+                          ("file", "which is a file")):
+        config = ExtractConfig(cuts=DEMO_CUTS[:1], store=str(tmp_path / store), overwrite=overwrite,
+                               teachers=(TeacherConfig("beats", str(ckpt)),))
+        with pytest.raises(StoreError, match=rf"--store must name an mt2kd store.*Got {tmp_path / store}, {reason}"):
+            extract(config, echo=lambda _: None, progress=False)
+    assert cluster_starts == [] and (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_store_being_made_by_another_job_is_not_taken_for_a_foreign_folder(tmp_path: Path) -> None:
+    from mt2kd.extract._job import check_store_path
+
+    (tmp_path / "store" / "shards").mkdir(parents=True)  # what TeacherStore.create writes before the root
+    check_store_path(str(tmp_path / "store"))
+    check_store_path(str(tmp_path / "new"))
