@@ -369,20 +369,23 @@ def open_location(path_or_url: str | os.PathLike[str]) -> Location:
 def holder_alive(holder: Mapping[str, Any], now: float | None = None) -> bool:
     """Whether the writer that holds a shard lock (the lock file's JSON) may still be running.
 
-    On this host its pid answers at once. On another host (a worker of
-    another node, a SLURM job that was preempted or lost its node) only its
-    heartbeat can: a writer rewrites its lock every ``LOCK_BEAT_SECONDS``, so
-    one whose last beat is ``LOCK_STALE_SECONDS`` old is gone. That assumes
-    the hosts' clocks agree to within a few minutes; a lock without a beat
-    is taken to be alive.
+    A writer rewrites its lock every ``LOCK_BEAT_SECONDS``, so one whose
+    last beat is ``LOCK_STALE_SECONDS`` old is gone, on any host: on this
+    one too, where its pid may since belong to another process (a restarted
+    container keeps its hostname and hands out the same pids). Otherwise, on
+    this host, its pid answers at once: the writer is gone when it is. On
+    another host (a worker of another node, a SLURM job that was preempted
+    or lost its node) only the heartbeat can tell; that assumes the hosts'
+    clocks agree to within a few minutes. A lock without a beat is taken to
+    be alive unless its pid here is gone.
     """
+    beat = holder.get("beat")
+    if isinstance(beat, (int, float)) and (time.time() if now is None else now) - beat >= LOCK_STALE_SECONDS:
+        return False
     host = str(holder.get("host"))
     if host == socket.gethostname():
         return process_alive(host, int(holder.get("pid", -1)))
-    beat = holder.get("beat")
-    if not isinstance(beat, (int, float)):
-        return True
-    return (time.time() if now is None else now) - beat < LOCK_STALE_SECONDS
+    return True
 
 
 def process_alive(host: str, pid: int) -> bool:

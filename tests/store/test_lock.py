@@ -38,6 +38,14 @@ def test_holder_alive_asks_the_pid_here_and_the_heartbeat_elsewhere() -> None:
     assert fs.holder_alive({"host": "node-7", "pid": 1}, now)  # no heartbeat: cannot tell, so alive
 
 
+def test_holder_alive_here_is_false_once_the_heartbeat_is_stale_even_if_the_pid_runs() -> None:
+    """A restarted container keeps its hostname and reuses pids: a dead writer's pid may name a live process."""
+    here, now = socket.gethostname(), 1_000_000.0
+    assert fs.holder_alive({"host": here, "pid": os.getpid(), "beat": now - fs.LOCK_STALE_SECONDS + 1}, now)
+    assert not fs.holder_alive({"host": here, "pid": os.getpid(), "beat": now - fs.LOCK_STALE_SECONDS - 1}, now)
+    assert not fs.holder_alive({"host": here, "pid": os.getpid(), "beat": now - 7200}, now)
+
+
 def test_a_live_lock_of_another_host_is_refused_and_a_silent_one_taken_over(store_url: str) -> None:
     store = TeacherStore.create(store_url, SPECS)
     other_host_lock(store, beat=time.time())
@@ -113,3 +121,52 @@ def test_a_live_attempt_of_the_same_owner_is_waited_for_until_it_commits(store_u
             writer.put("second", ROW)
     thread.join()
     assert TeacherStore.open(store_url).cut_ids() == ["first"]
+
+
+def this_host_lock(store: TeacherStore, beat: float, owner: str = "") -> None:
+    """A lock of this host whose pid is alive (ours: a pid reused after the writer's container restarted)."""
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": "0123456789ab", "owner": owner,
+              "beat": beat}
+    store.loc.write(LOCK, json.dumps(holder).encode())
+
+
+def test_a_lock_here_with_a_live_pid_but_a_stopped_heartbeat_is_a_dead_writers(store_url: str) -> None:
+    store = TeacherStore.create(store_url, SPECS)
+    this_host_lock(store, beat=time.time() - 7200, owner="run-1")
+    assert [w["alive"] for w in store.info()["writers"]] == [False]
+    assert LOCK in store.leftovers()
+    assert LOCK in store.clean() and not store.loc.exists(LOCK)
+    this_host_lock(store, beat=time.time() - 7200, owner="run-1")
+    with store.shard_writer(0, owner="run-2") as writer:  # another run: takes it over instead of refusing
+        writer.put("after-takeover", ROW)
+    assert TeacherStore.open(store_url).cut_ids() == ["after-takeover"]
+    this_host_lock(store, beat=time.time(), owner="run-1")  # a live writer here beats: still refused
+    with pytest.raises(ShardLockedError):
+        with store.shard_writer(0, replace=True, owner="run-2") as writer:
+            writer.put("refused", ROW)
+
+
+def test_a_retry_waits_for_its_earlier_attempt_here_only_until_the_heartbeat_stops(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fs, "LOCK_BEAT_SECONDS", 0.05)
+    monkeypatch.setattr(fs, "LOCK_STALE_SECONDS", 0.6)
+    store = TeacherStore.create(store_url, SPECS)
+    this_host_lock(store, beat=time.time(), owner="run-a")
+    start = time.monotonic()
+    waited: list[float] = []
+
+    def retry() -> None:
+        with store.shard_writer(0, owner="run-a") as writer:
+            writer.put("retried", ROW)
+        waited.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=retry, daemon=True)
+    thread.start()
+    thread.join(10)
+    try:
+        assert waited and waited[0] >= 0.5  # taken over once the heartbeat was 0.6 s old
+    finally:
+        if thread.is_alive():  # still waiting: let it go
+            store.loc.remove(LOCK)
+            thread.join(10)
+    assert TeacherStore.open(store_url).cut_ids() == ["retried"]
