@@ -37,11 +37,18 @@ def plan_fingerprint(plan: Plan) -> str:
 
 
 def teacher_specs(config: ExtractConfig) -> dict[str, TeacherSpec]:
-    """Specs with fingerprints, the teachers loaded once on CPU here and freed (dry runs only)."""
-    from mt2kd.extract._plugin import load_teachers
+    """Specs with fingerprints, each teacher loaded here and freed (dry runs only).
 
-    teachers = load_teachers(config.teachers, config.precision, "cpu")
-    return {name: t.spec for name, t in teachers.items()}
+    The teachers are not moved to a device: a spec does not depend on it, and a bf16 or fp16 teacher refuses
+    the CPU, so a dry run of a CUDA run's config would fail here.
+    """
+    from mt2kd.extract._teacher import load_teacher
+
+    specs = {}
+    for teacher in config.teachers:  # the options win over --precision, as in the workers (load_teachers)
+        specs[teacher.name] = load_teacher(teacher.name, teacher.checkpoint,
+                                           **{"precision": config.precision, **teacher.options}).spec
+    return specs
 
 
 def store_attrs(config: ExtractConfig, plan: Plan, specs: Mapping[str, TeacherSpec], random: bool

@@ -234,6 +234,30 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     assert "Workers         : 2 SLURM job(s) of 8 CPUs, 4 worker(s) on cuda each" in slurm.output, slurm.output
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_dry_run_of_a_half_precision_cuda_config_works_without_a_gpu(tmp_path: Path, precision: str) -> None:
+    from mt2kd.cli import main
+    from mt2kd.extract import make_tiny_checkpoints
+    from mt2kd.extract._job import teacher_specs
+    from mt2kd.extract._plugin import load_teachers
+
+    paths = make_tiny_checkpoints(tmp_path / "teachers")
+    args = ["extract", "--cuts", SPEECH, "--store", str(tmp_path / "store"), "--dry-run", "--device", "cuda",
+            "--precision", precision] + [a for n, p in paths.items() for a in ("--teacher", f"{n}={p}")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Teacher whisper" in result.output and "Workers         :" in result.output
+    assert not (tmp_path / "store").exists()
+    # the specs are those a worker reports: precision enters the fingerprint, the device does not
+    config = ExtractConfig(cuts=(SPEECH,), store="s", precision=precision,
+                           teachers=tuple(TeacherConfig(n, str(p)) for n, p in paths.items()))
+    fp32 = ExtractConfig.from_dict({**config.to_dict(), "precision": "fp32"})
+    want = {n: t.spec for n, t in load_teachers(fp32.teachers, "fp32", "cpu").items()}
+    got = teacher_specs(config)
+    assert got["whisper"].fingerprint != want["whisper"].fingerprint
+    assert teacher_specs(fp32) == want
+
+
 def test_a_missing_checkpoint_stops_a_local_job_before_any_cluster_or_store(tmp_path: Path,
                                                                             cluster_starts: list[str]) -> None:
     from mt2kd.errors import CheckpointNotFoundError
