@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mt2kd.errors import FingerprintMismatchError, ShardLockedError, TooManyFailuresError
@@ -182,7 +183,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mt2kd-plan") as pool:
         planned = pool.submit(make_plan, config.cuts, config.shard_hours, stop)
         try:
-            with open_client(config) as client:
+            with open_client(config) as client, teachers_released(client, config):
                 resources = start_workers(client, config, say)
                 asked = ask_specs(client, resources)
                 # a bad manifest shows as soon as it is read, not once the workers are out of the queue
@@ -258,22 +259,45 @@ def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]
     """Load the teachers into every worker (plugin); returns the resources a task must ask for."""
     from mt2kd.extract._cluster import (GPU_RESOURCE, dashboard_link, declares_gpus, starts_its_workers,
                                         worker_torch_threads)
-    from mt2kd.extract._plugin import TeacherPlugin
+    from mt2kd.extract._plugin import TeacherPlugin, plugin_name, run_token
 
     link = dashboard_link(client)
     if link:
         say(f"dask dashboard: {link}")
     threads = worker_torch_threads(config, client)
-    plugin = TeacherPlugin(config.teachers, config.precision, config.device, threads, starts_its_workers(config))
+    plugin = TeacherPlugin(config.teachers, config.precision, config.device, threads, starts_its_workers(config),
+                           name=plugin_name(run_token(client)))
     client.register_plugin(plugin)
     return {GPU_RESOURCE: 1} if declares_gpus(client) else None
 
 
+@contextlib.contextmanager
+def teachers_released(client: Any, config: ExtractConfig) -> Iterator[None]:
+    """On a running scheduler, remove the run's plugin (and so its teachers) from the workers at the end.
+
+    Each run registers a plugin of its own (``plugin_name``); left behind,
+    every run would add a set of teachers to each worker's memory. Workers
+    the run started stop with it.
+    """
+    from mt2kd.extract._cluster import starts_its_workers
+
+    try:
+        yield
+    finally:
+        if not starts_its_workers(config):
+            from mt2kd.extract._plugin import plugin_name, run_token
+
+            with contextlib.suppress(Exception):  # the scheduler may be gone: nothing left to free then
+                client.unregister_worker_plugin(plugin_name(run_token(client)))
+
+
 def ask_specs(client: Any, resources: dict[str, int] | None) -> Any:
     """A future of the teachers' specs as a worker loaded them: the client never loads a model itself."""
-    from mt2kd.extract._plugin import loaded_specs
+    from mt2kd.extract._plugin import loaded_specs, plugin_name, run_token
 
-    return client.submit(loaded_specs, resources=resources, pure=False, key="mt2kd-teacher-specs")
+    token = run_token(client)
+    return client.submit(loaded_specs, plugin_name(token), resources=resources, pure=False,
+                         key=f"mt2kd-teacher-specs-{token}")
 
 
 def wait_done_or_failed(futures: Sequence[Any], poll_seconds: float = 0.2) -> None:
@@ -297,12 +321,15 @@ def run_tasks(client: Any, resources: dict[str, int] | None, config: ExtractConf
     """
     from distributed import as_completed
 
+    from mt2kd.extract._plugin import plugin_name, run_token
     from mt2kd.extract._shard import run_shard
 
+    token = run_token(client)  # keys and plugin of this run only: another job may share the scheduler
     settings = ShardSettings(config.store, config.max_duration, config.decode_threads, config.prefetch_cuts,
-                             config.events_log, owner=f"run-{uuid.uuid4().hex[:12]}", replace_shards=retry)
+                             config.events_log, owner=f"run-{uuid.uuid4().hex[:12]}", replace_shards=retry,
+                             plugin=plugin_name(token))
     done_hours = plan.audio_hours - sum(s.audio_seconds for s in todo) / 3600
-    futures = [client.submit(run_shard, s, settings, key=f"mt2kd-shard-{s.shard_id}", resources=resources,
+    futures = [client.submit(run_shard, s, settings, key=f"mt2kd-shard-{s.shard_id}-{token}", resources=resources,
                              pure=False) for s in todo]
     bar = Progress(plan.audio_hours, len(plan.shards), done_hours, len(plan.shards) - len(todo), progress)
     try:

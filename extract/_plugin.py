@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -18,8 +19,24 @@ if TYPE_CHECKING:
     from mt2kd.extract._teacher import Teacher
     from mt2kd.store import TeacherStore
 
-PLUGIN_NAME = "mt2kd-teachers"
+PLUGIN_NAME = "mt2kd-teachers"  # the name's prefix: each run registers its own plugin (plugin_name)
 _STORES_LOCK = threading.Lock()  # tasks on several threads of one worker open a store once (the plugin pickles)
+
+
+def run_token(client: Any) -> str:
+    """A short token of the run's client, unique to the run: it names the run's plugin and task keys.
+
+    Two jobs on one scheduler (``--scheduler tcp://...``) must neither
+    replace each other's plugin (a worker would then run one job's shards
+    with the other's teachers) nor share task keys (dask would hand one job
+    the other's results). Each run opens its own client.
+    """
+    return hashlib.sha256(str(client.id).encode()).hexdigest()[:12]
+
+
+def plugin_name(token: str) -> str:
+    """The name of the plugin holding the teachers of the run with ``token``."""
+    return f"{PLUGIN_NAME}-{token}"
 
 
 def load_teachers(configs: Sequence[TeacherConfig], precision: str, device: str) -> dict[str, Teacher]:
@@ -89,13 +106,15 @@ class TeacherPlugin(WorkerPlugin):
 
     Examples
     --------
-    >>> client.register_plugin(TeacherPlugin(config.teachers, "fp32", "cpu", 1))  # doctest: +SKIP
+    >>> name = plugin_name(run_token(client))  # doctest: +SKIP
+    >>> client.register_plugin(TeacherPlugin(config.teachers, "fp32", "cpu", 1, name=name))  # doctest: +SKIP
     """
 
     name = PLUGIN_NAME
 
     def __init__(self, configs: Sequence[TeacherConfig], precision: str, device: str, num_threads: int,
-                 owns_worker: bool = False) -> None:
+                 owns_worker: bool = False, name: str = PLUGIN_NAME) -> None:
+        self.name = name  # dask keys a worker's plugins by it: one per run (plugin_name)
         self.configs = tuple(configs)
         self.precision, self.device, self.num_threads = precision, device, num_threads
         self.owns_worker = owns_worker  # the run started this worker (LocalCluster, SLURM), not someone else
@@ -131,18 +150,18 @@ class TeacherPlugin(WorkerPlugin):
             torch.cuda.empty_cache()
 
 
-def _worker_plugin() -> TeacherPlugin:
+def _worker_plugin(name: str) -> TeacherPlugin:
     from distributed import get_worker
 
-    plugin = get_worker().plugins.get(PLUGIN_NAME)
+    plugin = get_worker().plugins.get(name)
     if not isinstance(plugin, TeacherPlugin) or not plugin.teachers:
         from mt2kd.errors import ConfigError
 
-        raise ConfigError(f"a worker must have the {PLUGIN_NAME} plugin registered before shard tasks run. Got none.")
+        raise ConfigError(f"a worker must have the {name} plugin registered before shard tasks run. Got none.")
     return plugin
 
 
-def worker_store(url: str) -> TeacherStore:
+def worker_store(url: str, plugin_name: str = PLUGIN_NAME) -> TeacherStore:
     """The store at ``url``, opened once per worker and run and shared by the tasks the worker runs.
 
     Opening reads every commit record, and the index of every cut grows
@@ -152,24 +171,24 @@ def worker_store(url: str) -> TeacherStore:
     """
     from mt2kd.store import TeacherStore
 
-    plugin = _worker_plugin()
+    plugin = _worker_plugin(plugin_name)
     with _STORES_LOCK:
         if url not in plugin.stores:
             plugin.stores[url] = TeacherStore.open(url, "a")
         return plugin.stores[url]
 
 
-def worker_teachers() -> dict[str, Teacher]:
+def worker_teachers(plugin_name: str = PLUGIN_NAME) -> dict[str, Teacher]:
     """The teachers the plugin loaded into the worker running the current task (the task's own dict)."""
     import torch
 
-    plugin = _worker_plugin()
+    plugin = _worker_plugin(plugin_name)
     # OpenMP thread counts are per calling thread: setup ran on the worker's event loop, tasks run on
     # its executor thread, which would otherwise start OMP_NUM_THREADS threads and crowd the decoders
     torch.set_num_threads(plugin.num_threads)
     return dict(plugin.teachers)
 
 
-def loaded_specs() -> dict[str, dict[str, Any]]:
+def loaded_specs(plugin_name: str = PLUGIN_NAME) -> dict[str, dict[str, Any]]:
     """The store specs of the teachers this worker loaded (a task: the client asks one worker)."""
-    return {name: teacher.spec.to_dict() for name, teacher in worker_teachers().items()}
+    return {name: teacher.spec.to_dict() for name, teacher in worker_teachers(plugin_name).items()}

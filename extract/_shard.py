@@ -40,6 +40,7 @@ class ShardSettings:
     # this run (dask reruns the task of a lost worker) waits for that attempt instead of giving the shard up
     owner: str = ""
     replace_shards: frozenset[int] = frozenset()  # committed shards to write again (--retry-failed)
+    plugin: str = ""  # the worker plugin holding this run's teachers (_plugin.plugin_name); "" for PLUGIN_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +78,10 @@ def log_event(path: str, event: str, shard_id: int, **extra: float) -> None:
 
 def run_shard(task: ShardTask, settings: ShardSettings) -> ShardResult:
     """The dask task: the worker's teachers (from its plugin) turn ``task`` into a committed shard."""
-    from mt2kd.extract._plugin import worker_store, worker_teachers
+    from mt2kd.extract._plugin import PLUGIN_NAME, worker_store, worker_teachers
 
-    return write_shard(task, settings, worker_teachers(), worker_store(settings.store_url))
+    plugin = settings.plugin or PLUGIN_NAME
+    return write_shard(task, settings, worker_teachers(plugin), worker_store(settings.store_url, plugin))
 
 
 def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str, Teacher],

@@ -143,3 +143,51 @@ def test_a_worker_killed_mid_shard_has_its_task_rerun_and_the_job_completes(tiny
     result = TeacherStore.open(store)
     assert result.verify() == [] and result.leftovers() == []  # the dead attempt and its lock were cleared
     assert_equal_stores(result, TeacherStore.open(want.store))
+
+
+def test_two_jobs_on_one_running_scheduler_each_get_their_own_teachers(tiny: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """Two jobs with other teacher options share a scheduler at once: no shard is written by the other's teachers."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from mt2kd.extract import load_teacher
+
+    layers = {"first": -1, "second": 0}
+    outcome: dict[str, Any] = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        configs = {name: ExtractConfig(cuts=DEMO_CUTS, store=str(tmp_path / name), scheduler=cluster.scheduler_address,
+                                       teachers=(TeacherConfig("whisper", str(tiny["whisper"]), {"layer": layer}),),
+                                       max_duration=8.0, shard_hours=SHARD_HOURS)
+                   for name, layer in layers.items()}
+
+        def run(name: str) -> None:
+            try:
+                outcome[name] = extract(configs[name], progress=False, echo=lambda _: None)
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                outcome[name] = e
+
+        jobs = [threading.Thread(target=run, args=(name,)) for name in layers]
+        for job in jobs:
+            job.start()
+            time.sleep(1.0)  # the second registers its plugin while the first runs
+        for job in jobs:
+            job.join(300)
+        with Client(cluster) as client:  # each run removed its plugin: the workers hold no teachers after
+            assert client.run(lambda dask_worker: [n for n in dask_worker.plugins if "mt2kd" in n]) == {
+                w: [] for w in cluster.scheduler_info["workers"]}
+    plan = make_plan(DEMO_CUTS, SHARD_HOURS)
+    for name, layer in layers.items():
+        assert not isinstance(outcome[name], BaseException), outcome[name]
+        assert outcome[name].num_shards_written == len(plan.shards)
+        store = TeacherStore.open(configs[name].store)
+        teacher = load_teacher("whisper", tiny["whisper"], layer=layer)
+        assert store.specs["whisper"].fingerprint == teacher.fingerprint
+        assert sorted(store.cut_ids()) == sorted(c for s in plan.shards for c in s.cut_ids)
+        from lhotse.serialization import deserialize_item
+
+        for cut in (c for s in plan.shards for c in s.cuts):
+            samples = np.asarray(deserialize_item(cut).resample(16_000).load_audio(), np.float32).mean(axis=0)
+            np.testing.assert_allclose(store.get(cut["id"])["whisper"].astype(np.float32),
+                                       teacher.extract([samples])[0], rtol=2e-3, atol=2e-3, err_msg=cut["id"])

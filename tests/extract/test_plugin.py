@@ -74,3 +74,23 @@ def test_worker_setup_hashes_every_checkpoint_while_the_teachers_load(tiny: dict
     assert hashed == ["sha256"] * len(configs)  # one small hash each over name, options and digest
     plugin.teardown(None)  # type: ignore[arg-type]
 
+
+
+def test_two_runs_on_one_scheduler_each_find_their_own_teachers(tiny: dict[str, Path]) -> None:
+    """Each run's client names its plugin and task keys; a second run's plugin replaces nothing of the first."""
+    from distributed import Client, LocalCluster
+
+    from mt2kd.extract._plugin import loaded_specs, plugin_name, run_token
+
+    whisper = str(tiny["whisper"])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as first, Client(cluster) as second:
+        assert run_token(first) != run_token(second) and run_token(first) == run_token(first)
+        names = {}
+        for client, layer in ((first, -1), (second, 0)):
+            names[client] = plugin_name(run_token(client))
+            client.register_plugin(TeacherPlugin([TeacherConfig("whisper", whisper, {"layer": layer})], "fp32",
+                                                 "cpu", 1, name=names[client]))
+        got = {layer: client.submit(loaded_specs, names[client], pure=False).result()["whisper"]["fingerprint"]
+               for client, layer in ((first, -1), (second, 0))}
+    assert got == {layer: load_teacher("whisper", whisper, layer=layer).fingerprint for layer in (-1, 0)}
