@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -11,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mt2kd.errors import MT2KDError
-from mt2kd.store._format import LOCKS_DIR, METADATA_FILE, SHARDS_DIR
-from mt2kd.store._fs import TMP_PREFIX, holder_alive
-from mt2kd.store._index import ShardRecord
+from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR
+import mt2kd.store._fs as _fs
+from mt2kd.store._fs import TMP_PREFIX, FsspecLocation, LocalLocation, holder_alive
+from mt2kd.store._index import ShardRecord, committed_names
 
 if TYPE_CHECKING:
     from mt2kd.store._store import TeacherStore
@@ -182,8 +184,9 @@ def find_leftovers(store: TeacherStore) -> Iterator[tuple[str, str]]:
     """(path, why) of data no commit record points at.
 
     ``why`` is ``"abandoned"`` for an attempt or lock of a writer that is
-    gone (harmless: invisible to readers, removed by the next writer of that
-    shard or by ``clean``), ``"in progress"`` for a live writer's attempt
+    gone, and for a stale temporary file of an atomic write a kill
+    interrupted (harmless: invisible to readers, removed by the next writer
+    of that shard or by ``clean``), ``"in progress"`` for a live writer's attempt
     (not reported by verify), and ``"complete-looking shard group without a
     commit record"`` for a shard group a plain-zarr reader could mistake for
     data (verify reports it).
@@ -196,19 +199,62 @@ def find_leftovers(store: TeacherStore) -> Iterator[tuple[str, str]]:
     store.refresh()
     live = {r.path.split("/", 1)[1] for r in store.shards.values()}
     for entry in entries:
-        if entry in live or entry == METADATA_FILE or "." not in entry:
+        if entry in live or entry == METADATA_FILE or "." not in entry or entry.startswith(TMP_PREFIX):
             continue
         shard, attempt = entry.split(".", 1)
         path = f"{SHARDS_DIR}/{entry}"
         if holders.get(shard, {}).get("attempt") == attempt and holder_alive(holders[shard]):
             continue  # being written right now
-        if store.loc.exists(f"{path}/{METADATA_FILE}") and not entry.startswith(TMP_PREFIX):
+        if store.loc.exists(f"{path}/{METADATA_FILE}"):
             yield path, "complete-looking shard group without a commit record"
         else:
             yield path, "abandoned"
     for shard, holder in holders.items():
         if not holder_alive(holder):
             yield f"{LOCKS_DIR}/{shard}.lock", "abandoned"
+    yield from ((path, "abandoned") for path in _stale_temporaries(store))
+
+
+def _stale_temporaries(store: TeacherStore) -> Iterator[str]:
+    """Temporary files of atomic writes (commit records, lock beats, group documents) that a kill left behind.
+
+    Only those older than ``LOCK_STALE_SECONDS``: a younger one may be a
+    write in flight. A record folder ``commits/<shard>`` that holds no
+    record and nothing younger (a writer killed before it linked its record
+    into place) is listed as a whole.
+    """
+    now = time.time()
+    for folder in ("", SHARDS_DIR, COMMITS_DIR, LOCKS_DIR):
+        yield from (path for path in _temporaries(store, folder) if _stale(store, path, now))
+    for name in committed_names(store.loc):
+        folder = f"{COMMITS_DIR}/{name}"
+        temporaries = _temporaries(store, folder)
+        stale = [path for path in temporaries if _stale(store, path, now)]
+        if store.loc.exists(f"{folder}/{METADATA_FILE}"):
+            yield from stale
+        elif isinstance(store.loc, LocalLocation) and len(stale) == len(store.loc.listdir(folder)) \
+                and _stale(store, folder, now):
+            yield folder
+
+
+def _temporaries(store: TeacherStore, folder: str) -> list[str]:
+    return [f"{folder}/{name}" if folder else name for name in store.loc.listdir(folder)
+            if name.startswith(TMP_PREFIX)]
+
+
+def _stale(store: TeacherStore, path: str, now: float) -> bool:
+    """Whether ``path`` was last modified ``LOCK_STALE_SECONDS`` ago or earlier (False when that cannot be told)."""
+    loc = store.loc
+    try:
+        if isinstance(loc, LocalLocation):
+            modified = os.stat(os.path.join(loc.root, path)).st_mtime
+        elif isinstance(loc, FsspecLocation):
+            modified = loc.fs.modified(f"{loc.root}/{path}").timestamp()
+        else:
+            return False
+    except (OSError, NotImplementedError, AttributeError, ValueError):
+        return False
+    return now - modified >= _fs.LOCK_STALE_SECONDS
 
 
 def _lock_holders(store: TeacherStore) -> dict[str, dict[str, Any]]:
@@ -247,8 +293,39 @@ def _taken_since(store: TeacherStore, path: str) -> bool:
 def clean_leftovers(store: TeacherStore) -> list[str]:
     removed = []
     for path, _ in list(find_leftovers(store)):
-        if _taken_since(store, path):
-            continue
-        store.loc.remove(path)
-        removed.append(path)
+        if path.startswith(f"{COMMITS_DIR}/"):
+            gone = _remove_record_leftover(store, path)
+        elif path.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+            store.loc.remove(path)
+            gone = True
+        elif _taken_since(store, path):
+            gone = False
+        else:
+            store.loc.remove(path)
+            gone = True
+        if gone:
+            removed.append(path)
     return removed
+
+
+def _remove_record_leftover(store: TeacherStore, path: str) -> bool:
+    """Remove a stale temporary file under ``commits/``, or a record folder holding nothing else.
+
+    A record folder is only ever removed empty (``rmdir``): a record that a
+    writer linked into it meanwhile stays, and so does the folder.
+    """
+    shard, _, temp = path[len(COMMITS_DIR) + 1:].partition("/")
+    if shard.startswith(TMP_PREFIX) or temp:
+        store.loc.remove(path)  # commits/.tmp-* (of commits/zarr.json) or commits/<shard>/.tmp-*
+        return True
+    if not isinstance(store.loc, LocalLocation):
+        return False
+    now = time.time()
+    for temporary in _temporaries(store, path):
+        if _stale(store, temporary, now):
+            store.loc.remove(temporary)
+    try:
+        os.rmdir(os.path.join(store.loc.root, path))
+    except OSError:  # not empty: it holds a record (or a write in flight) now
+        return False
+    return True

@@ -301,3 +301,31 @@ def test_clean_leaves_a_lock_taken_over_after_it_was_found_abandoned(tmp_path: P
     writer.put("a", {"ecapa": np.ones(6, np.float32)})
     writer.__exit__(None, None, None)  # it still holds its lock: it commits
     assert TeacherStore.open(path).cut_ids() == ["a"]
+
+
+def test_temporary_files_of_a_killed_commit_or_heartbeat_are_leftovers_once_stale(tmp_path: Path) -> None:
+    import os
+
+    import mt2kd.store._fs as fs
+
+    path = tmp_path / "s.zarr"
+    store = TeacherStore.create(str(path), SPECS)
+    with store.shard_writer(0) as writer:
+        writer.put("a", {"ecapa": np.ones(6, np.float32)})
+    # killed after writing the temporary record of shard 1 (before linking it into place), of shard 0's
+    # replacement, and of a lock's heartbeat; and one write still in flight
+    (path / "commits" / "000001").mkdir()
+    stale = ["commits/000001/.tmp-5f0c", "commits/000000/.tmp-77aa", "locks/.tmp-cafe"]
+    (path / "locks").mkdir(exist_ok=True)
+    for name in [*stale, "locks/.tmp-young"]:
+        (path / name).write_bytes(b'{"partial')
+    long_ago = time.time() - fs.LOCK_STALE_SECONDS - 60
+    for name in [*stale, "commits/000001"]:
+        os.utime(path / name, (long_ago, long_ago))
+    store = TeacherStore.open(str(path), mode="a")
+    expected = ["locks/.tmp-cafe", "commits/000000/.tmp-77aa", "commits/000001"]
+    assert store.leftovers() == expected and store.verify() == []
+    assert store.clean() == expected and store.leftovers() == []
+    assert sorted(os.listdir(path / "commits")) == ["000000", "zarr.json"]
+    assert os.listdir(path / "commits" / "000000") == ["zarr.json"] and os.listdir(path / "locks") == [".tmp-young"]
+    assert TeacherStore.open(str(path)).cut_ids() == ["a"]
