@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from typing import Any
 
@@ -20,6 +21,11 @@ def _parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute in this working directory; URLs (``s3://``, ``file://``) and "" stay."""
+    return path if not path or "://" in path else os.path.abspath(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +139,16 @@ class ExtractConfig:
     @property
     def is_local(self) -> bool:
         return self.scheduler == "local"
+
+    def with_absolute_paths(self) -> ExtractConfig:
+        """This config with its local paths (manifests, store, events log, checkpoints) made absolute here.
+
+        The workers open the store, the events log and the checkpoints in their own working directory,
+        which on a running scheduler or on SLURM is not the client's. URLs are left as they are.
+        """
+        teachers = tuple(dataclasses.replace(t, checkpoint=_absolute(t.checkpoint)) for t in self.teachers)
+        return dataclasses.replace(self, cuts=tuple(_absolute(c) for c in self.cuts), store=_absolute(self.store),
+                                   events_log=_absolute(self.events_log), teachers=teachers)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -151,6 +151,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     """
     say = echo or (lambda text: print(text, file=sys.stderr))
     start = time.monotonic()
+    config = config.with_absolute_paths()  # the workers' working directory need not be ours
     from mt2kd.extract._tiny import checkpoint_is_random
 
     random = any(checkpoint_is_random(t.checkpoint) for t in config.teachers)

@@ -257,3 +257,32 @@ def test_a_store_being_made_by_another_job_is_not_taken_for_a_foreign_folder(tmp
     (tmp_path / "store" / "shards").mkdir(parents=True)  # what TeacherStore.create writes before the root
     check_store_path(str(tmp_path / "store"))
     check_store_path(str(tmp_path / "new"))
+
+
+def test_relative_paths_reach_the_workers_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers of a running scheduler or of SLURM resolve paths in their own working directory."""
+    import os
+
+    import mt2kd.extract._cluster as cluster
+
+    (tmp_path / "beats.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    config = ExtractConfig(cuts=(os.path.relpath(DEMO_CUTS[0]),), store="rel/store", events_log="events.jsonl",
+                           teachers=(TeacherConfig("beats", "beats.pt"),))
+    started: list[ExtractConfig] = []
+
+    class Stop(Exception):
+        pass
+
+    def prestart(config: ExtractConfig) -> None:
+        started.append(config)
+        raise Stop  # before any process starts
+
+    monkeypatch.setattr(cluster, "prestart_local_workers", prestart)
+    with pytest.raises(Stop):
+        extract(config, echo=lambda _: None, progress=False)
+    got = started[0]
+    assert got.store == str(tmp_path / "rel" / "store") and got.events_log == str(tmp_path / "events.jsonl")
+    assert got.teachers[0].checkpoint == str(tmp_path / "beats.pt") and got.cuts == (DEMO_CUTS[0],)
+    urls = dataclasses.replace(config, store="s3://bucket/store", events_log="").with_absolute_paths()
+    assert urls.store == "s3://bucket/store" and urls.events_log == ""
