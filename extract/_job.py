@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # resumed with today's plan. 1 closed a shard when the next cut would overflow it; 2: shards of equal audio,
 # cuts in manifest order; 3: shards of equal audio, cuts longest first
 RUN_FORMAT = 3
+RANDOM_NOTE = "NOTE: random-weight teacher checkpoints: the outputs are for tests and demos, not real labels."
 
 
 def plan_fingerprint(plan: Plan) -> str:
@@ -156,12 +157,14 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
 
     random = any(checkpoint_is_random(t.checkpoint) for t in config.teachers)
     if random:
-        say("NOTE: random-weight teacher checkpoints: the outputs are for tests and demos, not real labels.")
+        say(RANDOM_NOTE)
     if config.dry_run:
         plan = make_plan(config.cuts, config.shard_hours)
         from mt2kd.extract._cluster import describe_workers
 
-        lines = [*plan.describe(teacher_specs(config)), ("Workers", describe_workers(config))]
+        specs = teacher_specs(config)
+        random = random_teachers(random, specs, say)
+        lines = [*plan.describe(specs), ("Workers", describe_workers(config))]
         say("\n".join(f"{k:<16}: {v}" for k, v in lines))
         return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
                               num_failures=0, seconds=time.monotonic() - start, dry_run=True)
@@ -191,6 +194,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 wait_done_or_failed([planned, asked])
                 plan = planned.result()
                 specs = {name: TeacherSpec.from_dict(spec) for name, spec in asked.result().items()}
+                random = random_teachers(random, specs, say)
                 store = prepare_store(config, plan, specs, random, say)
                 todo, retry = shards_to_run(store, plan, config.retry_failed)
                 announce_resume(say, store, plan, retry, config.retry_failed)
@@ -249,6 +253,18 @@ def announce_resume(say: Callable[[str], None], store: TeacherStore, plan: Plan,
         text += (f", holding {failed} failed cuts (mt2kd store info lists them); these stay as they are: once "
                  f"their cause is fixed, rerun with --retry-failed to recompute their shards")
     say(text + ".")
+
+
+def random_teachers(marked: bool, specs: Mapping[str, TeacherSpec], say: Callable[[str], None]) -> bool:
+    """Whether any teacher has random weights: a checkpoint's marker file (``marked``) or a loaded teacher's flag.
+
+    Every teacher loader reports ``random_init`` in its spec's config (read from the checkpoint itself), so a
+    tiny checkpoint copied away from its marker file still counts. Prints the note if only the flags tell.
+    """
+    flagged = sorted(name for name, spec in specs.items() if spec.config.get("random_init"))
+    if flagged and not marked:
+        say(f"{RANDOM_NOTE} ({', '.join(flagged)})")
+    return marked or bool(flagged)
 
 
 def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, Any]:

@@ -286,3 +286,25 @@ def test_relative_paths_reach_the_workers_absolute(tmp_path: Path, monkeypatch: 
     assert got.teachers[0].checkpoint == str(tmp_path / "beats.pt") and got.cuts == (DEMO_CUTS[0],)
     urls = dataclasses.replace(config, store="s3://bucket/store", events_log="").with_absolute_paths()
     assert urls.store == "s3://bucket/store" and urls.events_log == ""
+
+
+def test_a_copied_random_checkpoint_without_its_marker_file_still_makes_a_random_store(
+        tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The teachers report random_init from the checkpoint itself; the marker file is only a second source."""
+    import shutil
+
+    from mt2kd.extract import checkpoint_is_random
+
+    copy = tmp_path / "copied" / "beats.pt"
+    copy.parent.mkdir()
+    shutil.copy(tiny["beats"], copy)
+    assert not checkpoint_is_random(copy)
+    tone_corpus(tmp_path, num_cuts=2)
+    config = dataclasses.replace(beats_config(tiny, tmp_path), teachers=(TeacherConfig("beats", str(copy)),))
+    said: list[str] = []
+    dry = extract(dataclasses.replace(config, dry_run=True), echo=said.append, progress=False)
+    assert dry.random_teachers is True and any(line.startswith("NOTE: random-weight") for line in said)
+    summary = extract(config, progress=False)
+    store = TeacherStore.open(config.store)
+    assert store.specs["beats"].config["random_init"] is True
+    assert store.attrs["random_teachers"] is True and summary.random_teachers is True and "RANDOM" in summary.line()
