@@ -115,13 +115,13 @@ def write_shard(task: ShardTask, settings: ShardSettings, teachers: Mapping[str,
 
 def check_accounted(task: ShardTask, stored: Sequence[str], failures: Sequence[tuple[str, str | None, str]]
                     ) -> None:
-    """Refuse to commit a shard unless each of its cuts was stored or recorded as failed.
+    """Refuse to commit a shard unless each of its cuts was stored or recorded as failed (as a whole).
 
     A shard missing a cut would look complete: a rerun skips it and verify
     does not know the cut. Raised inside the writer's block, the attempt is
     discarded and the shard is done again by the next attempt or run.
     """
-    accounted = set(stored).union(cut_id for cut_id, _, _ in failures)
+    accounted = set(stored).union(cut_id for cut_id, teacher, _ in failures if teacher is None)
     missing = [cut_id for cut_id in task.cut_ids if cut_id not in accounted]
     if missing:
         raise StoreError(f"shard {task.shard_id} must have each of its {len(task.cut_ids)} cuts stored or recorded "
@@ -251,24 +251,49 @@ def output_problem(output: np.ndarray) -> str | None:
 
 def put_cut(writer: ShardWriter, cut: CutAudio, outputs: Mapping[str, np.ndarray | str],
             failures: list[tuple[str, str | None, str]]) -> int:
-    """Put the good outputs of one cut and record each teacher's failure; 1 if anything was put."""
+    """Put the good outputs of one cut and record each teacher's failure; 1 if anything was put.
+
+    A cut that no teacher has an output of is one whole-cut failure (teacher
+    None) whose reason names each teacher's: what verify takes as a cut that
+    is absent from the store on purpose.
+    """
+    if not outputs:  # no teacher ran at all: not the cut's failure; left unaccounted, the shard will not commit
+        return 0
     good: dict[str, np.ndarray] = {}
+    problems: dict[str, str] = {}
     for name, output in outputs.items():
         problem = output if isinstance(output, str) else output_problem(output)
         if problem is None and not isinstance(output, str):
             good[name] = output
         else:
-            writer.record_failure(cut.cut_id, str(problem), teacher=name)
-            failures.append((cut.cut_id, name, str(problem)))
+            problems[name] = str(problem)
+    while good:
+        try:
+            writer.put(cut.cut_id, good)
+            break
+        except ValidationError as e:  # e.g. beyond the float16 range: the store refuses it, we record why
+            refused = refused_teacher(e, good)
+            for name in [refused] if refused is not None else list(good):  # unnamed: the cut itself was refused
+                problems[name] = f"output refused by the store: {e}"
+                del good[name]
     if not good:
+        reason = "no teacher output: " + "; ".join(f"{name}: {problems[name]}" for name in outputs)
+        writer.record_failure(cut.cut_id, reason)
+        failures.append((cut.cut_id, None, reason))
         return 0
-    try:
-        writer.put(cut.cut_id, good)
-    except ValidationError as e:  # e.g. beyond the float16 range: the store refuses it, we record why
-        writer.record_failure(cut.cut_id, f"output refused by the store: {e}")
-        failures.append((cut.cut_id, None, f"output refused by the store: {e}"))
-        return 0
+    for name in (name for name in outputs if name in problems):
+        writer.record_failure(cut.cut_id, problems[name], teacher=name)
+        failures.append((cut.cut_id, name, problems[name]))
     return 1
+
+
+def refused_teacher(error: ValidationError, names: Iterable[str]) -> str | None:
+    """The teacher whose output the store refused, else None.
+
+    The writer validates every output of a cut before it writes any, and
+    its message names the cut and the teacher (``cut 'c', teacher 'w': ...``).
+    """
+    return next((name for name in names if f"teacher {name!r}" in str(error)), None)
 
 
 def result_dict(result: ShardResult) -> dict[str, Any]:

@@ -114,7 +114,9 @@ def test_write_shard_puts_every_cut_and_records_failures(tmp_path: Path) -> None
     result = write_shard(task, settings, {"echo": EchoTeacher()})  # type: ignore[dict-item]
     assert result.status == COMMITTED
     assert result.num_cuts == len(cuts) - 1
-    assert [(c, t) for c, t, _ in result.failures] == [("cut-25", "echo")]
+    # its one teacher failed it: a whole-cut failure (teacher None), as verify expects, naming the teacher
+    assert [(c, t) for c, t, _ in result.failures] == [("cut-25", None)]
+    assert result.failures[0][2] == "no teacher output: echo: non-finite output: 4 NaN/Inf values"
     store = TeacherStore.open(store_path)
     assert sorted(store.cut_ids()) == sorted(set(audio) - {"cut-25"})
     for cut_id in store.cut_ids():
@@ -387,3 +389,59 @@ def test_a_plugin_torn_down_mid_shard_leaves_the_running_task_its_teachers(
     assert result.status == COMMITTED and result.num_cuts == 8 and not result.failures
     assert sorted(TeacherStore.open(settings.store_url).cut_ids()) == sorted(task.cut_ids)
     assert not plugin.teachers and not plugin.stores  # the worker's own references are let go all the same
+
+
+class ConstantTeacher:
+    """A stand-in teacher giving each cut the same clip output (``value`` in every position)."""
+
+    def __init__(self, name: str, value: float) -> None:
+        self.name, self.value = name, value
+
+    def extract(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.full(4, self.value, np.float32) for _ in waves]
+
+
+def test_an_output_the_store_refuses_fails_that_teacher_only(tmp_path: Path) -> None:
+    _, cuts = write_corpus(tmp_path / "wav", [8000] * 3)
+    store_path = tmp_path / "store"
+    TeacherStore.create(store_path, [TeacherSpec(name="big", kind="clip", dim=4, dtype="float16"),
+                                     TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
+    teachers = {"big": ConstantTeacher("big", 70_000.0), "echo": EchoTeacher()}  # beyond float16's range
+    result = write_shard(ShardTask.of(0, tuple(cuts)), ShardSettings(str(store_path), 3.0, 1, 2), teachers)  # type: ignore[arg-type]
+    assert result.status == COMMITTED and result.num_cuts == 3
+    assert sorted((c, t) for c, t, _ in result.failures) == [("cut-0", "big"), ("cut-1", "big"), ("cut-2", "big")]
+    store = TeacherStore.open(store_path)
+    for cut_id in ("cut-0", "cut-1", "cut-2"):
+        assert set(store.get(cut_id)) == {"echo"}  # the other teacher's output is kept
+        np.testing.assert_array_equal(store.get(cut_id)["echo"], np.full(4, 8000.0, np.float32))
+    assert all(f["teacher"] == "big" and f["reason"].startswith("output refused by the store: ")
+               and "float16" in f["reason"] for f in store.failures())
+    assert store.verify({c["id"]: c["duration"] for c in cuts}) == []
+
+
+def test_a_cut_every_teacher_failed_is_a_whole_cut_failure_naming_each_reason(tmp_path: Path) -> None:
+    _, cuts = write_corpus(tmp_path / "wav", [8000, 1600])  # echo: NaN on the 1600-sample cut
+    store_path = tmp_path / "store"
+    TeacherStore.create(store_path, [TeacherSpec(name="big", kind="clip", dim=4, dtype="float16"),
+                                     TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
+    teachers = {"big": ConstantTeacher("big", 70_000.0), "echo": EchoTeacher()}
+    result = write_shard(ShardTask.of(0, tuple(cuts)), ShardSettings(str(store_path), 3.0, 1, 2), teachers)  # type: ignore[arg-type]
+    assert result.status == COMMITTED and result.num_cuts == 1
+    failures = {(c, t): reason for c, t, reason in result.failures}
+    assert set(failures) == {("cut-0", "big"), ("cut-1", None)}
+    assert failures[("cut-1", None)].startswith("no teacher output: big: output refused by the store: ")
+    assert "; echo: non-finite output: 4 NaN/Inf values" in failures[("cut-1", None)]
+    store = TeacherStore.open(store_path)
+    assert "cut-1" not in store and [f["teacher"] for f in store.failures() if f["cut_id"] == "cut-1"] == [None]
+    failed = {f["cut_id"] for f in store.failures() if f["teacher"] is None}  # what verify leaves out (workflows)
+    assert store.verify({c["id"]: c["duration"] for c in cuts if c["id"] not in failed}) == []
+
+
+def test_a_shard_run_without_teachers_refuses_to_commit(tmp_path: Path) -> None:
+    """No teacher output is the task's fault, not the cuts': nothing is recorded against them."""
+    from mt2kd.errors import StoreError
+
+    task, settings = _shard_with(tmp_path, 2)
+    with pytest.raises(StoreError, match="shard 0 must have each of its 2 cuts"):
+        write_shard(task, settings, {})
+    assert not TeacherStore.open(settings.store_url).is_committed(0)
