@@ -10,6 +10,7 @@ attempt tokens): cut IDs never become paths.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import shutil
@@ -104,7 +105,7 @@ _UNTRACKED: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) 
 
 
 class _MapCache:
-    """Read-only memory maps of whole files, shared by every local store of the process.
+    """Read-only memory maps of whole files, for every local store object of the process together.
 
     At most ``MAX_MAPS`` are kept, the least recently used dropped first: a
     map holds a file descriptor (before Python 3.13, whose maps need none),
@@ -112,34 +113,38 @@ class _MapCache:
     the process's limit on open files (1,024 by default on Linux) after a
     few hundred shards. A dropped map is unmapped, and its descriptor
     closed, as soon as no read still decodes from it (its last reference
-    goes). A forked child closes the maps it inherited and maps anew.
+    goes). Maps are kept per store object (``owner``), so a store opened
+    anew maps the files as they are now (plain zarr may have rewritten one).
+    A forked child closes the maps it inherited and maps anew.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._views: OrderedDict[str, memoryview] = OrderedDict()  # absolute path -> mapping of the whole file
+        self._views: OrderedDict[tuple[int, str], memoryview] = OrderedDict()  # (owner, absolute path) -> map
         # no thread is inside get() when the process forks, so the child's copy of the lock is free to take
         os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
                             after_in_child=self._after_fork_in_child)
 
-    def get(self, full: str) -> memoryview:
+    def get(self, key: tuple[int, str]) -> memoryview:
+        """The map of file ``key[1]`` for owner ``key[0]``."""
         with self._lock:
-            view = self._views.get(full)
+            view = self._views.get(key)
             if view is not None:
-                self._views.move_to_end(full)
+                self._views.move_to_end(key)
                 return view
             while len(self._views) >= MAX_MAPS:
                 self._views.popitem(last=False)
-            with open(full, "rb") as f:  # the map keeps what it needs: this descriptor is closed at once
-                view = self._views[full] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ,
-                                                                **_UNTRACKED))
+            with open(key[1], "rb") as f:  # the map keeps what it needs: this descriptor is closed at once
+                view = self._views[key] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ,
+                                                               **_UNTRACKED))
             return view
 
-    def drop(self, full: str) -> None:
-        """Forget the maps of ``full`` and of every file below it."""
+    def drop(self, full: str, owner: int | None = None) -> None:
+        """Forget the maps of ``full`` and of every file below it (of ``owner`` only, when given)."""
         with self._lock:
-            for path in [p for p in self._views if p == full or p.startswith(full + os.sep)]:
-                del self._views[path]
+            for key in [k for k in self._views if (owner is None or k[0] == owner)
+                        and (k[1] == full or k[1].startswith(full + os.sep))]:
+                del self._views[key]
 
     def _after_fork_in_child(self) -> None:
         inherited, self._views = self._views, OrderedDict()
@@ -159,6 +164,7 @@ def _close_map(view: memoryview) -> None:
 
 
 _MAPS = _MapCache()
+_OWNERS = itertools.count()  # a number for every LocalLocation, its part of the keys of _MAPS
 
 
 class LocalLocation(Location):
@@ -167,6 +173,7 @@ class LocalLocation(Location):
     def __init__(self, root: str) -> None:
         self.url = root
         self.root = os.path.abspath(root)
+        self._owner = next(_OWNERS)
 
     def _abs(self, path: str) -> str:
         return os.path.join(self.root, path) if path else self.root
@@ -197,7 +204,7 @@ class LocalLocation(Location):
         Hold the view only while reading: the cache keeps at most ``MAX_MAPS``
         maps open, and one still referenced stays open past that.
         """
-        return _MAPS.get(self._abs(path))
+        return _MAPS.get((self._owner, self._abs(path)))
 
     def size(self, path: str) -> int:
         return os.path.getsize(self._abs(path))
@@ -263,7 +270,7 @@ class LocalLocation(Location):
             os.unlink(full)
 
     def forget_handles(self) -> None:
-        _MAPS.drop(self.root)
+        _MAPS.drop(self.root, self._owner)
 
 
 class FsspecLocation(Location):

@@ -126,3 +126,15 @@ def test_a_store_of_more_files_than_the_descriptor_limit_reads_and_verifies(tmp_
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["problems", "0"]
+
+
+def test_a_store_opened_again_reads_a_file_that_plain_zarr_rewrote(tmp_path: Path) -> None:
+    import zarr
+
+    store = TeacherStore.create(str(tmp_path / "s.zarr"), [TeacherSpec("beats", "clip", 4, codec="none")])
+    with store.shard_writer(0) as writer:
+        writer.put("a", {"beats": np.ones(4, np.float32)})
+    assert store.get("a")["beats"][0] == 1  # mapped by this store object
+    data = zarr.open_array(str(tmp_path / "s.zarr" / store.shards["000000"].path / "beats" / "data"), mode="r+")
+    data[0, 0] = 7.0  # zarr writes the shard file anew
+    assert TeacherStore.open(str(tmp_path / "s.zarr")).get("a")["beats"][0] == 7
