@@ -10,6 +10,7 @@ so the whole index is in memory before the first ``get``.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
@@ -76,40 +77,91 @@ def commit_path(name: str) -> str:
     return f"{COMMITS_DIR}/{name}/{METADATA_FILE}"
 
 
+class TornRecordError(StoreFormatError):
+    """A commit record that is not even JSON: empty or cut short (its writer was killed while writing it).
+
+    Where there are no hard links a record is created, then written, so a
+    writer killed in between leaves one. The shard counts as not committed.
+    """
+
+
 def read_record(loc: Location, name: str) -> ShardRecord | None:
-    """The commit record of shard ``name``; None when the shard is not committed."""
+    """The commit record of shard ``name``; None when the shard is not committed (no record, or a torn one)."""
     path = commit_path(name)
     try:
         raw = loc.read(path)
     except FileNotFoundError:
         return None
-    return parse_record(raw, f"{loc.url}/{path}")
+    try:
+        return parse_record(raw, f"{loc.url}/{path}")
+    except TornRecordError:
+        return None
 
 
 def parse_record(raw: bytes, where: str) -> ShardRecord:
-    doc = parse_metadata(raw, where)
+    """The record in ``raw``: TornRecordError when ``raw`` is not JSON, StoreFormatError for any other non-record."""
     try:
-        return ShardRecord.from_dict(doc["attributes"][COMMIT_KEY])
+        doc = parse_metadata(raw, where)
+    except StoreFormatError as e:
+        if not _is_json(raw):
+            raise TornRecordError(f"{where} must be a complete commit record. Got {len(raw)} bytes that are not "
+                                  "JSON (a writer killed while writing it?); the shard counts as not committed "
+                                  "until it is written again.") from e
+        raise
+    try:
+        record = ShardRecord.from_dict(doc["attributes"][COMMIT_KEY])
     except (KeyError, TypeError, ValueError) as e:
         raise StoreFormatError(f"{where} must hold a '{COMMIT_KEY}' record. Got {e!r}.") from e
+    return record
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def committed_names(loc: Location) -> list[str]:
     return [n for n in loc.listdir(COMMITS_DIR) if not n.startswith(TMP_PREFIX) and n != METADATA_FILE]
 
 
-def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None) -> dict[str, ShardRecord]:
-    """Every commit record, by shard name; records in ``known`` are reused, not re-read."""
+def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None,
+                 torn: dict[str, str] | None = None) -> dict[str, ShardRecord]:
+    """Every commit record, by shard name; records in ``known`` are reused, not re-read.
+
+    A torn record (see TornRecordError) is left out: its shard is not
+    committed. ``torn``, when given, receives the message about each, by
+    shard name.
+    """
     known = known or {}
     names = committed_names(loc)
     fresh = loc.read_many([commit_path(n) for n in names if n not in known])
     records: dict[str, ShardRecord] = {}
     for name in names:
+        record = known.get(name)
         raw = fresh.get(commit_path(name))
-        record = known.get(name) or (None if raw is None else parse_record(raw, f"{loc.url}/{commit_path(name)}"))
+        if record is None and raw is not None:
+            try:
+                record = parse_record(raw, f"{loc.url}/{commit_path(name)}")
+            except TornRecordError as e:
+                if torn is not None:
+                    torn[name] = str(e)
         if record is not None:
             records[name] = record
     return records
+
+
+def torn_records(loc: Location, known: Mapping[str, ShardRecord]) -> dict[str, str]:
+    """Shard name -> message for every torn commit record; only records not in ``known`` are read.
+
+    For ``verify`` and ``info``: pass the records a store has loaded (a torn
+    one is never among them), so that only the few others are read.
+    """
+    torn: dict[str, str] = {}
+    load_records(loc, known, torn)
+    return torn
 
 
 class StoreIndex:

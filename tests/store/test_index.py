@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mt2kd.errors import DuplicateCutError
+from mt2kd.errors import DuplicateCutError, StoreFormatError
 from mt2kd.store import TeacherSpec, TeacherStore
-from mt2kd.store._index import ShardRecord, StoreIndex
+from mt2kd.store._index import ShardRecord, StoreIndex, commit_path, torn_records
 
 SPEC = TeacherSpec("beats", "clip", 2)
 
@@ -83,3 +84,28 @@ def test_writers_in_threads_share_one_store_object(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert len(store) == 800 and store.cut_ids() == TeacherStore.open(tmp_path / "store").cut_ids()
+
+
+@pytest.mark.parametrize("cut_short", [0, 40, -2], ids=["empty", "cut-at-40-bytes", "last-brace-missing"])
+def test_a_torn_record_leaves_its_shard_uncommitted_and_the_store_readable(store_url: str, cut_short: int) -> None:
+    """A writer killed between creating its record and writing it (no hard links): the record is empty or short."""
+    store = TeacherStore.create(store_url, [SPEC])
+    value = {"beats": np.ones(2, np.float32)}
+    with store.shard_writer(0) as writer:
+        writer.put("a", value)
+    with store.shard_writer(1) as writer:
+        writer.put("b", value)
+    whole = store.loc.read(commit_path("000001"))
+    store.loc.write(commit_path("000001"), whole[:cut_short])
+    opened = TeacherStore.open(store_url, "a")
+    assert list(opened.shards) == ["000000"] and opened.cut_ids() == ["a"] and "b" not in opened
+    assert not opened.is_committed(1)
+    torn = torn_records(opened.loc, opened.shards)
+    assert list(torn) == ["000001"] and "000001/zarr.json" in torn["000001"] and "not JSON" in torn["000001"]
+    assert opened.info()["num_shards"] == 1
+    # the shard's complete data has no readable record: verify names it (a leftover), the rest is healthy
+    assert [p.shard for p in opened.verify()] == ["000001"]
+    with opened.shard_writer(1, replace=True) as writer:  # written again: the record is whole once more
+        writer.put("b", value)
+    assert TeacherStore.open(store_url).cut_ids() == ["a", "b"] and torn_records(opened.loc, {}) == {}
+
