@@ -120,6 +120,7 @@ class TeacherPlugin(WorkerPlugin):
         self.owns_worker = owns_worker  # the run started this worker (LocalCluster, SLURM), not someone else
         self.teachers: dict[str, Teacher] = {}
         self.stores: dict[str, TeacherStore] = {}  # by URL: opened by the run's first task here, then shared
+        self.load_failure: tuple[type[Exception], str] | None = None  # why setup loaded no teachers: raised by tasks
 
     def setup(self, worker: Worker) -> None:
         import torch
@@ -131,13 +132,30 @@ class TeacherPlugin(WorkerPlugin):
         # while they load, not after (one that cannot be read is the loader's to report, naming its teacher)
         hashing = threading.Thread(target=hash_checkpoints, args=(self.configs,), name="mt2kd-hash", daemon=True)
         hashing.start()
-        self.teachers = load_teachers(self.configs, self.precision, worker_device(self.device, worker.name))
-        warm_up(self.teachers)
+        self.teachers = self.load(worker_device(self.device, worker.name), worker.name)
         hashing.join()
         if self.owns_worker:  # the worker ends with the run
             from mt2kd._process import skip_final_gc_at_exit
 
             skip_final_gc_at_exit()
+
+    def load(self, device: str, worker_name: Any) -> dict[str, Teacher]:
+        """Load and warm up each teacher; a failure is kept for the tasks to raise, and raised.
+
+        On a worker that joins after the plugin was registered (always so on
+        SLURM) dask only logs a failed setup and keeps the plugin: the run's
+        tasks then raise this failure, naming the teacher and its checkpoint,
+        instead of finding no teachers.
+        """
+        teachers: dict[str, Teacher] = {}
+        for config in self.configs:
+            try:
+                teachers.update(load_teachers([config], self.precision, device))
+                warm_up({config.name: teachers[config.name]})
+            except Exception as e:
+                self.load_failure = load_failure(config, worker_name, e)  # its text only: the traceback holds
+                raise  # the failed load's frames (and tensors)
+        return teachers
 
     def teardown(self, worker: Worker) -> None:
         # let go of the dicts, never empty them: a closing worker removes its plugins before it waits for the
@@ -150,10 +168,22 @@ class TeacherPlugin(WorkerPlugin):
             torch.cuda.empty_cache()
 
 
+def load_failure(config: TeacherConfig, worker_name: Any, error: Exception) -> tuple[type[Exception], str]:
+    """The error a task raises for a teacher its worker could not load: the same class where it is ours."""
+    from mt2kd import errors
+
+    kind = type(error) if type(error).__module__ == errors.__name__ else errors.CheckpointError
+    return kind, (f"worker {worker_name} could not load teacher {config.name!r} from {config.checkpoint!r}: "
+                  f"{type(error).__name__}: {error}")
+
+
 def _worker_plugin(name: str) -> TeacherPlugin:
     from distributed import get_worker
 
     plugin = get_worker().plugins.get(name)
+    if isinstance(plugin, TeacherPlugin) and plugin.load_failure is not None:
+        kind, message = plugin.load_failure
+        raise kind(message)
     if not isinstance(plugin, TeacherPlugin) or not plugin.teachers:
         from mt2kd.errors import ConfigError
 

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from mt2kd.errors import DuplicateCutError, StoreFormatError
-from mt2kd.store._format import COMMIT_KEY, COMMITS_DIR, METADATA_FILE, SHARDS_DIR, parse_metadata
+from mt2kd.store._format import COMMIT_KEY, COMMITS_DIR, METADATA_FILE, SHARD_NAME, SHARDS_DIR, parse_metadata
 from mt2kd.store._fs import TMP_PREFIX, Location
 
 
@@ -93,13 +93,18 @@ def read_record(loc: Location, name: str) -> ShardRecord | None:
     except FileNotFoundError:
         return None
     try:
-        return parse_record(raw, f"{loc.url}/{path}")
+        return parse_record(raw, f"{loc.url}/{path}", name)
     except TornRecordError:
         return None
 
 
-def parse_record(raw: bytes, where: str) -> ShardRecord:
-    """The record in ``raw``: TornRecordError when ``raw`` is not JSON, StoreFormatError for any other non-record."""
+def parse_record(raw: bytes, where: str, name: str | None = None) -> ShardRecord:
+    """The record in ``raw`` (the record of shard ``name``, when given).
+
+    Raises TornRecordError when ``raw`` is not JSON, and StoreFormatError
+    for any other document that is not a valid record: its shard and attempt
+    become a path, so each must be 1-64 of ``[A-Za-z0-9_-]``.
+    """
     try:
         doc = parse_metadata(raw, where)
     except StoreFormatError as e:
@@ -112,6 +117,13 @@ def parse_record(raw: bytes, where: str) -> ShardRecord:
         record = ShardRecord.from_dict(doc["attributes"][COMMIT_KEY])
     except (KeyError, TypeError, ValueError) as e:
         raise StoreFormatError(f"{where} must hold a '{COMMIT_KEY}' record. Got {e!r}.") from e
+    for field, value in (("shard", record.name), ("attempt", record.attempt)):
+        if not SHARD_NAME.fullmatch(value):
+            raise StoreFormatError(f"{where}: the record's {field} must be 1-64 of [A-Za-z0-9_-] (it becomes a "
+                                   f"path). Got {value!r}.")
+    if name is not None and record.name != name:
+        raise StoreFormatError(f"{where}: the record's shard must be {name!r}, the folder it is in. "
+                               f"Got {record.name!r}.")
     return record
 
 
@@ -144,7 +156,7 @@ def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None,
         raw = fresh.get(commit_path(name))
         if record is None and raw is not None:
             try:
-                record = parse_record(raw, f"{loc.url}/{commit_path(name)}")
+                record = parse_record(raw, f"{loc.url}/{commit_path(name)}", name)
             except TornRecordError as e:
                 if torn is not None:
                     torn[name] = str(e)

@@ -94,3 +94,25 @@ def test_two_runs_on_one_scheduler_each_find_their_own_teachers(tiny: dict[str, 
         got = {layer: client.submit(loaded_specs, names[client], pure=False).result()["whisper"]["fingerprint"]
                for client, layer in ((first, -1), (second, 0))}
     assert got == {layer: load_teacher("whisper", whisper, layer=layer).fingerprint for layer in (-1, 0)}
+
+
+def test_a_worker_that_joins_with_a_bad_checkpoint_fails_its_tasks_naming_teacher_and_file(
+        tiny: dict[str, Path], tmp_path: Path) -> None:
+    """dask only logs the failed setup of a worker that joins after the plugin was registered (SLURM)."""
+    from distributed import Client, LocalCluster
+
+    from mt2kd.errors import CheckpointError
+    from mt2kd.extract._plugin import loaded_specs
+
+    bad = tmp_path / "beats.pt"
+    bad.write_bytes(b"not a torch file")
+    configs = [TeacherConfig("whisper", str(tiny["whisper"])), TeacherConfig("beats", str(bad))]
+    with LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(TeacherPlugin(configs, "fp32", "cpu", 1, name="mt2kd-teachers-late"))  # no worker yet
+        cluster.scale(1)
+        client.wait_for_workers(1, timeout=60)
+        with pytest.raises(CheckpointError, match=f"could not load teacher 'beats' from '{bad}'.*BEATs checkpoint"):
+            client.submit(loaded_specs, "mt2kd-teachers-late", pure=False).result(timeout=60)
+        plugin = client.run(lambda dask_worker: dask_worker.plugins["mt2kd-teachers-late"].teachers)
+        assert list(plugin.values()) == [{}]  # the teachers it did load are let go

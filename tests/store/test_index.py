@@ -109,3 +109,18 @@ def test_a_torn_record_leaves_its_shard_uncommitted_and_the_store_readable(store
         writer.put("b", value)
     assert TeacherStore.open(store_url).cut_ids() == ["a", "b"] and torn_records(opened.loc, {}) == {}
 
+
+@pytest.mark.parametrize("field, value", [("attempt", "0123456789ab/../../../../victim"), ("attempt", ".."),
+                                          ("attempt", ""), ("shard", "../../../vic"), ("shard", "000000/.."),
+                                          ("shard", "000001")])
+def test_a_record_whose_names_would_leave_its_folder_is_refused(tmp_path: Path, field: str, value: str) -> None:
+    """A record's shard and attempt become a path (``shards/<shard>.<attempt>``): nothing else is followed."""
+    store = TeacherStore.create(tmp_path / "store", [SPEC])
+    with store.shard_writer(0) as writer:
+        writer.put("a", {"beats": np.ones(2, np.float32)})
+    where = tmp_path / "store" / commit_path("000000")
+    doc = json.loads(where.read_text())
+    doc["attributes"]["mt2kd_commit"][field] = value
+    where.write_text(json.dumps(doc))
+    with pytest.raises(StoreFormatError, match=rf"000000/zarr.json: the record's {field} must be"):
+        TeacherStore.open(tmp_path / "store")
