@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import difflib
 import hashlib
+import inspect
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -137,7 +139,49 @@ def load_teacher(name: str, checkpoint: str | Path, **options: Any) -> Teacher:
     if name not in _REGISTRY:
         raise ConfigError(f"teacher must be one of {sorted(_REGISTRY)}. Got {name!r}.")
     check_checkpoint(name, checkpoint)
+    check_options(name, _REGISTRY[name], options)
     return _REGISTRY[name](checkpoint, **options)
+
+
+_SIMPLE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def check_options(name: str, factory: Callable[..., Teacher], options: dict[str, Any]) -> None:
+    """Options of teacher ``name`` must be keyword parameters of its loader, of their annotated types.
+
+    Annotations of ``int``, ``float``, ``str`` and ``bool`` (alone or in a union) are checked; others, and
+    the options of a loader taking ``**kwargs``, are left to the loader.
+    """
+    params = {k: p for k, p in inspect.signature(factory).parameters.items()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    params.pop(next(iter(params), ""), None)  # the checkpoint
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    described = {k: _annotation(p) for k, p in params.items()}
+    for key, value in options.items():
+        if key not in params:
+            if takes_any:
+                continue
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(f"{k} ({described[k] or 'any'})" for k in params)
+            raise ConfigError(f"{name} teacher options must be among {known}. Got unknown option {key!r}{hint}.")
+        types = [_SIMPLE_TYPES[t] for t in described[key].split(" | ") if t in _SIMPLE_TYPES]
+        if types and len(types) == len(described[key].split(" | ")) and not _is_instance(value, types):
+            raise ConfigError(f"{name} teacher option {key!r} must be {described[key]}. Got {value!r} "
+                              f"({type(value).__name__}).")
+
+
+def _annotation(param: inspect.Parameter) -> str:
+    """The annotation as written (``from __future__ import annotations`` keeps it a string)."""
+    if param.annotation is inspect.Parameter.empty:
+        return ""
+    return param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+
+
+def _is_instance(value: Any, types: list[type]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never to an option
+        return bool in types
+    return isinstance(value, tuple(types)) or (float in types and isinstance(value, int))
 
 
 def check_checkpoint(name: str, checkpoint: str | Path) -> None:

@@ -308,3 +308,29 @@ def test_a_copied_random_checkpoint_without_its_marker_file_still_makes_a_random
     store = TeacherStore.open(config.store)
     assert store.specs["beats"].config["random_init"] is True
     assert store.attrs["random_teachers"] is True and summary.random_teachers is True and "RANDOM" in summary.line()
+
+
+@pytest.mark.parametrize(("teacher", "options", "message"), [
+    ("beats", "min_duration=pad", r"beats teacher options must be among precision \(str\), "
+                                  r"min_duration_policy \(str\). Got unknown option 'min_duration' "
+                                  r"\(did you mean 'min_duration_policy'\?\)"),
+    ("whisper", "stack=2.5", r"whisper teacher option 'stack' must be int. Got 2.5 \(float\)"),
+    ("ecapa", "max_batch_size=big", r"ecapa teacher option 'max_batch_size' must be int. Got 'big' \(str\)"),
+    ("whisper", "layer=true", r"whisper teacher option 'layer' must be int. Got True \(bool\)"),
+])
+def test_a_mistyped_teacher_option_is_a_config_error_naming_teacher_option_and_type(
+        tiny: dict[str, Path], tmp_path: Path, teacher: str, options: str, message: str) -> None:
+    from click.testing import CliRunner
+
+    from mt2kd.cli import main
+    from mt2kd.errors import ConfigError
+    from mt2kd.extract import load_teacher
+
+    parsed = TeacherConfig.parse(f"{teacher}={tiny[teacher]}:{options}")
+    with pytest.raises(ConfigError, match=message):
+        load_teacher(teacher, parsed.checkpoint, **parsed.options)
+    result = CliRunner().invoke(main, ["extract", "--cuts", DEMO_CUTS[0], "--store", str(tmp_path / "store"),
+                                       "--dry-run", "--teacher", parsed.to_text()])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "ConfigError: " in result.output and "Traceback" not in result.output
+    assert load_teacher(teacher, tiny[teacher]).spec.name == teacher  # the defaults still load
