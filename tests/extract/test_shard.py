@@ -407,7 +407,8 @@ def test_an_output_the_store_refuses_fails_that_teacher_only(tmp_path: Path) -> 
     TeacherStore.create(store_path, [TeacherSpec(name="big", kind="clip", dim=4, dtype="float16"),
                                      TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
     teachers = {"big": ConstantTeacher("big", 70_000.0), "echo": EchoTeacher()}  # beyond float16's range
-    result = write_shard(ShardTask.of(0, tuple(cuts)), ShardSettings(str(store_path), 3.0, 1, 2), teachers)  # type: ignore[arg-type]
+    settings = ShardSettings(str(store_path), 3.0, 1, 2)
+    result = write_shard(ShardTask.of(0, tuple(cuts)), settings, teachers)  # type: ignore[arg-type]
     assert result.status == COMMITTED and result.num_cuts == 3
     assert sorted((c, t) for c, t, _ in result.failures) == [("cut-0", "big"), ("cut-1", "big"), ("cut-2", "big")]
     store = TeacherStore.open(store_path)
@@ -425,7 +426,8 @@ def test_a_cut_every_teacher_failed_is_a_whole_cut_failure_naming_each_reason(tm
     TeacherStore.create(store_path, [TeacherSpec(name="big", kind="clip", dim=4, dtype="float16"),
                                      TeacherSpec(name="echo", kind="clip", dim=4, dtype="float32")])
     teachers = {"big": ConstantTeacher("big", 70_000.0), "echo": EchoTeacher()}
-    result = write_shard(ShardTask.of(0, tuple(cuts)), ShardSettings(str(store_path), 3.0, 1, 2), teachers)  # type: ignore[arg-type]
+    settings = ShardSettings(str(store_path), 3.0, 1, 2)
+    result = write_shard(ShardTask.of(0, tuple(cuts)), settings, teachers)  # type: ignore[arg-type]
     assert result.status == COMMITTED and result.num_cuts == 1
     failures = {(c, t): reason for c, t, reason in result.failures}
     assert set(failures) == {("cut-0", "big"), ("cut-1", None)}
