@@ -23,8 +23,14 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 TMP_PREFIX = ".tmp-"  # temporary files, renamed into place or removed
-MAX_MAPS = 256  # memory-mapped files kept per process, all stores together (each holds a descriptor before 3.13)
+MAX_MAPS = 4096  # memory-mapped files kept per process, all stores together, at most (see map_limit)
+MAPS_PER_OPEN_FILE = 0.25  # share of the process's limit on open files that maps may hold (each holds one before 3.13)
 LOCK_BEAT_SECONDS = 30.0  # a shard writer rewrites its lock this often, with the time ("beat")
 LOCK_STALE_SECONDS = 300.0  # a lock of another host not rewritten for this long is a dead writer's
 
@@ -107,11 +113,11 @@ _UNTRACKED: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) 
 class _MapCache:
     """Read-only memory maps of whole files, for every local store object of the process together.
 
-    At most ``MAX_MAPS`` are kept, the least recently used dropped first: a
-    map holds a file descriptor (before Python 3.13, whose maps need none),
-    and a store has three files per shard, so an unbounded cache runs into
-    the process's limit on open files (1,024 by default on Linux) after a
-    few hundred shards. A dropped map is unmapped, and its descriptor
+    At most ``map_limit()`` are kept, the least recently used dropped first:
+    a map holds a file descriptor (before Python 3.13, whose maps need
+    none), and a store has three files per shard, so an unbounded cache runs
+    into the process's limit on open files (1,024 by default on Linux) after
+    a few hundred shards. A dropped map is unmapped, and its descriptor
     closed, as soon as no read still decodes from it (its last reference
     goes). Maps are kept per store object (``owner``), so a store opened
     anew maps the files as they are now (plain zarr may have rewritten one).
@@ -120,30 +126,37 @@ class _MapCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._views: OrderedDict[tuple[int, str], memoryview] = OrderedDict()  # (owner, absolute path) -> map
-        # no thread is inside get() when the process forks, so the child's copy of the lock is free to take
+        self._views: OrderedDict[tuple[int, str], memoryview] = OrderedDict()  # (owner, path in its store) -> map
+        # no thread is changing the cache when the process forks, so the child's copy of the lock is free
         os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
                             after_in_child=self._after_fork_in_child)
 
-    def get(self, key: tuple[int, str]) -> memoryview:
-        """The map of file ``key[1]`` for owner ``key[0]``."""
-        with self._lock:
-            view = self._views.get(key)
-            if view is not None:
+    def get(self, owner: int, root: str, path: str) -> memoryview:
+        """The map of file ``path`` of the store at ``root``, for ``owner`` (a LocalLocation)."""
+        key = (owner, path)
+        view = self._views.get(key)
+        if view is not None:  # the hot path takes no lock: each OrderedDict call is atomic under the GIL
+            try:
                 self._views.move_to_end(key)
-                return view
-            while len(self._views) >= MAX_MAPS:
-                self._views.popitem(last=False)
-            with open(key[1], "rb") as f:  # the map keeps what it needs: this descriptor is closed at once
-                view = self._views[key] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ,
-                                                               **_UNTRACKED))
+            except KeyError:
+                pass  # dropped by another thread just now: still valid for this read
+            return view
+        with self._lock:
+            view = self._views.get(key)  # another thread may have mapped it meanwhile
+            if view is None:
+                limit = map_limit()
+                while len(self._views) >= limit:
+                    self._views.popitem(last=False)
+                with open(os.path.join(root, path), "rb") as f:  # the map keeps what it needs: closed at once
+                    view = self._views[key] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ,
+                                                                   **_UNTRACKED))
             return view
 
-    def drop(self, full: str, owner: int | None = None) -> None:
-        """Forget the maps of ``full`` and of every file below it (of ``owner`` only, when given)."""
+    def drop(self, owner: int, path: str) -> None:
+        """Forget ``owner``'s maps of ``path`` and of every file below it (all of them for ``""``)."""
+        prefix = f"{path}/" if path else ""
         with self._lock:
-            for key in [k for k in self._views if (owner is None or k[0] == owner)
-                        and (k[1] == full or k[1].startswith(full + os.sep))]:
+            for key in [k for k in self._views if k[0] == owner and (k[1] == path or k[1].startswith(prefix))]:
                 del self._views[key]
 
     def _after_fork_in_child(self) -> None:
@@ -151,6 +164,20 @@ class _MapCache:
         self._lock.release()
         for view in inherited.values():
             _close_map(view)
+
+
+def map_limit() -> int:
+    """How many files the process keeps mapped: a quarter of its limit on open files, 1 to ``MAX_MAPS``.
+
+    Asked at every new map (not once at import), so that a limit lowered or
+    raised later counts: 256 under Linux's usual default of 1,024.
+    """
+    if resource is None or _UNTRACKED:  # no limit to ask for here, or maps that hold no descriptor
+        return MAX_MAPS
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return MAX_MAPS
+    return max(1, min(MAX_MAPS, int(soft * MAPS_PER_OPEN_FILE)))
 
 
 def _close_map(view: memoryview) -> None:
@@ -201,10 +228,10 @@ class LocalLocation(Location):
 
         Shard files are written once and only ever removed whole, so a mapping
         stays valid (a removed file's pages live until the mapping goes).
-        Hold the view only while reading: the cache keeps at most ``MAX_MAPS``
+        Hold the view only while reading: the cache keeps at most ``map_limit()``
         maps open, and one still referenced stays open past that.
         """
-        return _MAPS.get((self._owner, self._abs(path)))
+        return _MAPS.get(self._owner, self.root, path)
 
     def size(self, path: str) -> int:
         return os.path.getsize(self._abs(path))
@@ -263,14 +290,14 @@ class LocalLocation(Location):
 
     def remove(self, path: str) -> None:
         full = self._abs(path)
-        _MAPS.drop(full)  # unmapped once no read decoding from them remains
+        _MAPS.drop(self._owner, path)  # unmapped once no read decoding from them remains
         if os.path.isdir(full):
             shutil.rmtree(full, ignore_errors=True)
         elif os.path.lexists(full):
             os.unlink(full)
 
     def forget_handles(self) -> None:
-        _MAPS.drop(self.root, self._owner)
+        _MAPS.drop(self._owner, "")
 
 
 class FsspecLocation(Location):

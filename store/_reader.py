@@ -8,7 +8,7 @@ into *pieces*: one chunk's byte range and the array it decodes into
 into a scratch array copied out afterwards). Raw chunks (``codec="none"``)
 stored back to back make a cut's rows one byte range: one piece per cut.
 
-Local files are memory-mapped once (per process; the ``MAX_MAPS`` most
+Local files are memory-mapped once (per process; the ``map_limit()`` most
 recently used are kept) and pieces decode straight from the page cache: no
 read call, no copy of the compressed bytes. Pieces
 of big reads are split by bytes between the calling thread and a few helper
@@ -52,13 +52,13 @@ from mt2kd.store._format import (
     num_chunks_of,
     parse_metadata,
 )
-from mt2kd.store._fs import MAX_MAPS, LocalLocation, Location
+from mt2kd.store._fs import LocalLocation, Location
 from mt2kd.store._index import ShardRecord
 from mt2kd.store._spec import TeacherSpec
 
 MAX_THREADS = 4  # threads (the caller's included) decoding one get / get_many
 MIN_PARALLEL_BYTES = 256 * 1024  # compressed bytes per thread below which a hand-off costs more than it saves
-MAX_FILES_PER_PASS = MAX_MAPS // 2  # local files one decoding pass maps at once (a bigger call takes several)
+MAX_FILES_PER_PASS = 128  # local files one decoding pass maps at once (a bigger call takes several)
 MAX_RUN_BYTES = 4 * 1024 * 1024  # fsspec: adjacent chunks merged into one range request up to this size
 ABSENT = -1  # chunk offset of an absent chunk, once the index is read as int64
 BLOSC_HEADER_BYTES = 16  # blosc1 chunk header: version, flags, typesize, nbytes, blocksize, cbytes
@@ -198,7 +198,7 @@ class ChunkReader:
         if not isinstance(self.loc, LocalLocation):
             self._decode_remote(pieces)
             return
-        if len(dict.fromkeys(p.path for p in pieces)) <= MAX_FILES_PER_PASS:
+        if len(pieces) <= MAX_FILES_PER_PASS or len({p.path for p in pieces}) <= MAX_FILES_PER_PASS:
             self._decode_local(self.loc, pieces)
             return
         # more files than the map cache keeps: decode them in passes, so that the call never holds more maps

@@ -104,28 +104,41 @@ def test_removing_a_file_unmaps_it(tmp_path: Path) -> None:
 
 LOW_LIMIT_READER = """
 import resource, sys
-from mt2kd.store import TeacherStore
+from mt2kd.store import TeacherStore, _fs
 
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 store = TeacherStore.open(sys.argv[1])
 for cut_id in store.cut_ids():
     store.get(cut_id)
 assert len(store.get_many(store.cut_ids())) == len(store)
-print("problems", len(store.verify()))
+print("problems", len(store.verify()), "maps", _fs.map_limit())
 """
 
 
 @needs_proc
 def test_a_store_of_more_files_than_the_descriptor_limit_reads_and_verifies(tmp_path: Path) -> None:
-    """300 data files (more than MAX_MAPS; 600 descriptors before the maps were bounded), at most 320 open."""
-    limit = _fs.MAX_MAPS + 64  # the maps, plus what the interpreter and numpy hold
-    num_shards = 100
-    assert 3 * num_shards > _fs.MAX_MAPS and 2 * 3 * num_shards > limit
+    """300 data files (600 descriptors before the maps were bounded) under a limit of 320 open files."""
+    limit, num_shards = 320, 100
+    assert 3 * num_shards > limit * _fs.MAPS_PER_OPEN_FILE and 2 * 3 * num_shards > limit  # maps are dropped
     write_small_shards(tmp_path / "s.zarr", num_shards)
     done = subprocess.run([sys.executable, "-c", LOW_LIMIT_READER, str(tmp_path / "s.zarr"), str(limit)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["problems", "0"]
+    maps = _fs.MAX_MAPS if _fs._UNTRACKED else 80  # Python 3.13's maps hold no descriptor
+    assert done.stdout.split() == ["problems", "0", "maps", str(maps)]
+
+
+def test_the_map_limit_is_a_quarter_of_the_open_files_limit_and_follows_it() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        for lowered in (1024, 400):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(lowered, hard), hard))
+            quarter = min(_fs.MAX_MAPS, min(lowered, hard) // 4)
+            assert _fs.map_limit() == (_fs.MAX_MAPS if _fs._UNTRACKED else quarter)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_a_store_opened_again_reads_a_file_that_plain_zarr_rewrote(tmp_path: Path) -> None:
