@@ -287,9 +287,9 @@ def test_verify_counts_recorded_failures_as_accounted_for(tmp_path: Path, output
     assert facts["Recorded failures"] == "2" and facts["Problems"] == "0"
     assert "  * cut 'spk2 ch/7 ü', all teachers (shard 000000): audio file could not be decoded" in out
     assert "  * cut 'spk1-ch1-0002', teacher 'beats' (shard 000000): NaN logits" in out
-    facts = run_json("verify", path, "--cuts", manifest)
-    assert facts["ok"] and facts["problems"] == [] and facts["num_failures"] == 2
-    assert {(f["cut_id"], f["teacher"], f["shard"]) for f in facts["failures"]} == {
+    report = run_json("verify", path, "--cuts", manifest)
+    assert report["ok"] and report["problems"] == [] and report["num_failures"] == 2
+    assert {(f["cut_id"], f["teacher"], f["shard"]) for f in report["failures"]} == {
         ("spk2 ch/7 ü", None, "000000"), ("spk1-ch1-0002", "beats", "000000")}
     # a cut neither stored nor recorded as failed is still missing
     manifest = write_manifest(tmp_path / "more.jsonl", {**DURATIONS, "spk2 ch/7 ü": DURATIONS["spk2 ch/7 ü"]})
