@@ -54,6 +54,9 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         ("Teachers", ", ".join(facts["teachers"])), ("Cuts", fmt_number(facts["num_cuts"])),
         ("Committed shards", fmt_number(facts["num_shards"])), ("Being written", writers_text(facts["writers"])),
         ("Failures", fmt_number(facts["num_failures"])),
+        *([("Torn records", ", ".join(sorted(facts["torn_records"]))
+            + " (not committed: a resumed run writes them again; clean removes them once stale)")]
+          if facts.get("torn_records") else []),
         ("Audio hours", fmt_number(facts["audio_hours"], "{:,.3f}")),
         ("Bytes on disk", fmt_bytes(facts["bytes_on_disk"])),
         ("Teacher data", fmt_bytes(facts["teacher_bytes_on_disk"])),

@@ -32,7 +32,7 @@ TMP_PREFIX = ".tmp-"  # temporary files, renamed into place or removed
 MAX_MAPS = 4096  # memory-mapped files kept per process, all stores together, at most (see map_limit)
 MAPS_PER_OPEN_FILE = 0.25  # share of the process's limit on open files that maps may hold (each holds one before 3.13)
 LOCK_BEAT_SECONDS = 30.0  # a shard writer rewrites its lock this often, with the time ("beat")
-LOCK_STALE_SECONDS = 300.0  # a lock of another host not rewritten for this long is a dead writer's
+LOCK_STALE_SECONDS = 300.0  # a lock (of any host) not rewritten for this long is a dead writer's
 
 
 class Location:

@@ -98,6 +98,15 @@ def read_record(loc: Location, name: str) -> ShardRecord | None:
         return None
 
 
+def record_is_torn(loc: Location, name: str) -> bool:
+    """Whether shard ``name`` has a commit record that is not JSON (see TornRecordError)."""
+    try:
+        raw = loc.read(commit_path(name))
+    except FileNotFoundError:
+        return False
+    return not _is_json(raw)
+
+
 def parse_record(raw: bytes, where: str, name: str | None = None) -> ShardRecord:
     """The record in ``raw`` (the record of shard ``name``, when given).
 

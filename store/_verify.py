@@ -15,7 +15,7 @@ from mt2kd.errors import MT2KDError
 from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR
 import mt2kd.store._fs as _fs
 from mt2kd.store._fs import TMP_PREFIX, FsspecLocation, LocalLocation, holder_alive
-from mt2kd.store._index import ShardRecord, committed_names
+from mt2kd.store._index import ShardRecord, commit_path, committed_names, record_is_torn, torn_records
 
 if TYPE_CHECKING:
     from mt2kd.store._store import TeacherStore
@@ -74,6 +74,7 @@ def store_info(store: TeacherStore) -> dict[str, Any]:
         "storage_ratio": on_disk / float32 if float32 else None,
         "teachers": teachers,
         "writers": writers(store),
+        "torn_records": torn_records(store.loc, store.shards),
     }
 
 
@@ -110,6 +111,8 @@ def verify_store(store: TeacherStore, durations: Mapping[str, float] | None) -> 
     problems: list[Problem] = []
     for record in store.shards.values():
         problems += _check_record(store, record)
+    problems += [Problem("unreadable", message, shard=name)
+                 for name, message in sorted(torn_records(store.loc, store.shards).items())]
     if durations is not None:
         problems += _check_durations(store, durations)
     problems += [Problem("leftover", f"uncommitted leftover {path}: {why}", shard=_shard_of(path))
@@ -212,6 +215,7 @@ def find_leftovers(store: TeacherStore) -> Iterator[tuple[str, str]]:
     for shard, holder in holders.items():
         if not holder_alive(holder):
             yield f"{LOCKS_DIR}/{shard}.lock", "abandoned"
+    yield from ((path, "abandoned") for path in _dead_torn_records(store, holders))
     yield from ((path, "abandoned") for path in _stale_temporaries(store))
 
 
@@ -235,6 +239,20 @@ def _stale_temporaries(store: TeacherStore) -> Iterator[str]:
         elif isinstance(store.loc, LocalLocation) and len(stale) == len(store.loc.listdir(folder)) \
                 and _stale(store, folder, now):
             yield folder
+
+
+def _dead_torn_records(store: TeacherStore, holders: Mapping[str, Mapping[str, Any]]) -> Iterator[str]:
+    """Torn commit records (see TornRecordError) whose shard no live writer holds, once ``LOCK_STALE_SECONDS`` old.
+
+    A younger one may be a record being written right now where there are no
+    hard links (created empty, then written).
+    """
+    now = time.time()
+    for name in sorted(torn_records(store.loc, store.shards)):
+        holder = holders.get(name)
+        path = commit_path(name)
+        if (holder is None or not holder_alive(holder)) and _stale(store, path, now):
+            yield path
 
 
 def _temporaries(store: TeacherStore, folder: str) -> list[str]:
@@ -308,6 +326,20 @@ def clean_leftovers(store: TeacherStore) -> list[str]:
     return removed
 
 
+def _remove_torn_record(store: TeacherStore, shard: str) -> bool:
+    """Remove ``shard``'s torn commit record, re-checked just now: still torn, and no live writer holds the shard."""
+    holder = _read_lock(store, shard)
+    if holder is not None and holder_alive(holder) or not record_is_torn(store.loc, shard):
+        return False  # a writer took the shard (and may be writing the record over), or it was written meanwhile
+    store.loc.remove(commit_path(shard))
+    if isinstance(store.loc, LocalLocation):
+        try:
+            os.rmdir(os.path.join(store.loc.root, COMMITS_DIR, shard))
+        except OSError:  # not empty: a writer's temporary file is there now
+            pass
+    return True
+
+
 def _remove_record_leftover(store: TeacherStore, path: str) -> bool:
     """Remove a stale temporary file under ``commits/``, or a record folder holding nothing else.
 
@@ -315,6 +347,8 @@ def _remove_record_leftover(store: TeacherStore, path: str) -> bool:
     writer linked into it meanwhile stays, and so does the folder.
     """
     shard, _, temp = path[len(COMMITS_DIR) + 1:].partition("/")
+    if temp == METADATA_FILE:
+        return _remove_torn_record(store, shard)
     if shard.startswith(TMP_PREFIX) or temp:
         store.loc.remove(path)  # commits/.tmp-* (of commits/zarr.json) or commits/<shard>/.tmp-*
         return True

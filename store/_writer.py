@@ -7,8 +7,8 @@ which is the last write and is atomic (``link`` of a complete temp file on
 local folders). A writer that dies leaves an attempt folder no reader looks
 at and a lock whose process is gone; the next writer of that shard removes
 both. A writer rewrites its lock every ``LOCK_BEAT_SECONDS`` (a heartbeat),
-so that a writer on another host can tell a lock whose holder died with its
-node from a live one (``holder_alive``).
+so that a writer on any host can tell a lock whose holder died (with its
+node, or in a restarted container) from a live one (``holder_alive``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from mt2kd.store._format import (
     make_codec,
 )
 from mt2kd.store._fs import Location
-from mt2kd.store._index import ShardRecord, StoreIndex, TeacherRows, commit_path, read_record
+from mt2kd.store._index import ShardRecord, StoreIndex, TeacherRows, commit_path, read_record, record_is_torn
 from mt2kd.store._spec import TeacherSpec
 
 SMALL_CODEC = "zstd"  # offsets and cut ID bytes
@@ -171,7 +171,8 @@ class ShardWriter:
                 self._release_lock()
 
     def _refuse_if_committed(self) -> None:
-        if not self.replace and self.loc.exists(commit_path(self.name)):
+        # a torn record (a writer killed between creating and writing it) is no commit: the shard is written again
+        if not self.replace and read_record(self.loc, self.name) is not None:
             raise ShardCommittedError(f"shard {self.name} of {self.loc.url} must not be committed yet "
                                       f"(pass replace=True to rewrite it). Got an existing commit record.")
 
@@ -193,7 +194,7 @@ class ShardWriter:
             if not self.owner or holder.get("owner") != self.owner:
                 raise ShardLockedError(
                     f"shard {self.name} of {self.loc.url} must have one writer at a time. Got a second one; the "
-                    f"first is pid {holder.get('pid')} on {holder.get('host')} (a lock on another host is taken "
+                    f"first is pid {holder.get('pid')} on {holder.get('host')} (a lock on any host is taken "
                     f"over once it has gone {_fs.LOCK_STALE_SECONDS:g} s without a heartbeat).")
             time.sleep(min(_fs.LOCK_BEAT_SECONDS, 5.0))
         self._locked = True
@@ -346,6 +347,10 @@ class ShardWriter:
                 published = True
             else:
                 published = self.loc.create(commit_path(self.name), document)
+                if not published and record_is_torn(self.loc, self.name):
+                    # a writer of this shard killed while writing its record left it torn; we hold the lock
+                    self.loc.write(commit_path(self.name), document)
+                    published = True
         except Exception:
             if not self._record_is_ours():  # a write whose reply was lost may still have landed
                 raise

@@ -11,6 +11,8 @@ import pytest
 
 from mt2kd.errors import DuplicateCutError, StoreFormatError
 from mt2kd.store import TeacherSpec, TeacherStore
+import mt2kd.store._fs as fs
+from mt2kd.store._cli_text import info_lines
 from mt2kd.store._index import ShardRecord, StoreIndex, commit_path, torn_records
 
 SPEC = TeacherSpec("beats", "clip", 2)
@@ -103,11 +105,39 @@ def test_a_torn_record_leaves_its_shard_uncommitted_and_the_store_readable(store
     torn = torn_records(opened.loc, opened.shards)
     assert list(torn) == ["000001"] and "000001/zarr.json" in torn["000001"] and "not JSON" in torn["000001"]
     assert opened.info()["num_shards"] == 1
-    # the shard's complete data has no readable record: verify names it (a leftover), the rest is healthy
-    assert [p.shard for p in opened.verify()] == ["000001"]
+    # the shard's complete data has no readable record: verify names both (a leftover, the torn record)
+    assert sorted((p.kind, p.shard) for p in opened.verify()) == [("leftover", "000001"), ("unreadable", "000001")]
     with opened.shard_writer(1, replace=True) as writer:  # written again: the record is whole once more
         writer.put("b", value)
     assert TeacherStore.open(store_url).cut_ids() == ["a", "b"] and torn_records(opened.loc, {}) == {}
+
+
+def test_a_torn_record_is_reported_written_over_on_resume_and_cleaned_once_stale(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify and info name a torn record; a resumed writer (no replace) commits over it; clean removes a stale one."""
+    store = TeacherStore.create(store_url, [SPEC])
+    value = {"beats": np.ones(2, np.float32)}
+    with store.shard_writer(0) as writer:
+        writer.put("a", value)
+    store.loc.write(commit_path("000001"), b"")  # a writer of shard 1 killed right after its exclusive create
+    opened = TeacherStore.open(store_url, "a")
+    problems = opened.verify()
+    assert [(p.kind, p.shard) for p in problems] == [("unreadable", "000001")]
+    assert "000001/zarr.json must be a complete commit record" in str(problems[0])
+    facts = opened.info()
+    assert list(facts["torn_records"]) == ["000001"]
+    assert any(line.startswith("Torn records") and "000001" in line for line in info_lines(facts))
+    assert opened.leftovers() == []  # young: it may be a record being written right now
+    with opened.shard_writer(1) as writer:  # a resumed run writes the shard again, over the torn record
+        writer.put("b", value)
+    reopened = TeacherStore.open(store_url)
+    assert reopened.cut_ids() == ["a", "b"] and reopened.verify() == [] and reopened.info()["torn_records"] == {}
+
+    store.loc.write(commit_path("000002"), b"{")  # another torn record, left by a dead writer long ago
+    monkeypatch.setattr(fs, "LOCK_STALE_SECONDS", 0.0)
+    assert opened.leftovers() == [commit_path("000002")]
+    assert opened.clean() == [commit_path("000002")]
+    assert not opened.loc.exists(commit_path("000002")) and TeacherStore.open(store_url).verify() == []
 
 
 @pytest.mark.parametrize("field, value", [("attempt", "0123456789ab/../../../../victim"), ("attempt", ".."),

@@ -46,6 +46,15 @@ def test_holder_alive_here_is_false_once_the_heartbeat_is_stale_even_if_the_pid_
     assert not fs.holder_alive({"host": here, "pid": os.getpid(), "beat": now - 7200}, now)
 
 
+def test_the_refusal_of_a_live_lock_says_the_heartbeat_rule_holds_on_any_host(store_url: str) -> None:
+    store = TeacherStore.create(store_url, SPECS)
+    store.loc.write(LOCK, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "attempt": "other",
+                                      "beat": time.time()}).encode())
+    with pytest.raises(ShardLockedError, match=r"a lock on any host is taken over once it has gone 300 s"):
+        with store.shard_writer(0):
+            pass
+
+
 def test_a_live_lock_of_another_host_is_refused_and_a_silent_one_taken_over(store_url: str) -> None:
     store = TeacherStore.create(store_url, SPECS)
     other_host_lock(store, beat=time.time())
