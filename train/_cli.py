@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from mt2kd.errors import ConfigError
+from mt2kd.errors import ConfigError, MT2KDError
 from mt2kd.train._config import TrainConfig
 
 _LIST_FLAGS = {"cuts": "--cuts", "stores": "--store", "repeats": "--repeat"}  # field -> flag
@@ -78,7 +78,7 @@ def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from mt2kd.train._trainer import train as run_training
 
-    run_training(cfg)
+    _guarded(lambda: run_training(cfg))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
@@ -96,5 +96,13 @@ def average(exp_dir: str, num_last: int, out_path: str) -> None:
     """Average the model weights of the last N checkpoints into one checkpoint."""
     from mt2kd.train._checkpoint import write_average
 
-    used = write_average(exp_dir, num_last, out_path)
+    used = _guarded(lambda: write_average(exp_dir, num_last, out_path))
     click.echo(f"averaged {len(used)} checkpoints ({used[0].name} .. {used[-1].name}) -> {out_path}")
+
+
+def _guarded(run: Any) -> Any:
+    """Turn our own errors into a one-line CLI message (exit code 1) instead of a traceback."""
+    try:
+        return run()
+    except MT2KDError as e:
+        raise click.ClickException(str(e)) from e

@@ -17,6 +17,15 @@ from mt2kd.train._data import KDDataset
 from mt2kd.train._manifests import open_manifest
 
 
+def check_manifests(cut_paths: Sequence[str | Path]) -> None:
+    """Refuse an empty list or a manifest path that is not a file, before anything else reads them."""
+    if not cut_paths:
+        raise ConfigError("at least one --cuts manifest is needed. Got none.")
+    for path in cut_paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {str(path)!r}.")
+
+
 def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), seed: int = 0) -> Any:
     """One lazy CutSet muxing every corpus, weighted by ``num_cuts x repeats``.
 
@@ -26,13 +35,10 @@ def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), s
     """
     from lhotse import CutSet
 
-    if not cut_paths:
-        raise ConfigError("at least one --cuts manifest is needed. Got none.")
+    check_manifests(cut_paths)
     repeats = list(repeats) or [1] * len(cut_paths)
     corpora, weights = [], []
     for path, times in zip(cut_paths, repeats):
-        if not Path(path).is_file():
-            raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {str(path)!r}.")
         cuts = open_manifest(path)  # audio paths relative to the manifest resolve as extraction resolves them
         num_cuts = sum(1 for _ in cuts)  # one cheap pass over the manifest, no audio
         if num_cuts == 0:

@@ -22,6 +22,7 @@ from mt2kd.train._checkpoint import capture_rng, list_checkpoints, read_checkpoi
 from mt2kd.train._config import StudentConfig, TrainConfig
 from mt2kd.train._data import LazyStores
 from mt2kd.train._loader import (
+    check_manifests,
     check_target_coverage,
     make_loader,
     make_sampler,
@@ -121,6 +122,7 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world_size, local_rank = _distributed()
         self.device = _device(cfg, local_rank)
+        check_manifests(cfg.cuts)  # a missing manifest is named before the stores are read
         self.student_config = student_config_for(cfg)
         check_target_coverage(cfg.cuts, LazyStores(cfg.stores).get())
         torch.manual_seed(cfg.seed)
@@ -304,9 +306,9 @@ def train(cfg: TrainConfig) -> list[dict[str, float]]:
     >>> cfg = TrainConfig(cuts=("train.jsonl.gz",), stores=("teachers.zarr",), exp_dir="exp", student="tiny")
     >>> history = train(cfg)  # doctest: +SKIP
     """
-    Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
     trainer.resume()
+    Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)  # only once the inputs and any checkpoint check out
     if trainer.rank == 0:  # the resolved config, next to what it produced
         (Path(cfg.exp_dir) / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return trainer.run()

@@ -1,0 +1,56 @@
+"""What a user sees when training meets a mistake: one line naming the cause, no traceback, no leftovers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mt2kd.cli import main
+
+
+def _kd(corpus: dict, exp_dir: Path, *extra: str, cuts: str | None = None, store: str | None = None) -> list[str]:
+    return ["train", "kd", "--cuts", cuts or corpus["manifest"], "--store", store or corpus["store"],
+            "--exp-dir", str(exp_dir), "--student", "tiny", "--max-duration", "3", "--num-buckets", "2",
+            "--num-workers", "0", *extra]
+
+
+def _one_line_error(result, *parts: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.output.startswith("Error: "), result.output
+    for part in parts:
+        assert part in result.output, result.output
+
+
+def test_missing_manifest_is_named_before_the_store_is_read(tmp_path, corpus) -> None:
+    exp = tmp_path / "exp"
+    result = CliRunner().invoke(main, _kd(corpus, exp, cuts=str(tmp_path / "nope.jsonl.gz")))
+    _one_line_error(result, "--cuts must name an existing CutSet manifest", "nope.jsonl.gz")
+    assert not exp.exists()
+
+
+def test_missing_store_is_one_line_and_leaves_no_exp_dir(tmp_path, corpus) -> None:
+    exp = tmp_path / "exp"
+    result = CliRunner().invoke(main, _kd(corpus, exp, store=str(tmp_path / "nope.zarr")))
+    _one_line_error(result, "nope.zarr")
+    assert not exp.exists()
+
+
+def test_store_of_other_cuts_is_one_line(tmp_path, corpus, make_cuts, fill_store) -> None:
+    other = fill_store(tmp_path / "other.zarr", make_cuts("other", [0.6, 0.8]))
+    exp = tmp_path / "exp"
+    result = CliRunner().invoke(main, _kd(corpus, exp, store=str(other)))
+    _one_line_error(result, "the stores must hold targets for the cuts")
+    assert not exp.exists()
+
+
+def test_two_stores_holding_the_same_cut_are_one_line(tmp_path, corpus, fill_store) -> None:
+    twin = fill_store(tmp_path / "twin.zarr", corpus["cuts"])
+    args = _kd(corpus, tmp_path / "exp", "--store", str(twin))
+    _one_line_error(CliRunner().invoke(main, args), "utt-000")
+
+
+def test_average_of_an_empty_exp_dir_is_one_line(tmp_path) -> None:
+    args = ["train", "average", "--exp-dir", str(tmp_path), "--out", str(tmp_path / "avg.pt")]
+    _one_line_error(CliRunner().invoke(main, args), "must hold checkpoint-*.pt files")
