@@ -23,6 +23,7 @@ from mt2kd.store._cli_text import (
     TOP_K,
     diff_lines,
     diff_stores,
+    failed_cut_text,
     failure_lines,
     info_lines,
     kv_lines,
@@ -62,6 +63,14 @@ def _open(path: str) -> TeacherStore:
     from mt2kd.store import TeacherStore
 
     return TeacherStore.open(path)
+
+
+def _refuse_failed(ts: TeacherStore, cut_id: str) -> None:
+    """A one-line error giving the reason when ``cut_id`` is not stored because its extraction failed."""
+    if cut_id not in ts:
+        text = failed_cut_text(cut_id, ts.failures())
+        if text is not None:
+            raise click.ClickException(f"{text} Store: {ts.url}")
 
 
 def _json_option(command: F) -> F:
@@ -142,11 +151,14 @@ def show(path: str, cut_id: str, as_json: bool) -> None:
     """Shapes and value summary of every teacher output of CUT_ID."""
     ts = _open(path)
     specs = ts.specs
+    _refuse_failed(ts, cut_id)
     teachers = {t: summarize(a, specs.get(t)) for t, a in read_cuts(ts, [cut_id])[0].items()}
+    failed = [f for f in ts.failures() if f["cut_id"] == cut_id]  # teachers without an output of this cut
     if as_json:
-        _emit_json({"store": path, "cut_id": cut_id, "teachers": teachers})
+        _emit_json({"store": path, "cut_id": cut_id, "teachers": teachers, "failures": failed})
         return
     lines = kv_lines([("Cut", cut_id), ("Store", path)])
+    lines += kv_lines((f"Failed {f['teacher']}", f"{f['reason']} (shard {f['shard']})") for f in failed)
     for name, facts in teachers.items():
         lines += ["", *kv_lines([("Teacher", name)])]
         lines += kv_lines(show_pairs(facts), indent=2)
@@ -212,6 +224,7 @@ def plot(path: str, cut_id: str, output: str) -> None:
 
     ts = _open(path)
     specs = ts.specs
+    _refuse_failed(ts, cut_id)
     arrays = read_cuts(ts, [cut_id])[0]
     fig, axes = plt.subplots(len(arrays), 1, figsize=(10, 3.2 * len(arrays)), squeeze=False)
     for ax, (name, array) in zip(axes[:, 0], arrays.items()):

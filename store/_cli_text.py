@@ -22,6 +22,7 @@ AUDIOSET_CLASSES = 527  # a clip teacher of this size emits AudioSet logits
 TOP_K = 10  # logits listed by `show` and drawn by `plot`
 READ_BATCH = 64  # cuts per get_many while scanning a whole store
 KEY_WIDTH = 20  # column of the ':' in key : value output
+FAILURES_SHOWN = 2 * TOP_K  # recorded failures listed one per line (--json lists all)
 
 
 # ---------------------------------------------------------------- key : value lines
@@ -53,7 +54,7 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         ("Format version", fmt_number(facts["format_version"], "{}")),
         ("Teachers", ", ".join(facts["teachers"])), ("Cuts", fmt_number(facts["num_cuts"])),
         ("Committed shards", fmt_number(facts["num_shards"])), ("Being written", writers_text(facts["writers"])),
-        ("Failures", fmt_number(facts["num_failures"])),
+        ("Failures", fmt_number(facts["num_failures"]) + failure_kinds_text(facts.get("failure_kinds", {}))),
         *([("Torn records", ", ".join(sorted(facts["torn_records"]))
             + " (not committed: a resumed run writes them again; clean removes them once stale)")]
           if facts.get("torn_records") else []),
@@ -63,6 +64,10 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         ("Storage ratio", fmt_number(facts["storage_ratio"], "{:.2f}") + " (teacher data / raw float32)"),
         *((f"Attr {key}", json.dumps(value)) for key, value in sorted(facts.get("attrs", {}).items())),
     ])
+    if facts.get("failures"):
+        lines += ["", *kv_lines([("Failed cuts", f"first {min(len(facts['failures']), FAILURES_SHOWN)} "
+                                                 f"of {facts['num_failures']:,}")])]
+        lines += failure_lines(facts["failures"], FAILURES_SHOWN)
     for name, t in facts["teachers"].items():
         shape = f"[frames, {t['dim']}] at {t['frame_rate']:g} Hz" if t["kind"] == "frames" else f"[{t['dim']}] per cut"
         lines += ["", *kv_lines([("Teacher", name)])]
@@ -89,7 +94,7 @@ def writers_text(writers: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(map(one, writers)) if writers else "none"
 
 
-def failure_lines(failures: Sequence[Mapping[str, Any]], limit: int = 2 * TOP_K) -> list[str]:
+def failure_lines(failures: Sequence[Mapping[str, Any]], limit: int = FAILURES_SHOWN) -> list[str]:
     """One ``  * cut ...: reason`` line per recorded failure, the first ``limit`` of them."""
     lines = [f"  * cut {f['cut_id']!r}, "
              + ("all teachers" if f["teacher"] is None else f"teacher {f['teacher']!r}")
@@ -97,6 +102,20 @@ def failure_lines(failures: Sequence[Mapping[str, Any]], limit: int = 2 * TOP_K)
     if len(failures) > limit:
         lines.append(f"  ... {len(failures) - limit:,} more failures (--json lists all)")
     return lines
+
+
+def failure_kinds_text(kinds: Mapping[str, int]) -> str:
+    """`` (20 missing audio file, 4 no teacher output)``; empty without failures."""
+    return " (" + ", ".join(f"{count:,} {kind}" for kind, count in kinds.items()) + ")" if kinds else ""
+
+
+def failed_cut_text(cut_id: str, failures: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why ``cut_id`` has no outputs, when the extraction recorded it as failed as a whole; else None."""
+    reasons = [f for f in failures if f["cut_id"] == cut_id and f["teacher"] is None]
+    if not reasons:
+        return None
+    return (f"cut {cut_id!r} has no teacher outputs: the extraction recorded it as failed ("
+            + "; ".join(f"shard {f['shard']}: {f['reason']}" for f in reasons) + ").")
 
 
 def config_lines(config: Mapping[str, Any], indent: int = 0) -> list[str]:

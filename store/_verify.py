@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,16 +59,35 @@ class Problem:
         return cls(str(data["kind"]), str(data["message"]), **optional)
 
 
+def failure_kind(reason: str) -> str:
+    """The kind of a recorded failure: its reason up to the first ``:`` or ``(``.
+
+    Examples
+    --------
+    >>> failure_kind("audio could not be decoded: RuntimeError: bad header")
+    'audio could not be decoded'
+    """
+    return re.split(r"[:(]", reason, maxsplit=1)[0].strip() or "other"
+
+
+def failure_kinds(failures: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Failures per kind (see :func:`failure_kind`), the most frequent first."""
+    counts = collections.Counter(failure_kind(str(f["reason"])) for f in failures)
+    return dict(counts.most_common())
+
+
 def store_info(store: TeacherStore) -> dict[str, Any]:
     """Per-teacher and whole-store facts; the CLI prints them as ``key : value`` lines."""
     records = list(store.shards.values())
+    failures = store.failures()
     teachers = {name: _teacher_info(spec.to_dict(), name, records) for name, spec in store.specs.items()}
     frames = [t for t in teachers.values() if t["kind"] == "frames"]
     float32 = sum(t["float32_bytes"] for t in teachers.values())
     on_disk = sum(t["bytes_on_disk"] for t in teachers.values())
     return {
         "url": store.url, "format_version": store.format_version, "attrs": dict(store.attrs),
-        "num_cuts": len(store), "num_shards": len(records), "num_failures": len(store.failures()),
+        "num_cuts": len(store), "num_shards": len(records), "num_failures": len(failures),
+        "failure_kinds": failure_kinds(failures), "failures": failures,
         "num_frames": frames[0]["num_frames"] if frames else None,
         "audio_hours": frames[0]["audio_hours"] if frames else None,
         "bytes_on_disk": sum(size for _, size in store.loc.walk_files("")),

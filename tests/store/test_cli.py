@@ -177,6 +177,36 @@ def test_info_counts_recorded_failures(tmp_path: Path, outputs: dict) -> None:
     assert facts["num_cuts"] == 1 and facts["num_failures"] == 1
 
 
+def test_info_lists_the_failures_by_kind_and_show_says_a_cut_failed(tmp_path: Path, outputs: dict) -> None:
+    path = str(tmp_path / "f.zarr")
+    ts = TeacherStore.create(path, SPECS)
+    kept = "spk1-ch1-0001"
+    with ts.shard_writer(0) as writer:
+        writer.put(kept, {t: a for t, a in outputs[kept].items() if t != "beats"})
+        writer.record_failure(kept, "non-finite output: 3 NaN/Inf values", teacher="beats")
+        for i in range(25):
+            writer.record_failure(f"gone-{i:02d}", f"missing audio file: /audio/{i}.flac")
+    facts = run_json("info", path)
+    assert facts["num_failures"] == 26 and len(facts["failures"]) == 26  # --json lists every one
+    assert facts["failure_kinds"] == {"missing audio file": 25, "non-finite output": 1}
+    assert facts["failures"][0] == {"cut_id": kept, "teacher": "beats", "shard": "000000",
+                                    "reason": "non-finite output: 3 NaN/Inf values"}
+    code, out = run("info", path)
+    assert code == 0
+    assert text_facts(out)["Failures"] == "26 (25 missing audio file, 1 non-finite output)"
+    assert "  * cut 'spk1-ch1-0001', teacher 'beats' (shard 000000): non-finite output: 3 NaN/Inf values" in out
+    assert "  * cut 'gone-18', all teachers (shard 000000): missing audio file: /audio/18.flac" in out
+    assert "gone-19" not in out and "  ... 6 more failures (--json lists all)" in out
+
+    code, out = run("show", path, "gone-03")
+    assert code == 1 and "Traceback" not in out and "no such cut" not in out
+    assert "cut 'gone-03' has no teacher outputs: the extraction recorded it as failed (shard 000000: missing " \
+           "audio file: /audio/3.flac)" in out
+    code, out = run("show", path, kept)
+    assert code == 0 and text_facts(out)["Failed beats"] == "non-finite output: 3 NaN/Inf values (shard 000000)"
+    assert [f["teacher"] for f in run_json("show", path, kept)["failures"]] == ["beats"]
+
+
 # ---------------------------------------------------------------- ls, show
 
 
