@@ -8,6 +8,7 @@ process (map-style dataset); workers only load audio and targets.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), s
     --------
     >>> cuts = open_corpora(["libri.jsonl.gz", "audioset.jsonl.gz"], repeats=[1, 2])  # doctest: +SKIP
     """
+    return open_corpora_counted(cut_paths, repeats, seed)[0]
+
+
+def open_corpora_counted(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (),
+                         seed: int = 0) -> tuple[Any, int]:
+    """:func:`open_corpora` and the number of cuts it yields per epoch (repeats included)."""
     from lhotse import CutSet
 
     check_manifests(cut_paths)
@@ -46,8 +53,8 @@ def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), s
         corpora.append(cuts.repeat(times) if times > 1 else cuts)
         weights.append(num_cuts * times)
     if len(corpora) == 1:
-        return corpora[0]
-    return CutSet.mux(*corpora, weights=weights, seed=seed)
+        return corpora[0], weights[0]
+    return CutSet.mux(*corpora, weights=weights, seed=seed), sum(weights)
 
 
 COVERAGE_SAMPLE = 1000  # cuts read from the head of each manifest to check it has targets
@@ -66,7 +73,6 @@ def check_target_coverage(cut_paths: Sequence[str | Path], store: Any) -> dict[s
     {'train.jsonl.gz': 1.0}
     """
     import itertools
-    import logging
 
     from mt2kd.train._data import target_source
 
@@ -98,17 +104,34 @@ def make_sampler(
     seed: int = 0,
     world_size: int = 1,
     rank: int = 0,
+    num_cuts: int | None = None,
 ) -> Any:
-    """DynamicBucketingSampler bounded by ``max_duration`` seconds, one shard of it per rank."""
+    """DynamicBucketingSampler bounded by ``max_duration`` seconds, one shard of it per rank.
+
+    Given ``num_cuts`` (the corpus size), a ``num_buckets`` beyond the cuts the
+    bucket bounds are estimated from is lowered to that count (lhotse refuses
+    more buckets than cuts), and the change is logged.
+    """
     from lhotse.dataset import DynamicBucketingSampler
 
+    num_estimate_cuts = min(buffer_size, 10_000)
+    duration_bins = None
+    if num_cuts is not None and num_buckets > min(num_cuts, num_estimate_cuts):
+        fewer = min(num_cuts, num_estimate_cuts)
+        logging.getLogger(__name__).info(
+            "num_buckets=%d is more than the %d cuts the bucket bounds are estimated from: using %d bucket(s)",
+            num_buckets, fewer, fewer)
+        num_buckets = fewer
+        if num_buckets < 2:  # lhotse estimates bounds for two buckets or more: one bound above every cut
+            duration_bins = [float("inf")]
     return DynamicBucketingSampler(
         cuts,
         max_duration=max_duration,
         shuffle=shuffle,
         num_buckets=num_buckets,
+        duration_bins=duration_bins,
         buffer_size=buffer_size,
-        num_cuts_for_bins_estimate=min(buffer_size, 10_000),
+        num_cuts_for_bins_estimate=num_estimate_cuts,
         drop_last=world_size > 1,  # ranks must run the same number of steps
         seed=seed,
         world_size=world_size,

@@ -26,7 +26,7 @@ from mt2kd.train._loader import (
     check_target_coverage,
     make_loader,
     make_sampler,
-    open_corpora,
+    open_corpora_counted,
     restore_sampler,
     sampler_state,
 )
@@ -131,10 +131,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: eden_factor(s, cfg.warmup_steps, cfg.lr_steps)
         )
+        corpora, num_cuts = open_corpora_counted(cfg.cuts, cfg.repeats, seed=cfg.seed)
         self.sampler = make_sampler(
-            open_corpora(cfg.cuts, cfg.repeats, seed=cfg.seed), cfg.max_duration, shuffle=cfg.shuffle,
-            num_buckets=cfg.num_buckets, buffer_size=cfg.buffer_size, seed=cfg.seed,
-            world_size=self.world_size, rank=self.rank,
+            corpora, cfg.max_duration, shuffle=cfg.shuffle, num_buckets=cfg.num_buckets,
+            buffer_size=cfg.buffer_size, seed=cfg.seed, world_size=self.world_size, rank=self.rank,
+            num_cuts=num_cuts,
         )
         self.weights = LossWeights(
             cfg.whisper_weight, cfg.beats_weight, cfg.ecapa_weight,

@@ -221,3 +221,15 @@ def test_config_file_reads_yaml_exponents_and_refuses_wrong_types(tmp_path) -> N
     path.write_text("lr: [1, 2\n")
     with pytest.raises(ConfigError, match="must be valid YAML"):
         TrainConfig.from_file(path)
+
+
+@pytest.mark.parametrize("durations", [[0.6, 0.8, 1.0], [0.9]])
+def test_default_num_buckets_trains_a_corpus_of_fewer_cuts(tmp_path, make_cuts, fill_store, caplog, durations) -> None:
+    cuts = make_cuts("utt", durations)
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    corpus = {"manifest": str(manifest), "store": str(fill_store(tmp_path / "t.zarr", cuts))}
+    with caplog.at_level(logging.INFO, logger="mt2kd.train._loader"):
+        history = train(_config(corpus, tmp_path / "exp", num_steps=2, num_buckets=30))
+    assert len(history) == 2
+    assert f"num_buckets=30 is more than the {len(durations)} cuts" in caplog.text
