@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mt2kd.errors import ConfigError
+from mt2kd.errors import CheckpointError, ConfigError
 from mt2kd.train._checkpoint import capture_rng, list_checkpoints, read_checkpoint, restore_rng, save_checkpoint
 from mt2kd.train._config import StudentConfig, TrainConfig
 from mt2kd.train._data import LazyStores
@@ -69,6 +69,9 @@ def student_config_for(cfg: TrainConfig) -> StudentConfig:
         sizes[field] = spec.dim
     return dataclasses.replace(StudentConfig.preset(cfg.student), **sizes)
 
+
+# StudentConfig fields a resumed model may change: they hold no weights
+_SHAPE_FREE_FIELDS = ("dropout",)
 
 # fields whose change invalidates the saved sampler position (the batches would be other batches)
 _SAMPLER_FIELDS = ("cuts", "repeats", "max_duration", "num_buckets", "buffer_size", "shuffle", "seed")
@@ -180,7 +183,11 @@ class Trainer:
         if not found:
             return False
         data = read_checkpoint(found[-1])
-        self.model.load_state_dict(data["model"])
+        self._check_student(found[-1], data)
+        try:
+            self.model.load_state_dict(data["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {str(found[-1])!r} must fit this run's student. Got: {e}") from e
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self._apply_optimiser_settings()
@@ -210,6 +217,19 @@ class Trainer:
                      ", ".join(f"{name} ({changed[name][0]!r} -> {changed[name][1]!r})" for name in rest))
         log.info("resumed from %s at step %d", found[-1], self.step)
         return True
+
+    def _check_student(self, path: Path, data: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint of a student of another shape (another preset or head sizes)."""
+        saved = data.get("student_config") or {}
+        now = self.student_config.to_dict()
+        differ = {name: (saved.get(name), value) for name, value in now.items()
+                  if name not in _SHAPE_FREE_FIELDS and saved.get(name) != value}
+        if differ:
+            raise ConfigError(
+                f"the student must have the shape of the one in {str(path)!r} to resume it. Got other "
+                + ", ".join(f"{name} ({old!r} there, {new!r} now)" for name, (old, new) in differ.items())
+                + f": train a new student in a new --exp-dir, or resume with the settings of {str(path)!r}."
+            )
 
     def _apply_optimiser_settings(self) -> None:
         """This run's lr, weight decay and schedule on the restored optimiser (unchanged ones: same values)."""

@@ -54,3 +54,19 @@ def test_two_stores_holding_the_same_cut_are_one_line(tmp_path, corpus, fill_sto
 def test_average_of_an_empty_exp_dir_is_one_line(tmp_path) -> None:
     args = ["train", "average", "--exp-dir", str(tmp_path), "--out", str(tmp_path / "avg.pt")]
     _one_line_error(CliRunner().invoke(main, args), "must hold checkpoint-*.pt files")
+
+
+def test_resume_with_another_student_names_the_checkpoint_and_fields(tmp_path, corpus, monkeypatch) -> None:
+    import dataclasses
+
+    from mt2kd.train import _config
+
+    exp = tmp_path / "exp"
+    runner = CliRunner()
+    result = runner.invoke(main, _kd(corpus, exp, "--num-steps", "1"))
+    assert result.exit_code == 0, result.output
+    wider = dataclasses.replace(_config.STUDENT_PRESETS["tiny"], model_dim=48, ffn_dim=96)
+    monkeypatch.setitem(_config.STUDENT_PRESETS, "tiny", wider)
+    result = runner.invoke(main, _kd(corpus, exp, "--num-steps", "2"))
+    _one_line_error(result, "checkpoint-00000001.pt", "model_dim (32 there, 48 now)", "ffn_dim (64 there, 96 now)",
+                    "new --exp-dir")
