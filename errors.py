@@ -66,6 +66,10 @@ class CutNotFoundError(StoreError, KeyError):
 class ValidationError(MT2KDError, ValueError):
     """An array or value does not match what its spec requires."""
 
+    def __init__(self, *args: object, teacher: str | None = None) -> None:
+        super().__init__(*args)
+        self.teacher = teacher  # the teacher whose output was refused (a store writer's put), else None
+
 
 class CheckpointError(MT2KDError, ValueError):
     """A teacher or student checkpoint is malformed."""

@@ -291,9 +291,9 @@ def refused_teacher(error: ValidationError, names: Iterable[str]) -> str | None:
     """The teacher whose output the store refused, else None.
 
     The writer validates every output of a cut before it writes any, and
-    its message names the cut and the teacher (``cut 'c', teacher 'w': ...``).
+    its error's ``teacher`` is the teacher whose output it refused.
     """
-    return next((name for name in names if f"teacher {name!r}" in str(error)), None)
+    return error.teacher if error.teacher in set(names) else None
 
 
 def result_dict(result: ShardResult) -> dict[str, Any]:

@@ -258,7 +258,9 @@ class ShardWriter:
 
         Raises ValidationError naming the cut and teacher when a shape, dtype or
         value is wrong (non-finite values included, after the cast to the
-        store's dtype), and DuplicateCutError when the cut is already in the shard.
+        store's dtype); its ``teacher`` attribute is the teacher whose array it
+        refused (None when the cut itself is refused). Raises DuplicateCutError
+        when the cut is already in the shard.
         """
         self._check_open()
         _check_cut_id(cut_id)
@@ -300,23 +302,25 @@ class ShardWriter:
     def _validated(self, cut_id: str, teacher: str, value: Any) -> np.ndarray:
         spec = self.specs.get(teacher)
         if spec is None:
-            raise ValidationError(f"cut {cut_id!r}: teacher must be one of {list(self.specs)}. Got {teacher!r}.")
+            raise ValidationError(f"cut {cut_id!r}: teacher must be one of {list(self.specs)}. Got {teacher!r}.",
+                                  teacher=teacher)
         array = np.asarray(value)
         if array.dtype.kind not in "fiu":
             raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: output must be a real-number array. "
-                                  f"Got dtype {array.dtype}.")
+                                  f"Got dtype {array.dtype}.", teacher=teacher)
         expected = f"[num_frames >= 1, {spec.dim}]" if spec.kind == "frames" else f"[{spec.dim}]"
         ok = (array.ndim == 2 and array.shape[0] >= 1 and array.shape[1] == spec.dim) if spec.kind == "frames" \
             else array.shape == (spec.dim,)
         if not ok:
             raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: {spec.kind} output must have shape "
-                                  f"{expected}. Got {list(array.shape)}.")
+                                  f"{expected}. Got {list(array.shape)}.", teacher=teacher)
         with np.errstate(over="ignore"):
             stored = array.astype(spec.dtype, copy=False)
         num_bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
         if num_bad:
             raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: values must be finite in {spec.dtype}. "
-                                  f"Got {num_bad} NaN/Inf values (or values beyond the {spec.dtype} range).")
+                                  f"Got {num_bad} NaN/Inf values (or values beyond the {spec.dtype} range).",
+                                  teacher=teacher)
         return stored
 
     # ------------------------------------------------------------ commit

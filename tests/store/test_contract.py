@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,8 @@ def test_put_validates_and_names_cut_and_teacher(store_url: str, specs_of: Any, 
         with pytest.raises(ValidationError, match=message) as caught:
             writer.put("cut-7", {teacher: value})
         assert "'cut-7'" in str(caught.value)
+        assert caught.value.teacher == teacher  # which teacher's array was refused, without parsing the message
+        assert pickle.loads(pickle.dumps(caught.value)).teacher == teacher  # as dask carries it between processes
         writer.put("cut-8", {"ecapa": np.ones(6, np.float32)})  # the writer goes on after a refused put
     assert TeacherStore.open(store_url).cut_ids() == ["cut-8"]
 
@@ -199,8 +202,9 @@ def test_put_validates_and_names_cut_and_teacher(store_url: str, specs_of: Any, 
 def test_put_refuses_bad_ids_and_empty_outputs(store_url: str, specs_of: Any, cut_id: Any, outputs: Any) -> None:
     store = TeacherStore.create(store_url, specs_of())
     with store.shard_writer(0) as writer:
-        with pytest.raises(ValidationError):
+        with pytest.raises(ValidationError) as caught:
             writer.put(cut_id, outputs)
+        assert caught.value.teacher is None  # the cut itself was refused, not one teacher's array
 
 
 def test_committed_shard_needs_replace(store_url: str, specs_of: Any, outputs_of: Any) -> None:
