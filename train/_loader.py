@@ -124,7 +124,7 @@ def make_sampler(
         num_buckets = fewer
         if num_buckets < 2:  # lhotse estimates bounds for two buckets or more: one bound above every cut
             duration_bins = [float("inf")]
-    return DynamicBucketingSampler(
+    sampler = DynamicBucketingSampler(
         cuts,
         max_duration=max_duration,
         shuffle=shuffle,
@@ -137,6 +137,9 @@ def make_sampler(
         world_size=world_size,
         rank=rank,
     )
+    if not sampler.duration_bins:  # a few cuts can give no bound at all, which lhotse then averages
+        sampler.duration_bins = [float("inf")]
+    return sampler
 
 
 def make_loader(

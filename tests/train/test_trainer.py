@@ -223,7 +223,7 @@ def test_config_file_reads_yaml_exponents_and_refuses_wrong_types(tmp_path) -> N
         TrainConfig.from_file(path)
 
 
-@pytest.mark.parametrize("durations", [[0.6, 0.8, 1.0], [0.9]])
+@pytest.mark.parametrize("durations", [[0.6, 0.8, 1.0], [0.6, 0.8], [0.9]])
 def test_default_num_buckets_trains_a_corpus_of_fewer_cuts(tmp_path, make_cuts, fill_store, caplog, durations) -> None:
     cuts = make_cuts("utt", durations)
     manifest = tmp_path / "cuts.jsonl.gz"
