@@ -178,7 +178,8 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
     """Check a store: exit 0 when clean, 1 listing the problems.
 
     Problems are the store's own findings (NaN/Inf values, uncommitted
-    leftovers, unreadable shards) plus, with --cuts, cuts of the manifest that
+    leftovers, unreadable shards, shards of the extraction plan not yet
+    committed: an interrupted run) plus, with --cuts, cuts of the manifest that
     are missing and frame counts that disagree with a cut's duration. Cuts
     the extraction recorded as failed (with their reason) are accounted for:
     they are listed as failures, not problems.
@@ -188,7 +189,7 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
     except (OSError, ValueError, KeyError) as e:
         raise click.ClickException(f"--cuts must be a lhotse CutSet .jsonl(.gz). Got {manifest!r}: {e}") from e
     ts = _open(path)
-    problems = ts.verify(durations)
+    problems = ts.verify(durations, complete=True)
     failures = ts.failures()
     facts = {"store": path, "manifest": manifest, "num_cuts": len(ts), "ok": not problems,
              "num_failures": len(failures), "failures": failures,

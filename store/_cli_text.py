@@ -53,7 +53,7 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         ("Type", "mt2kd.TeacherStore"), ("Store", facts["url"]),
         ("Format version", fmt_number(facts["format_version"], "{}")),
         ("Teachers", ", ".join(facts["teachers"])), ("Cuts", fmt_number(facts["num_cuts"])),
-        ("Committed shards", fmt_number(facts["num_shards"])), ("Being written", writers_text(facts["writers"])),
+        ("Committed shards", shards_text(facts)), ("Being written", writers_text(facts["writers"])),
         ("Failures", fmt_number(facts["num_failures"]) + failure_kinds_text(facts.get("failure_kinds", {}))),
         *([("Torn records", ", ".join(sorted(facts["torn_records"]))
             + " (not committed: a resumed run writes them again; clean removes them once stale)")]
@@ -82,6 +82,17 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         ], indent=2)
         lines += config_lines(t.get("config", {}), indent=2)
     return lines
+
+
+def shards_text(facts: Mapping[str, Any]) -> str:
+    """``7 of 14 planned (not yet: 000007, ...)`` for a store with an extraction plan, else the count."""
+    planned, missing = facts.get("num_planned_shards"), facts.get("missing_shards") or []
+    if planned is None:
+        return fmt_number(facts["num_shards"])
+    text = f"{planned - len(missing):,} of {planned:,} planned"
+    if missing:
+        text += " (not yet: " + ", ".join(missing[:TOP_K]) + (", ..." if len(missing) > TOP_K else "") + ")"
+    return text
 
 
 def writers_text(writers: Sequence[Mapping[str, Any]]) -> str:

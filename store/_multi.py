@@ -93,12 +93,15 @@ class MultiStore:
             raise CutNotFoundError(f"cut {cut_id!r} must be in one of the {len(self.stores)} stores. Got none.")
         return self.stores[number]
 
-    def verify(self, durations: Mapping[str, float] | None = None) -> list[Problem]:
-        """Every store's problems (``store`` set to its URL, which ``str()`` puts first), plus manifest cuts found in none."""
+    def verify(self, durations: Mapping[str, float] | None = None, complete: bool = False) -> list[Problem]:
+        """Every store's problems (``store`` set to its URL, which ``str()`` puts first), plus manifest cuts found in none.
+
+        ``complete`` as in :meth:`TeacherStore.verify`, for each store.
+        """
         problems: list[Problem] = []
         for number, store in enumerate(self.stores):  # each store read once, with its share of the manifest
             mine = None if durations is None else {c: d for c, d in durations.items() if self._owner.get(c) == number}
-            problems += [dataclasses.replace(p, store=store.url) for p in store.verify(mine)]
+            problems += [dataclasses.replace(p, store=store.url) for p in store.verify(mine, complete)]
         if durations is not None:
             problems += [Problem("missing", f"cut {c!r} is in the manifest but in none of the stores", cut_id=c)
                          for c in durations if c not in self._owner]

@@ -256,12 +256,16 @@ class TeacherStore:
 
         return store_info(self)
 
-    def verify(self, durations: Mapping[str, float] | None = None) -> list[Problem]:
+    def verify(self, durations: Mapping[str, float] | None = None, complete: bool = False) -> list[Problem]:
         """Problems found by reading everything; an empty list means the store is sound.
 
         ``durations`` (cut ID -> seconds) adds: every cut must be present (or
         recorded as a whole-cut failure, see :meth:`failures`) and its frame
         counts must match ``duration x frame_rate`` within 1 frame.
+        ``complete`` adds: every shard of the extraction plan (attrs
+        ``plan.num_shards``) must be committed, else one ``"incomplete"``
+        problem names those that are not (an interrupted run); a store
+        without a plan is unaffected. ``mt2kd store verify`` passes it.
         Each :class:`Problem` has a ``kind``, the ``cut_id``, ``teacher`` and
         ``shard`` it concerns (None when not one), and ``str()`` reads as a line.
 
@@ -272,7 +276,7 @@ class TeacherStore:
         """
         from mt2kd.store._verify import verify_store
 
-        return verify_store(self, durations)
+        return verify_store(self, durations, complete)
 
     def leftovers(self) -> list[str]:
         """Paths of data that interrupted writers left behind (invisible to readers)."""

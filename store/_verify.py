@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mt2kd.errors import MT2KDError
-from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR
+from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR, shard_name
 import mt2kd.store._fs as _fs
 from mt2kd.store._fs import TMP_PREFIX, FsspecLocation, LocalLocation, holder_alive
 from mt2kd.store._index import ShardRecord, commit_path, committed_names, record_is_torn, torn_records
@@ -26,7 +26,8 @@ SECONDS_PER_HOUR = 3600.0
 FLOAT32_BYTES = 4  # bytes of one float32 value
 FRAME_TOLERANCE = 1  # frames a cut may differ from duration x frame_rate
 VERIFY_BATCH = 64  # cuts per read while scanning for NaN/Inf
-PROBLEM_KINDS = ("offsets", "unreadable", "nonfinite", "missing", "frame_count", "leftover")
+PROBLEM_KINDS = ("offsets", "unreadable", "nonfinite", "missing", "frame_count", "leftover", "incomplete")
+SHARDS_NAMED = 10  # missing shards an "incomplete" problem names (info --json lists them all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ def store_info(store: TeacherStore) -> dict[str, Any]:
     on_disk = sum(t["bytes_on_disk"] for t in teachers.values())
     return {
         "url": store.url, "format_version": store.format_version, "attrs": dict(store.attrs),
-        "num_cuts": len(store), "num_shards": len(records), "num_failures": len(failures),
+        "num_cuts": len(store), "num_shards": len(records), **plan_progress(store), "num_failures": len(failures),
         "failure_kinds": failure_kinds(failures), "failures": failures,
         "num_frames": frames[0]["num_frames"] if frames else None,
         "audio_hours": frames[0]["audio_hours"] if frames else None,
@@ -97,6 +98,21 @@ def store_info(store: TeacherStore) -> dict[str, Any]:
         "writers": writers(store),
         "torn_records": torn_records(store.loc, store.shards),
     }
+
+
+def plan_progress(store: TeacherStore) -> dict[str, Any]:
+    """How much of the extraction plan (attrs ``plan.num_shards``, shards ``0 .. n-1``) is committed.
+
+    ``{"num_planned_shards": None, "missing_shards": []}`` for a store without a plan (not made by
+    ``mt2kd extract``).
+    """
+    plan = store.attrs.get("plan")
+    num_planned = plan.get("num_shards") if isinstance(plan, dict) else None
+    if not isinstance(num_planned, int) or isinstance(num_planned, bool):
+        return {"num_planned_shards": None, "missing_shards": []}
+    committed = store.shards
+    missing = [name for name in map(shard_name, range(num_planned)) if name not in committed]
+    return {"num_planned_shards": num_planned, "missing_shards": missing}
 
 
 def writers(store: TeacherStore) -> list[dict[str, Any]]:
@@ -127,7 +143,8 @@ def _teacher_info(spec: dict[str, Any], name: str, records: list[ShardRecord]) -
 # ---------------------------------------------------------------- verify
 
 
-def verify_store(store: TeacherStore, durations: Mapping[str, float] | None) -> list[Problem]:
+def verify_store(store: TeacherStore, durations: Mapping[str, float] | None, complete: bool = False
+                 ) -> list[Problem]:
     """Every problem found (see ``TeacherStore.verify``)."""
     problems: list[Problem] = []
     for record in store.shards.values():
@@ -136,9 +153,23 @@ def verify_store(store: TeacherStore, durations: Mapping[str, float] | None) -> 
                  for name, message in sorted(torn_records(store.loc, store.shards).items())]
     if durations is not None:
         problems += _check_durations(store, durations)
+    if complete:
+        problems += _check_plan(store)
     problems += [Problem("leftover", f"uncommitted leftover {path}: {why}", shard=_shard_of(path))
                  for path, why in find_leftovers(store) if why != "abandoned"]
     return problems
+
+
+def _check_plan(store: TeacherStore) -> list[Problem]:
+    """One "incomplete" problem when shards of the extraction plan are not committed (an interrupted run)."""
+    progress = plan_progress(store)
+    missing, num_planned = progress["missing_shards"], progress["num_planned_shards"]
+    if not missing:
+        return []
+    named = ", ".join(missing[:SHARDS_NAMED]) + (f" and {len(missing) - SHARDS_NAMED:,} more"
+                                                 if len(missing) > SHARDS_NAMED else "")
+    return [Problem("incomplete", f"the extraction plan has {num_planned:,} shards; {num_planned - len(missing):,} "
+                    f"are committed, {len(missing):,} not: {named} (an interrupted run? run it again to resume)")]
 
 
 def _shard_of(path: str) -> str | None:

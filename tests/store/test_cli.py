@@ -327,6 +327,44 @@ def test_verify_counts_recorded_failures_as_accounted_for(tmp_path: Path, output
     assert code == 1 and [p["cut_id"] for p in json.loads(out)["problems"]] == ["spk3-ch9-0100"]
 
 
+def test_info_and_verify_say_a_store_holds_only_part_of_its_extraction_plan(tmp_path: Path, outputs: dict) -> None:
+    """An extraction stopped by Ctrl-C after some shards: the store is sound but incomplete."""
+    path = str(tmp_path / "part.zarr")
+    ts = TeacherStore.create(path, SPECS, attrs={"plan": {"fingerprint": "f", "num_shards": 14, "num_cuts": 4}})
+    for shard, cut_id in zip([0, 1, 2, 3, 4, 5, 9], [*outputs, *outputs]):
+        with ts.shard_writer(shard) as writer:
+            if shard < 4:
+                writer.put(cut_id, outputs[cut_id])
+            else:
+                writer.record_failure(f"failed-{shard}", "missing audio file: /a.flac")
+    code, out = run("info", path)
+    assert code == 0
+    assert text_facts(out)["Committed shards"] == ("7 of 14 planned (not yet: 000006, 000007, 000008, 000010, "
+                                                   "000011, 000012, 000013)")
+    facts = run_json("info", path)
+    assert facts["num_shards"] == 7 and facts["num_planned_shards"] == 14
+    assert facts["missing_shards"] == ["000006", "000007", "000008", "000010", "000011", "000012", "000013"]
+    code, out = run("verify", path)
+    assert code == 1 and out.strip().endswith("FAILED")
+    assert "  - the extraction plan has 14 shards; 7 are committed, 7 not: 000006, 000007, 000008, 000010, " \
+           "000011, 000012, 000013 (an interrupted run? run it again to resume)" in out
+    code, out = run("verify", path, "--json")
+    assert code == 1 and [p["kind"] for p in json.loads(out)["problems"]] == ["incomplete"]
+    assert ts.verify() == [] and [p.kind for p in ts.verify(complete=True)] == ["incomplete"]  # sound, not whole
+    for shard in (6, 7, 8, 10, 11, 12, 13):  # the run resumed to its end
+        with ts.shard_writer(shard) as writer:
+            writer.record_failure(f"failed-{shard}", "missing audio file: /a.flac")
+    code, out = run("verify", path)
+    assert code == 0 and out.strip().endswith("OK"), out
+    assert text_facts(run("info", path)[1])["Committed shards"] == "14 of 14 planned"
+
+
+def test_a_store_without_a_plan_counts_its_shards_only(store_path: str) -> None:
+    code, out = run("info", store_path)
+    assert code == 0 and text_facts(out)["Committed shards"] == "2"
+    assert run_json("info", store_path)["num_planned_shards"] is None and run("verify", store_path)[0] == 0
+
+
 def test_verify_reports_frame_counts_that_disagree_with_durations(store_path: str, tmp_path: Path) -> None:
     longer = {**DURATIONS, "spk1-ch1-0001": DURATIONS["spk1-ch1-0001"] + 1.0}  # 25 frames too few
     code, out = run("verify", store_path, "--cuts", write_manifest(tmp_path / "cuts.jsonl", longer))
