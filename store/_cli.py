@@ -191,13 +191,15 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
     ts = _open(path)
     problems = ts.verify(durations, complete=True)
     failures = ts.failures()
-    facts = {"store": path, "manifest": manifest, "num_cuts": len(ts), "ok": not problems,
+    facts = {"store": path, "manifest": manifest, "num_cuts": len(ts),
+             "num_manifest_cuts": None if durations is None else len(durations), "ok": not problems,
              "num_failures": len(failures), "failures": failures,
              "num_problems": len(problems), "problems": [p.to_dict() for p in problems]}
     if as_json:
         _emit_json(facts)
     else:
-        lines = kv_lines([("Store", path), ("Manifest", manifest or "-"), ("Cuts", f"{len(ts):,}"),
+        lines = kv_lines([("Store", path), ("Cuts in store", f"{len(ts):,}"),
+                          ("Manifest", "-" if durations is None else f"{manifest} ({len(durations):,} cuts)"),
                           ("Recorded failures", f"{len(failures):,}")])
         lines += failure_lines(failures)
         lines += kv_lines([("Problems", len(problems))])

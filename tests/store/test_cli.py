@@ -287,6 +287,18 @@ def test_verify_clean_store_with_its_manifest(store_path: str, tmp_path: Path) -
     assert facts["ok"] and facts["problems"] == [] and facts["num_cuts"] == len(DURATIONS)
 
 
+def test_verify_labels_the_store_s_and_the_manifest_s_cut_counts(store_path: str, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "part.jsonl", dict(list(DURATIONS.items())[:3]))
+    code, out = run("verify", store_path, "--cuts", manifest)
+    facts = text_facts(out)
+    assert code == 0 and facts["Cuts in store"] == "4" and facts["Manifest"] == f"{manifest} (3 cuts)", out
+    assert "Cuts" not in facts  # no bare count that could be either
+    report = run_json("verify", store_path, "--cuts", manifest)
+    assert report["num_cuts"] == 4 and report["num_manifest_cuts"] == 3
+    assert run_json("verify", store_path)["num_manifest_cuts"] is None
+    assert text_facts(run("verify", store_path)[1])["Manifest"] == "-"
+
+
 def test_verify_reports_a_manifest_cut_missing_from_the_store(store_path: str, tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "cuts.jsonl", {**DURATIONS, "spk9-ch9-0009": 5.0})
     code, out = run("verify", store_path, "--cuts", manifest)
