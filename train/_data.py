@@ -130,7 +130,19 @@ class LazyStores:
         return {"paths": self.paths, "_store": None, "_pid": None}
 
 
+def _missing_audio(cut: Any) -> str | None:
+    """The first audio file of a plain cut that does not exist (lhotse's error for it is many lines long)."""
+    recording = getattr(cut, "recording", None)
+    for source in getattr(recording, "sources", None) or []:
+        if source.type == "file" and not os.path.exists(source.source):
+            return str(source.source)
+    return None
+
+
 def _load_audio(cut: Any) -> np.ndarray:
+    missing = _missing_audio(cut)
+    if missing is not None:
+        raise FileNotFoundError(f"audio file {missing!r} does not exist")
     if cut.sampling_rate != SAMPLE_RATE:
         cut = cut.resample(SAMPLE_RATE)
     audio = cut.load_audio()
@@ -219,7 +231,9 @@ class KDDataset(Dataset):
 
     Batch keys: ``cut_ids``, ``fbank`` ``[B, T100, 80]``, ``num_frames`` ``[B]``,
     ``duration`` (s of audio), ``targets`` (teacher -> ``values``/``present``
-    [/``lengths``]).
+    [/``lengths``]), ``dropped`` (cut ID -> why its audio could not be read:
+    such a cut is left out of the batch; a batch left empty has only
+    ``cut_ids`` (empty), ``dropped`` and ``duration``).
 
     Examples
     --------
@@ -232,12 +246,29 @@ class KDDataset(Dataset):
         self.teachers = None if teachers is None else list(teachers)  # None: every teacher in the store
 
     def __getitem__(self, cuts: Any) -> dict[str, Any]:
-        cuts = list(cuts)
-        fbank, num_frames = _pad_fbank([compute_fbank(_load_audio(c)) for c in cuts])
+        feats, kept, dropped = [], [], {}
+        for cut in cuts:
+            try:
+                feats.append(compute_fbank(_load_audio(cut)))
+            except Exception as e:  # missing, corrupt or empty audio: drop the cut, keep its reason
+                dropped[cut.id] = unreadable_reason(e)
+                continue
+            kept.append(cut)
+        if not kept:  # nothing left to train on: the trainer skips the batch
+            return {"cut_ids": [], "dropped": dropped, "duration": 0.0}
+        fbank, num_frames = _pad_fbank(feats)
         return {
-            "cut_ids": [c.id for c in cuts],
+            "cut_ids": [c.id for c in kept],
+            "dropped": dropped,
             "fbank": fbank,
             "num_frames": num_frames,
-            "duration": float(sum(c.duration for c in cuts)),
-            "targets": fetch_targets(cuts, self.stores.get(), self.teachers),
+            "duration": float(sum(c.duration for c in kept)),
+            "targets": fetch_targets(kept, self.stores.get(), self.teachers),
         }
+
+
+def unreadable_reason(error: Exception, limit: int = 300) -> str:
+    """One line saying why a cut's audio could not be used (lhotse's messages span several lines)."""
+    text = " ".join(str(error).split())
+    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."

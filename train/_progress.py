@@ -48,6 +48,7 @@ class Progress:
         self.start_step = start_step  # where this call began (resume): the ETA counts this call's pace only
         self.writer = None
         self.bar: Any = None
+        self.num_cuts_dropped = 0  # set by the trainer: cuts left out so far because their audio was unreadable
         if self.active:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -119,9 +120,11 @@ class Progress:
         wait_pct = 100.0 * self.wait_s / elapsed
         if self.active:
             losses = " ".join(f"{k} {means[k]:.4f}" for k in LOSS_KEYS if k in means)
+            dropped = f" | {self.num_cuts_dropped} cuts dropped (unreadable audio)" if self.num_cuts_dropped else ""
             log.info(
-                "step %d/%d | %s | lr %.2e | %.3f audio h/s | data-wait %.1f%% | ETA %s",
+                "step %d/%d | %s | lr %.2e | %.3f audio h/s | data-wait %.1f%% | ETA %s%s",
                 step, self.num_steps_total, losses, means.get("lr", 0.0), hours_per_s, wait_pct, self.eta(step),
+                dropped,
             )
             self._write_scalars(step, means, hours_per_s, wait_pct)
         self._reset()

@@ -36,6 +36,8 @@ from mt2kd.train._progress import Progress
 
 log = logging.getLogger(__name__)
 
+MAX_DROP_WARNINGS = 5  # unreadable cuts warned about one by one; the rest are counted in the progress lines
+
 
 def eden_factor(step: int, warmup_steps: int, lr_steps: float) -> float:
     """LR multiplier: linear warm-up to 1, then decay ``((s^2 + S^2) / S^2)^-1/4`` (Eden-like).
@@ -145,7 +147,8 @@ class Trainer:
             cfg.whisper_teacher, cfg.beats_teacher, cfg.ecapa_teacher,
         )
         self.step = 0
-        self.batches_in_epoch = 0  # batches trained on in the sampler's current epoch
+        self.batches_in_epoch = 0  # batches consumed (trained on or skipped) in the sampler's current epoch
+        self.num_cuts_dropped = 0  # cuts this call dropped because their audio could not be read
         self.ddp_model = self._wrap_ddp()
 
     def _wrap_ddp(self) -> torch.nn.Module:
@@ -286,25 +289,57 @@ class Trainer:
 
     def _loop(self, loader: Any, progress: Progress, history: list[dict[str, float]]) -> None:
         while self.step < self.cfg.num_steps:
-            start_step = self.step
+            start_step, whole_epoch = self.step, self.batches_in_epoch == 0
             for batch in progress.timed(loader):
+                self.batches_in_epoch += 1  # consumed from the sampler, trained on or not
+                self._note_dropped(batch["dropped"], progress)
+                if self._skip_empty(batch):
+                    continue
                 values = self.train_step(_to_device(batch, self.device))
                 self.step += 1
-                self.batches_in_epoch += 1
                 history.append(values)
                 progress.record(self.step, values, batch["duration"])
                 self._maybe_checkpoint()
                 if self.step >= self.cfg.num_steps:
                     break
             else:  # the sampler ran dry: next epoch
-                if self.step == start_step and self.batches_in_epoch == 0:
-                    raise ConfigError(
-                        f"the sampler must yield at least one batch per epoch on rank {self.rank}. Got none "
-                        f"(corpus too small for max_duration={self.cfg.max_duration} s and "
-                        f"{self.world_size} rank(s)?)."
-                    )
+                if self.step == start_step and whole_epoch:
+                    self._refuse_empty_epoch()
                 self.sampler.set_epoch(self.sampler.epoch + 1)
                 self.batches_in_epoch = 0
+
+    def _refuse_empty_epoch(self) -> None:
+        if self.batches_in_epoch == 0:
+            raise ConfigError(
+                f"the sampler must yield at least one batch per epoch on rank {self.rank}. Got none "
+                f"(corpus too small for max_duration={self.cfg.max_duration} s and {self.world_size} rank(s)?)."
+            )
+        raise ConfigError(
+            f"at least one cut's audio must be readable in an epoch on rank {self.rank}. Got none: every cut "
+            f"of its {self.batches_in_epoch} batch(es) was dropped (the first reasons are logged above)."
+        )
+
+    def _note_dropped(self, dropped: dict[str, str], progress: Progress) -> None:
+        """Warn about the first few cuts whose audio could not be read; count every one."""
+        for cut_id, reason in dropped.items():
+            if self.num_cuts_dropped < MAX_DROP_WARNINGS:
+                log.warning("cut %s: its audio cannot be read, dropping it from its batch: %s", cut_id, reason)
+            self.num_cuts_dropped += 1
+            if self.num_cuts_dropped == MAX_DROP_WARNINGS:
+                log.warning("further cuts whose audio cannot be read are dropped without a warning each; "
+                            "the progress lines count them")
+        progress.num_cuts_dropped = self.num_cuts_dropped
+
+    def _skip_empty(self, batch: dict[str, Any]) -> bool:
+        """True when this step is skipped: this batch (or, under DDP, any rank's) lost every cut."""
+        empty = not batch["cut_ids"]
+        if self.world_size > 1:  # ranks must step together, or the gradient all-reduce would hang
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if empty else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            empty = bool(flag.item())
+        return empty
 
     def _maybe_checkpoint(self) -> None:
         last = self.step >= self.cfg.num_steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +213,17 @@ def test_audio_paths_relative_to_the_manifest_resolve_from_any_working_directory
     assert list(open_manifest(corpus / "cuts.jsonl.gz"))[0].id == beside.id
     corpora = list(open_corpora([corpus / "cuts.jsonl.gz"], repeats=[2]))  # the training reader resolves too
     assert len(corpora) == 6 and all(c.load_audio().shape[1] > 0 for c in corpora)
+
+
+def test_a_cut_with_corrupt_audio_is_left_out_of_its_batch_with_its_reason(tmp_path, make_cuts, fill_store) -> None:
+    cuts = make_cuts("utt", [0.6, 0.8])
+    fill_store(tmp_path / "s.zarr", cuts)
+    Path(cuts[1].recording.sources[0].source).write_bytes(b"not a wav file")
+    batch = KDDataset([str(tmp_path / "s.zarr")])[cuts]
+    assert batch["cut_ids"] == ["utt-000"] and batch["fbank"].shape[0] == 1
+    assert list(batch["dropped"]) == ["utt-001"] and "utt-001.wav" in batch["dropped"]["utt-001"]
+    assert batch["targets"]["beats"]["values"].shape[0] == 1
+    Path(cuts[0].recording.sources[0].source).unlink()
+    empty = KDDataset([str(tmp_path / "s.zarr")])[cuts]
+    assert empty["cut_ids"] == [] and set(empty["dropped"]) == {"utt-000", "utt-001"}
+    assert "does not exist" in empty["dropped"]["utt-000"]

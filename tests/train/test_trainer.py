@@ -233,3 +233,34 @@ def test_default_num_buckets_trains_a_corpus_of_fewer_cuts(tmp_path, make_cuts, 
         history = train(_config(corpus, tmp_path / "exp", num_steps=2, num_buckets=30))
     assert len(history) == 2
     assert f"num_buckets=30 is more than the {len(durations)} cuts" in caplog.text
+
+
+def test_unreadable_audio_is_dropped_with_a_warning_and_resume_stays_exact(
+        tmp_path, make_cuts, fill_store, caplog, deterministic) -> None:
+    # any two cuts exceed max_duration, so each batch holds one cut and the broken one leaves its batch empty
+    cuts = make_cuts("utt", [0.6, 0.8, 1.0, 0.9])
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    corpus = {"manifest": str(manifest), "store": str(fill_store(tmp_path / "t.zarr", cuts))}
+    Path(cuts["utt-001"].recording.sources[0].source).unlink()
+    with caplog.at_level(logging.INFO, logger="mt2kd.train"):
+        straight = train(_config(corpus, tmp_path / "a", num_steps=8, max_duration=1.0, log_every=4))
+    assert len(straight) == 8
+    assert "cut utt-001: its audio cannot be read" in caplog.text and "utt-001.wav" in caplog.text
+    assert "cuts dropped (unreadable audio)" in caplog.text
+    first = train(_config(corpus, tmp_path / "b", num_steps=4, max_duration=1.0))
+    second = train(_config(corpus, tmp_path / "b", num_steps=8, max_duration=1.0))
+    assert [h["total"] for h in straight] == [h["total"] for h in first + second]
+
+
+def test_an_epoch_without_readable_audio_stops_the_run(tmp_path, make_cuts, fill_store) -> None:
+    from mt2kd.errors import ConfigError
+
+    cuts = make_cuts("utt", [0.6, 0.8])
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    corpus = {"manifest": str(manifest), "store": str(fill_store(tmp_path / "t.zarr", cuts))}
+    for cut in cuts:
+        Path(cut.recording.sources[0].source).unlink()
+    with pytest.raises(ConfigError, match="at least one cut's audio must be readable"):
+        train(_config(corpus, tmp_path / "exp", num_steps=2))
