@@ -363,7 +363,11 @@ def train(cfg: TrainConfig) -> list[dict[str, float]]:
     >>> history = train(cfg)  # doctest: +SKIP
     """
     trainer = Trainer(cfg)
-    trainer.resume()
+    if trainer.resume() and trainer.step >= cfg.num_steps:
+        if trainer.rank == 0:
+            log.warning("nothing left to train: checkpoint at step %d >= num_steps %d (raise --num-steps to "
+                        "train on)", trainer.step, cfg.num_steps)
+        return []
     Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)  # only once the inputs and any checkpoint check out
     if trainer.rank == 0:  # the resolved config, next to what it produced
         (Path(cfg.exp_dir) / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -70,3 +70,17 @@ def test_resume_with_another_student_names_the_checkpoint_and_fields(tmp_path, c
     result = runner.invoke(main, _kd(corpus, exp, "--num-steps", "2"))
     _one_line_error(result, "checkpoint-00000001.pt", "model_dim (32 there, 48 now)", "ffn_dim (64 there, 96 now)",
                     "new --exp-dir")
+
+
+def test_resume_with_nothing_left_to_train_says_so(tmp_path, corpus, caplog) -> None:
+    import logging
+
+    exp = tmp_path / "exp"
+    runner = CliRunner()
+    assert runner.invoke(main, _kd(corpus, exp, "--num-steps", "2")).exit_code == 0
+    for num_steps in ("2", "1"):
+        with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+            result = runner.invoke(main, _kd(corpus, exp, "--num-steps", num_steps))
+        assert result.exit_code == 0, result.output
+        assert f"nothing left to train: checkpoint at step 2 >= num_steps {num_steps}" in caplog.text
+        caplog.clear()
