@@ -37,6 +37,7 @@ def evaluate(config: EvalConfig) -> Evaluation:
     store = open_store_view(config.stores)
     cuts, merged = merge_repeat_copies(cuts, store)
     cut_ids = [cut.id for cut in cuts]
+    _check_coverage(config, store, cut_ids)
     teacher_logits = clip_outputs(store, cut_ids, config.tagging_teacher)
     teacher_embeddings = clip_outputs(store, cut_ids, config.speaker_teacher)
     student = _run_student(config, cuts, store) if config.checkpoint else None
@@ -59,6 +60,15 @@ def evaluate(config: EvalConfig) -> Evaluation:
     report["per_class_ap"] = {name: s.per_class_ap for name, s in tagging.items() if s.per_class_ap is not None}
     report = json_ready(report)
     return Evaluation(report, tagging, speaker)
+
+
+def _check_coverage(config: EvalConfig, store: Any, cut_ids: list[str]) -> None:
+    """Refuse stores that hold none of the cuts (training's rule): every score would be empty."""
+    if not any(cut_id in store for cut_id in cut_ids):
+        raise ConfigError(
+            f"the stores {list(config.stores)} must hold teacher outputs for the cuts of {list(config.cuts)}. "
+            f"Got none of their {len(cut_ids)} cuts: are these the stores extracted from these manifests?"
+        )
 
 
 def _run_student(config: EvalConfig, cuts: list[Any], store: Any) -> Any:
