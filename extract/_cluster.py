@@ -127,7 +127,7 @@ def make_slurm_cluster(config: ExtractConfig) -> Any:
     --------
     >>> print(make_slurm_cluster(config).job_script())  # doctest: +SKIP
     """
-    from dask_jobqueue import SLURMCluster
+    from mt2kd.extract._slurm import RecordingSLURMCluster as SLURMCluster
 
     cuda = config.device.startswith("cuda")
     per_job = slurm_workers_per_job(config)
@@ -182,12 +182,24 @@ def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[
             with cluster, Client(cluster) as client:
                 yield client
     elif config.scheduler == "slurm":
-        with make_slurm_cluster(config) as cluster, Client(cluster) as client:
+        from mt2kd.extract._slurm import check_submit_command, quiet_submit_errors
+
+        with quiet_submit_errors(), make_slurm_cluster(config) as cluster, Client(cluster) as client:
+            check_submit_command(cluster)
             cluster.scale(jobs=num_workers(config))
             yield client
     else:
         with Client(config.scheduler) as client:
             yield client
+
+
+def check_jobs_submitted(client: Client) -> None:
+    """On SLURM, stop once every job's submission has failed: no worker would ever come. Elsewhere, nothing."""
+    cluster = getattr(client, "cluster", None)
+    if cluster is not None and hasattr(cluster, "job_cls"):
+        from mt2kd.extract._slurm import check_submissions
+
+        check_submissions(cluster)
 
 
 def local_start_method(config: ExtractConfig) -> str:

@@ -175,7 +175,8 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
 
         for teacher in config.teachers:
             check_checkpoint(teacher.name, teacher.checkpoint)
-    from mt2kd.extract._cluster import check_local_device, open_client, prestart_local_workers
+    from mt2kd.extract._cluster import (check_jobs_submitted, check_local_device, open_client,
+                                        prestart_local_workers)
 
     check_local_device(config)
 
@@ -191,7 +192,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 resources = start_workers(client, config, say)
                 asked = ask_specs(client, resources)
                 # a bad manifest shows as soon as it is read, not once the workers are out of the queue
-                wait_done_or_failed([planned, asked])
+                wait_done_or_failed([planned, asked], check=lambda: check_jobs_submitted(client))
                 plan = planned.result()
                 specs = {name: TeacherSpec.from_dict(spec) for name, spec in asked.result().items()}
                 random = random_teachers(random, specs, say)
@@ -317,10 +318,15 @@ def ask_specs(client: Any, resources: dict[str, int] | None) -> Any:
                          key=f"mt2kd-teacher-specs-{token}")
 
 
-def wait_done_or_failed(futures: Sequence[Any], poll_seconds: float = 0.2) -> None:
-    """Return once every future is done or one of them has failed (``result()`` then raises its error)."""
+def wait_done_or_failed(futures: Sequence[Any], poll_seconds: float = 0.2,
+                        check: Callable[[], None] = lambda: None) -> None:
+    """Return once every future is done or one of them has failed (``result()`` then raises its error).
+
+    ``check`` is called at each poll and may raise to stop the wait (jobs that will never start workers).
+    """
     pending = list(futures)
     while pending:
+        check()
         for future in list(pending):
             if future.done():
                 if future.exception() is not None:

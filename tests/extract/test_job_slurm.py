@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mt2kd.extract._cluster import make_slurm_cluster
 from mt2kd.extract import ExtractConfig, TeacherConfig
+from mt2kd.tests.extract._corpus import DEMO
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dask-jobqueue's own deprecated-config shims
@@ -105,3 +107,42 @@ def test_workers_pick_their_gpu_by_index() -> None:
     assert worker_index("SLURMCluster-12-2") == 2  # the third worker of job 12
     assert worker_index("tcp://10.0.0.1:4000") is None
     assert worker_index("gpu-node") is None
+
+
+def _slurm_run(tmp_path: Path) -> ExtractConfig:
+    (tmp_path / "beats.pt").write_bytes(b"")
+    return ExtractConfig(cuts=(str(DEMO / "speech_cuts.jsonl.gz"),), store=str(tmp_path / "store"),
+                         teachers=(TeacherConfig("beats", str(tmp_path / "beats.pt")),), scheduler="slurm",
+                         workers=2, slurm_queue="nope")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_slurm_run_without_sbatch_stops_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mt2kd.errors import ConfigError
+    from mt2kd.extract import extract
+
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # nothing on it: no sbatch
+    with pytest.raises(ConfigError, match="'sbatch', which must be on PATH"):
+        extract(_slurm_run(tmp_path), echo=lambda _: None, progress=False)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_slurm_run_whose_jobs_are_refused_stops_quoting_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """dask-jobqueue only logs a failed submission: the run waited for workers forever."""
+    import os
+
+    from mt2kd.errors import ConfigError
+    from mt2kd.extract import extract
+
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.parent.mkdir()
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{sbatch.parent}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(ConfigError, match=r"2 of 2 job\(s\) refused: 'sbatch' exited with code 1: "
+                                          r"sbatch: error: invalid partition specified: nope"):
+        extract(_slurm_run(tmp_path), echo=lambda _: None, progress=False)
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback logged for it
