@@ -24,6 +24,7 @@ from mt2kd.store._cli_text import (
     diff_lines,
     diff_stores,
     failed_cut_text,
+    has_random_teachers,
     failure_lines,
     info_lines,
     kv_lines,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from mt2kd.store import TeacherSpec, TeacherStore
 
 __all__ = ["store", "load_durations"]  # load_durations: workflows read manifests through it
+RANDOM_NOTE = "random teacher weights in {path}; its outputs are for tests and demos, not real labels"
 PLOT_PERCENTILE = 1.0  # %, heatmap colours span the 1st to 99th percentile of the values
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,6 +65,14 @@ def _open(path: str) -> TeacherStore:
     from mt2kd.store import TeacherStore
 
     return TeacherStore.open(path)
+
+
+def _random_lines(ts: TeacherStore, path: str) -> list[str]:
+    """The NOTE line of a store made with random-weight teachers (its --json says ``random_teachers``).
+
+    A ``key : value`` line, aligned with the output it heads: ``NOTE : random teacher weights ...``.
+    """
+    return kv_lines([("NOTE", RANDOM_NOTE.format(path=path))]) if has_random_teachers(ts) else []
 
 
 def _refuse_failed(ts: TeacherStore, cut_id: str) -> None:
@@ -113,7 +123,7 @@ def info(path: str, as_json: bool) -> None:
     if as_json:
         _emit_json(facts)
     else:
-        click.echo("\n".join(info_lines(facts)))
+        click.echo("\n".join([*_random_lines(ts, path), *info_lines(facts)]))
 
 
 # ---------------------------------------------------------------- ls, show
@@ -132,8 +142,11 @@ def ls_(path: str, limit: int, as_json: bool) -> None:
     cuts: list[dict[str, Any]] = [{"cut_id": c, "shapes": {t: list(s) for t, s in ts.shapes(c).items()}}
                                   for c in shown]
     if as_json:
-        _emit_json({"store": path, "num_cuts": len(all_ids), "cuts": cuts})
+        _emit_json({"store": path, "random_teachers": has_random_teachers(ts), "num_cuts": len(all_ids),
+                    "cuts": cuts})
         return
+    for line in _random_lines(ts, path):
+        click.echo(line)
     rows = [[c["cut_id"], *(f"{t}={shape_text(s)}" for t, s in c["shapes"].items())] for c in cuts]
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows), default=0))]
     for row in rows:
@@ -155,9 +168,10 @@ def show(path: str, cut_id: str, as_json: bool) -> None:
     teachers = {t: summarize(a, specs.get(t)) for t, a in read_cuts(ts, [cut_id])[0].items()}
     failed = [f for f in ts.failures() if f["cut_id"] == cut_id]  # teachers without an output of this cut
     if as_json:
-        _emit_json({"store": path, "cut_id": cut_id, "teachers": teachers, "failures": failed})
+        _emit_json({"store": path, "random_teachers": has_random_teachers(ts), "cut_id": cut_id,
+                    "teachers": teachers, "failures": failed})
         return
-    lines = kv_lines([("Cut", cut_id), ("Store", path)])
+    lines = [*_random_lines(ts, path), *kv_lines([("Cut", cut_id), ("Store", path)])]
     lines += kv_lines((f"Failed {f['teacher']}", f"{f['reason']} (shard {f['shard']})") for f in failed)
     for name, facts in teachers.items():
         lines += ["", *kv_lines([("Teacher", name)])]
@@ -191,16 +205,17 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
     ts = _open(path)
     problems = ts.verify(durations, complete=True)
     failures = ts.failures()
-    facts = {"store": path, "manifest": manifest, "num_cuts": len(ts),
+    facts = {"store": path, "random_teachers": has_random_teachers(ts), "manifest": manifest, "num_cuts": len(ts),
              "num_manifest_cuts": None if durations is None else len(durations), "ok": not problems,
              "num_failures": len(failures), "failures": failures,
              "num_problems": len(problems), "problems": [p.to_dict() for p in problems]}
     if as_json:
         _emit_json(facts)
     else:
-        lines = kv_lines([("Store", path), ("Cuts in store", f"{len(ts):,}"),
-                          ("Manifest", "-" if durations is None else f"{manifest} ({len(durations):,} cuts)"),
-                          ("Recorded failures", f"{len(failures):,}")])
+        lines = _random_lines(ts, path)
+        lines += kv_lines([("Store", path), ("Cuts in store", f"{len(ts):,}"),
+                           ("Manifest", "-" if durations is None else f"{manifest} ({len(durations):,} cuts)"),
+                           ("Recorded failures", f"{len(failures):,}")])
         lines += failure_lines(failures)
         lines += kv_lines([("Problems", len(problems))])
         lines += [f"  - {p}" for p in problems]
@@ -236,6 +251,8 @@ def plot(path: str, cut_id: str, output: str) -> None:
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
+    for line in _random_lines(ts, path):
+        click.echo(line)
     click.echo(f"wrote {output}")
 
 
@@ -276,11 +293,13 @@ def diff(path_a: str, path_b: str, atol: float | None, as_json: bool) -> None:
     when a shared cut's value differs by more than ATOL or its shape differs.
     Cuts or teachers present on one side only are reported, never fatal.
     """
-    facts = {"store_a": path_a, "store_b": path_b, **diff_stores(_open(path_a), _open(path_b))}
+    store_a, store_b = _open(path_a), _open(path_b)
+    facts = {"store_a": path_a, "store_b": path_b, "random_teachers_a": has_random_teachers(store_a),
+             "random_teachers_b": has_random_teachers(store_b), **diff_stores(store_a, store_b)}
     if as_json:
         _emit_json(facts)
     else:
-        click.echo("\n".join(diff_lines(facts)))
+        click.echo("\n".join([*_random_lines(store_a, path_a), *_random_lines(store_b, path_b), *diff_lines(facts)]))
     if atol is not None and any(d["max_abs_diff"] > atol or d["shape_mismatches"]
                                 for d in facts["teachers"].values()):
         raise SystemExit(1)

@@ -28,6 +28,11 @@ FAILURES_SHOWN = 2 * TOP_K  # recorded failures listed one per line (--json list
 # ---------------------------------------------------------------- key : value lines
 
 
+def has_random_teachers(ts: TeacherStore) -> bool:
+    """Whether the store says its teachers had random weights (attrs ``random_teachers``): not real labels."""
+    return ts.attrs.get("random_teachers") is True
+
+
 def kv_lines(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
     """Aligned ``key : value`` lines, zarr ``ArrayInfo`` style."""
     pad = " " * indent

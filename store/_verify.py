@@ -87,6 +87,7 @@ def store_info(store: TeacherStore) -> dict[str, Any]:
     on_disk = sum(t["bytes_on_disk"] for t in teachers.values())
     return {
         "url": store.url, "format_version": store.format_version, "attrs": dict(store.attrs),
+        "random_teachers": store.attrs.get("random_teachers") is True,
         "num_cuts": len(store), "num_shards": len(records), **plan_progress(store), "num_failures": len(failures),
         "failure_kinds": failure_kinds(failures), "failures": failures,
         "num_frames": frames[0]["num_frames"] if frames else None,

@@ -213,7 +213,9 @@ def test_info_lists_the_failures_by_kind_and_show_says_a_cut_failed(tmp_path: Pa
 def test_ls_lists_every_cut_with_its_shapes(store_path: str, outputs: dict) -> None:
     code, out = run("ls", store_path, "--limit", "0")
     assert code == 0, out
-    listed = {line.split("  ")[0]: line for line in out.splitlines()}
+    note, *lines = out.splitlines()  # the store says random_teachers: a NOTE line heads the listing
+    assert note.startswith("NOTE") and ": random teacher weights in " in note
+    listed = {line.split("  ")[0]: line for line in lines}
     assert set(listed) == set(outputs)
     for cut_id, arrays in outputs.items():
         assert f"whisper=[{arrays['whisper'].shape[0]}, 8]" in listed[cut_id]
@@ -241,7 +243,8 @@ def test_ls_reads_the_index_only(tmp_path: Path, outputs: dict) -> None:
 def test_ls_limit_says_how_many_are_left(store_path: str) -> None:
     code, out = run("ls", store_path, "--limit", "1")
     assert code == 0
-    lines = out.splitlines()
+    note, *lines = out.splitlines()  # the NOTE line of a random-teacher store first
+    assert note.startswith("NOTE") and ": random teacher weights in " in note
     assert len(lines) == 2 and lines[1].startswith(f"... {len(DURATIONS) - 1} more of {len(DURATIONS)}")
     assert len(run_json("ls", store_path, "--limit", "1")["cuts"]) == 1
 
@@ -425,6 +428,31 @@ def test_verify_refuses_a_manifest_that_is_not_a_cutset(store_path: str, tmp_pat
     (tmp_path / "notes.jsonl").write_text("this is not json\n")
     code, out = run("verify", store_path, "--cuts", str(tmp_path / "notes.jsonl"))
     assert code != 0 and "notes.jsonl" in out and "Traceback" not in out
+
+
+def test_every_command_says_a_store_has_random_teachers(store_path: str, tmp_path: Path, outputs: dict) -> None:
+    """The store's attrs say random_teachers: each command's text has one NOTE line, its --json a field."""
+    note = f"NOTE                : random teacher weights in {store_path}; its outputs are for tests and demos, " \
+           "not real labels"
+    cut_id = "spk1-ch1-0001"
+    for args in (["info"], ["ls"], ["show", cut_id], ["verify"], ["plot", cut_id, "-o", str(tmp_path / "c.png")],
+                 ["diff", store_path]):
+        code, out = run(args[0], store_path, *args[1:])
+        assert code == 0 and out.splitlines().count(note) == (2 if args[0] == "diff" else 1), (args, out)
+    for args in (["info"], ["ls"], ["show", cut_id], ["verify"]):
+        assert run_json(args[0], store_path, *args[1:])["random_teachers"] is True, args
+    real = write_store(tmp_path / "real.zarr", outputs)
+    attrs_path = Path(real) / "zarr.json"
+    doc = json.loads(attrs_path.read_text())
+    doc["attributes"]["mt2kd"]["attrs"] = {"random_teachers": False}
+    attrs_path.write_text(json.dumps(doc))
+    facts = run_json("diff", store_path, real)
+    assert facts["random_teachers_a"] is True and facts["random_teachers_b"] is False
+    code, out = run("diff", real, store_path)
+    assert code == 0 and "random teacher weights in " + store_path in out and "weights in " + real not in out
+    for args in (["info"], ["ls"], ["show", cut_id], ["verify"]):
+        code, out = run(args[0], real, *args[1:])
+        assert code == 0 and "NOTE" not in out and run_json(args[0], real, *args[1:])["random_teachers"] is False
 
 
 # ---------------------------------------------------------------- plot
