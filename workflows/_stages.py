@@ -114,6 +114,9 @@ def _eval_lines(report: dict[str, Any], cfg: EvalConfig) -> list[str]:
     lines.append(f"mAP    : student {_number(student and student['map'], 'map')} | teacher {cfg.tagging_teacher} "
                  f"{_number(tagging, 'map')}  ({tagging['num_cuts']} labelled cuts, "
                  f"{tagging.get('num_classes_scored', 0)} classes with positives)")
+    note = report.get("labels", {}).get("note")
+    if note:  # pseudo-labels from the tagging teacher itself: its mAP of 1.0 says nothing
+        lines.append(f"         labels: {note}")
     lines.append(f"EER    : student {_number(student and student['eer'], 'eer')} | teacher {cfg.speaker_teacher} "
                  f"{_number(speaker, 'eer')}  ({speaker['num_target_trials']} target / "
                  f"{speaker['num_nontarget_trials']} non-target trials)")
