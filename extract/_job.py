@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mt2kd.errors import FingerprintMismatchError, ShardLockedError, TooManyFailuresError
 from mt2kd.extract._config import ExtractConfig
 from mt2kd.extract._plan import Plan, ShardTask, check_manifests, make_plan
-from mt2kd.extract._progress import ExtractSummary, Progress
+from mt2kd.extract._progress import ExtractSummary, Progress, failures_hint
 from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
 from mt2kd.store import TeacherSpec
 
@@ -251,7 +251,7 @@ def announce_resume(say: Callable[[str], None], store: TeacherStore, plan: Plan,
         text += (f", {failed} failed cuts recorded in them; --retry-failed recomputes the {len(retry)} shards "
                  f"that hold them")
     elif failed:
-        text += (f", holding {failed} failed cuts (mt2kd store info lists them); these stay as they are: once "
+        text += (f", holding {failed} failed cuts ({failures_hint(store.url)}); these stay as they are: once "
                  f"their cause is fixed, rerun with --retry-failed to recompute their shards")
     say(text + ".")
 
@@ -400,7 +400,7 @@ def too_many_failures(limit: FailureLimitReached) -> TooManyFailuresError:
     in_store = num_failed_cuts(TeacherStore.open(limit.store_url))
     text = (f"at most {limit.max_failures} failed cuts are allowed (--max-failures). Got {len(limit.failed)} in the "
             f"shards this run saw committed, e.g. {sorted(limit.failed)[:3]}; the store's committed shards now hold "
-            f"{in_store} failed cuts in all (mt2kd store info lists them)")
+            f"{in_store} failed cuts in all ({failures_hint(limit.store_url)})")
     if limit.running and limit.num_in_flight:
         text += (f". {limit.num_in_flight} shards were still queued or being written on the scheduler's workers: "
                  f"those already started still commit and may add failures")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import shlex
 import sys
 import time
 from typing import Any, TextIO
@@ -12,6 +13,11 @@ from mt2kd._console import is_terminal
 
 SECONDS_PER_HOUR = 3600.0
 WAIT_HINT_PERCENT = 10.0  # decoding waits past the first batches above this share of task time get a hint
+
+
+def failures_hint(store: str) -> str:
+    """The command that lists a store's failed cuts with their reasons, ready to paste."""
+    return f"mt2kd store info {shlex.quote(store)} lists them with their reasons"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ExtractSummary:
     def _stored_failures(self) -> str:
         if not self.num_failures_in_store:
             return ""
-        return (f"; the store holds {self.num_failures_in_store} failed cuts (mt2kd store info lists them; once "
+        return (f"; the store holds {self.num_failures_in_store} failed cuts ({failures_hint(self.store)}; once "
                 f"their cause is fixed, rerun with --retry-failed to recompute their shards)")
 
     def _waits(self) -> str:

@@ -172,6 +172,8 @@ def test_failed_cuts_are_counted_on_rerun_and_retry_failed_recomputes_their_shar
     in_store = len({f["cut_id"] for f in store.failures()})
     assert in_store >= 2 and f"now hold {in_store} failed cuts" in str(error.value)
     assert "--retry-failed" in str(error.value)
+    listed = f"mt2kd store info {config.store} lists them with their reasons"
+    assert listed in str(error.value)
     (tmp_path / "unmounted").rename(audio)
 
     said: list[str] = []
@@ -182,6 +184,7 @@ def test_failed_cuts_are_counted_on_rerun_and_retry_failed_recomputes_their_shar
     assert rerun.num_failures == 0 and rerun.num_failures_in_store == in_store > 0
     assert f"holding {in_store} failed cuts" in "\n".join(said) and "--retry-failed" in "\n".join(said)
     assert f"the store holds {in_store} failed cuts" in rerun.line() and "--retry-failed" in rerun.line()
+    assert listed in "\n".join(said) and listed in rerun.line()
 
     retried = extract(dataclasses.replace(plain, retry_failed=True), progress=False)
     store = TeacherStore.open(config.store)

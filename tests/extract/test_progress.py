@@ -58,3 +58,12 @@ def test_summary_line_names_random_teachers_and_rate() -> None:
     line = summary.line()
     assert "2 shards written, 1 already committed" in line and "30.0 audio-s/s" in line
     assert line.endswith("[RANDOM teachers: outputs are not real labels]")
+
+
+def test_summary_line_gives_the_command_that_lists_the_stored_failures() -> None:
+    summary = ExtractSummary(store="/data/my labels.zarr", num_cuts=10, num_shards=3, num_shards_skipped=3,
+                             num_shards_written=0, num_failures=0, audio_hours=0.5, seconds=1.0,
+                             num_failures_in_store=2)
+    line = summary.line()
+    listed = "mt2kd store info '/data/my labels.zarr' lists them with their reasons"
+    assert f"the store holds 2 failed cuts ({listed}" in line
