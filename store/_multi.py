@@ -94,7 +94,7 @@ class MultiStore:
         return self.stores[number]
 
     def verify(self, durations: Mapping[str, float] | None = None, complete: bool = False) -> list[Problem]:
-        """Every store's problems (``store`` set to its URL, which ``str()`` puts first), plus manifest cuts found in none.
+        """Every store's problems (``store`` set to its URL, which ``str()`` puts first), plus manifest cuts in none.
 
         ``complete`` as in :meth:`TeacherStore.verify`, for each store.
         """
