@@ -21,6 +21,7 @@ import json
 import math
 import os
 import threading
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -141,13 +142,20 @@ def iter_cut_dicts(manifest: str) -> Iterator[dict[str, Any]]:
     """
     check_manifests([manifest])
     folder = os.path.dirname(os.path.abspath(manifest))
-    opener = gzip.open if manifest.endswith(".gz") else open
-    with opener(manifest, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                data = _cut_dict(line, f"{manifest} line {number}")
-                _absolute_sources(data, folder)
-                yield data
+    gzipped = manifest.endswith(".gz")
+    opener = gzip.open if gzipped else open
+    number = 0
+    try:
+        with opener(manifest, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    data = _cut_dict(line, f"{manifest} line {number}")
+                    _absolute_sources(data, folder)
+                    yield data
+    except (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError) as e:
+        kind = "a gzipped (its name ends in .gz), UTF-8" if gzipped else "a UTF-8"
+        raise ConfigError(f"--cuts {manifest} must be {kind} CutSet manifest. Got {type(e).__name__} after line "
+                          f"{number}: {e}") from e
 
 
 def _cut_dict(line: str, where: str) -> dict[str, Any]:

@@ -116,6 +116,24 @@ def test_a_line_that_is_not_a_cut_stops_the_plan_naming_the_manifest_and_line(tm
         make_plan([str(mixed)], 1.0)
 
 
+def test_a_manifest_that_is_not_what_its_name_says_stops_the_plan_naming_it(tmp_path: Path) -> None:
+    import gzip
+
+    plain = tmp_path / "plain.jsonl.gz"  # named .gz, written as text
+    plain.write_bytes(gzip.decompress(Path(SPEECH).read_bytes()))
+    with pytest.raises(ConfigError, match=rf"--cuts {plain} must be a gzipped \(its name ends in .gz\), UTF-8 "
+                                          r"CutSet manifest. Got BadGzipFile after line 0"):
+        make_plan([str(plain)], 1.0)
+    cut_short = tmp_path / "short.jsonl.gz"
+    cut_short.write_bytes(Path(SPEECH).read_bytes()[:-20])
+    with pytest.raises(ConfigError, match=rf"--cuts {cut_short} must be a gzipped .*Got EOFError after line \d+"):
+        make_plan([str(cut_short)], 1.0)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"id": "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match=rf"--cuts {latin} must be a UTF-8 CutSet manifest. Got UnicodeDecodeError"):
+        make_plan([str(latin)], 1.0)
+
+
 @pytest.mark.parametrize("duration", [float("nan"), float("inf"), float("-inf"), -1.5])
 def test_a_non_finite_or_negative_duration_stops_the_plan_naming_manifest_line_and_cut(duration: float,
                                                                                          tmp_path: Path) -> None:
