@@ -171,9 +171,10 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     check_manifests(config.cuts)
     check_store_path(config.store)
     if config.is_local:  # the workers will read the checkpoints here: a missing one fails now, not in each worker
-        from mt2kd.extract._teacher import check_checkpoint
+        from mt2kd.extract._teacher import check_checkpoint, check_teacher_name
 
         for teacher in config.teachers:
+            check_teacher_name(teacher.name)
             check_checkpoint(teacher.name, teacher.checkpoint)
     from mt2kd.extract._cluster import (check_jobs_submitted, check_local_device, open_client,
                                         prestart_local_workers)

@@ -135,9 +135,8 @@ def load_teacher(name: str, checkpoint: str | Path, **options: Any) -> Teacher:
     >>> t = load_teacher("whisper", "large-v3.pt", layer=-1, mode="trim")
     >>> frames = t.extract([np.zeros(16_000, np.float32)])[0]   # [25, 2560]
     """
+    check_teacher_name(name)
     _import_builtin_teacher(name)
-    if name not in _REGISTRY:
-        raise ConfigError(f"teacher must be one of {sorted(_REGISTRY)}. Got {name!r}.")
     check_checkpoint(name, checkpoint)
     check_options(name, _REGISTRY[name], options)
     return _REGISTRY[name](checkpoint, **options)
@@ -191,6 +190,12 @@ def check_checkpoint(name: str, checkpoint: str | Path) -> None:
             f"{name} checkpoint {str(checkpoint)!r} does not exist; nothing is downloaded at run time: "
             f"put the checkpoint there or pass its local path."
         )
+
+
+def check_teacher_name(name: str) -> None:
+    """``name`` must be a built-in or registered teacher; checked without importing any teacher's module."""
+    if name not in _BUILTIN_MODULES and name not in _REGISTRY:
+        raise ConfigError(f"teacher must be one of {teacher_names()}. Got {name!r}.")
 
 
 def teacher_names() -> list[str]:

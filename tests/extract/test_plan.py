@@ -289,6 +289,23 @@ def test_a_missing_checkpoint_stops_a_local_job_before_any_cluster_or_store(tmp_
     assert cluster_starts == [] and not (tmp_path / "store").exists()
 
 
+def test_a_misspelled_teacher_lists_every_teacher_and_stops_a_local_job_before_any_cluster(
+        tmp_path: Path, cluster_starts: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import mt2kd.extract._teacher as teacher
+    from mt2kd.extract import extract, load_teacher
+
+    monkeypatch.setattr(teacher, "_REGISTRY", {})  # as in a fresh process: built-in teachers register on first use
+    (tmp_path / "tiny.pt").write_bytes(b"")
+    listed = r"teacher must be one of \['beats', 'ecapa', 'whisper'\]. Got 'whispr'."
+    with pytest.raises(ConfigError, match=listed):
+        load_teacher("whispr", tmp_path / "tiny.pt")
+    config = ExtractConfig(cuts=(SPEECH,), store=str(tmp_path / "store"),
+                           teachers=(TeacherConfig("whispr", str(tmp_path / "tiny.pt")),))
+    with pytest.raises(ConfigError, match=listed):
+        extract(config, echo=lambda _: None, progress=False)
+    assert cluster_starts == [] and not (tmp_path / "store").exists()
+
+
 def test_a_missing_manifest_stops_the_job_before_any_cluster_or_store(tmp_path: Path) -> None:
     from mt2kd.extract import extract
 
