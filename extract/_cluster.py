@@ -189,7 +189,12 @@ def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[
             cluster.scale(jobs=num_workers(config))
             yield client
     else:
-        with Client(config.scheduler) as client:
+        try:
+            client = Client(config.scheduler)
+        except OSError as e:  # refused, or no answer within distributed.comm.timeouts.connect
+            raise ConfigError(f"--scheduler {config.scheduler} must be the address of a running dask scheduler. "
+                              f"Got no connection: {e}") from e
+        with client:
             yield client
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from mt2kd.errors import ConfigError
 
 SCHEDULERS = ("local", "slurm")  # anything else is a scheduler address (tcp://host:8786)
+SCHEDULER_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+:\d+/?")  # scheme, host and port: tls://[::1]:8786
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -122,6 +123,9 @@ class ExtractConfig:
             raise ConfigError(f"device must be one of {list(DEVICES)} or cuda:N. Got {self.device!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}. Got {self.precision!r}.")
+        if self.scheduler not in SCHEDULERS and not SCHEDULER_ADDRESS.fullmatch(self.scheduler):
+            raise ConfigError(f"scheduler must be one of {list(SCHEDULERS)} or a scheduler address with scheme and "
+                              f"port, such as tcp://HOST:8786. Got {self.scheduler!r}.")
 
     def _check_numbers(self) -> None:
         for field, value in (("workers", 1 if self.workers is None else self.workers),

@@ -232,6 +232,41 @@ def test_config_round_trips_and_refuses_bad_fields() -> None:
             ExtractConfig.from_dict({**config.to_dict(), "device": device})
 
 
+def test_the_scheduler_is_local_slurm_or_an_address_with_scheme_and_port() -> None:
+    from mt2kd.cli import main
+
+    config = ExtractConfig(cuts=(SPEECH,), store="s", teachers=(TeacherConfig("beats", "b.pt"),))
+    for scheduler in ("local", "slurm", "tcp://10.0.0.5:8786", "tls://sched.example.org:8786", "tcp://[::1]:8786"):
+        assert ExtractConfig.from_dict({**config.to_dict(), "scheduler": scheduler}).scheduler == scheduler
+    for scheduler in ("sge", "Local", "tcp://host", "10.0.0.5:8786", ""):
+        with pytest.raises(ConfigError, match=rf"scheduler must be one of \['local', 'slurm'\] or a scheduler "
+                                              rf"address with scheme and port.*Got '{scheduler}'"):
+            ExtractConfig.from_dict({**config.to_dict(), "scheduler": scheduler})
+    result = CliRunner().invoke(main, ["extract", "--cuts", SPEECH, "--store", "s", "--teacher", "beats=b.pt",
+                                       "--scheduler", "sge", "--dry-run"])
+    assert result.exit_code == 1 and "Got 'sge'" in result.output and "Traceback" not in result.output
+
+
+def test_an_unreachable_scheduler_is_a_config_error_naming_its_address(tmp_path: Path) -> None:
+    import socket
+
+    import dask
+    import distributed  # noqa: F401  # its config first: leaving dask.config.set would drop what it added
+
+    from mt2kd.extract._cluster import open_client
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    config = ExtractConfig(cuts=(SPEECH,), store="s", teachers=(TeacherConfig("beats", "b.pt"),),
+                           scheduler=address)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(ConfigError, match=f"--scheduler {address} must be the address of a running dask "
+                                              f"scheduler. Got no connection: "):
+            with open_client(config):
+                pass
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     from mt2kd.cli import main
     from mt2kd.extract import make_tiny_checkpoints
