@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 SAMPLE_RATE = 16_000  # Hz, what every teacher takes
+# key of a file source the plan found nowhere: where it looked first (a relative path: beside the manifest)
+TRIED_KEY = "mt2kd_tried_first"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,17 @@ def audio_sources(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _missing_files(data: dict[str, Any]) -> list[str]:
-    return [s["source"] for s in audio_sources(data) if s.get("type") == "file" and not os.path.exists(s["source"])]
+    """Each missing file of a cut, with where else the plan looked for it (a relative path: beside the manifest)."""
+    return [s["source"] + (f" (nor beside the manifest, at {s[TRIED_KEY]})" if TRIED_KEY in s else "")
+            for s in audio_sources(data) if s.get("type") == "file" and not os.path.exists(s["source"])]
+
+
+def _for_lhotse(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy lhotse may take apart (it pops keys from the dict it is given), less the plan's own keys."""
+    fresh = copy.deepcopy(data)
+    for source in audio_sources(fresh):
+        source.pop(TRIED_KEY, None)
+    return fresh
 
 
 def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:
@@ -76,7 +88,7 @@ def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:
         return CutFailure(cut_id, f"zero-length cut: duration must be > 0 s. Got {duration} s")
     try:
         # lhotse pops keys from the dict it is given: a retried task must find its cuts intact
-        cut = deserialize_item(copy.deepcopy(data)).resample(SAMPLE_RATE)
+        cut = deserialize_item(_for_lhotse(data)).resample(SAMPLE_RATE)
         audio = np.asarray(cut.load_audio(), dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - any decoder error is this cut's failure, not the job's
         return CutFailure(cut_id, f"audio could not be decoded: {type(e).__name__}: {_first_line(e)}")

@@ -51,7 +51,13 @@ class TeacherConfig:
             raise ConfigError(f"--teacher must look like NAME=CHECKPOINT[:key=value,...]. Got {text!r}.")
         checkpoint, options = rest, {}
         head, colon, tail = rest.rpartition(":")
-        if colon and head and tail and all("=" in item for item in tail.split(",")):
+        items = tail.split(",")
+        if colon and head and all(re.fullmatch(r"\s*\w+\s*", i) or "=" in i for i in items) and \
+                not all("=" in i for i in items) and not os.path.exists(rest):  # e.g. tiny.pt:layer
+            bare = [i.strip() for i in items if "=" not in i]
+            raise ConfigError(f"--teacher {text}: the options after ':' must be key=value[,key=value...], e.g. "
+                              f"{name}={head}:{bare[0]}=VALUE. Got {bare[0]!r} without a value.")
+        if colon and head and tail and all("=" in item for item in items):
             checkpoint = head
             for item in tail.split(","):
                 key, _, value = item.partition("=")

@@ -96,7 +96,7 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
                 store = TeacherStore.open(config.store, "a")
             except StoreNotFoundError:
                 raise refused from None  # no: the reason the store could not be made
-    check_resumable(store, specs, attrs["plan"]["fingerprint"])
+    check_resumable(store, specs, attrs["plan"]["fingerprint"], config)
     return store
 
 
@@ -121,7 +121,13 @@ def check_store_path(url: str) -> None:
                          f"the folder yourself if it is not needed (--overwrite deletes mt2kd stores only).")
 
 
-def check_resumable(store: TeacherStore, specs: Mapping[str, TeacherSpec], fingerprint: str) -> None:
+def check_resumable(store: TeacherStore, specs: Mapping[str, TeacherSpec], fingerprint: str,
+                    config: ExtractConfig | None = None) -> None:
+    """The store must have been made by this version's plan, these teachers and this plan; else say how it differs.
+
+    With ``config`` (this run's), a refusal sets the values the store recorded of its run beside this run's.
+    """
+    stored = store.attrs.get("run") if config is not None else None
     made_by = store.attrs.get("run_format")
     if made_by != RUN_FORMAT:
         raise FingerprintMismatchError(f"{store.url} was planned by a version of mt2kd that splits cuts into shards "
@@ -131,11 +137,37 @@ def check_resumable(store: TeacherStore, specs: Mapping[str, TeacherSpec], finge
     want = {n: s.fingerprint for n, s in specs.items()}
     if have != want:
         raise FingerprintMismatchError(f"{store.url} was written by teachers {have}; this run must use the same "
-                                       f"teachers and options to resume (or pass --overwrite). Got {want}.")
+                                       f"teachers and options to resume (or pass --overwrite). Got {want}"
+                                       f"{compare_runs(stored, config, ('teachers', 'precision'))}.")
     old = store.attrs.get("plan", {}).get("fingerprint")
     if old != fingerprint:
         raise FingerprintMismatchError(f"{store.url} was planned from other cuts or --shard-hours (plan {old}); "
-                                       f"resuming needs the same inputs (or --overwrite). Got plan {fingerprint}.")
+                                       f"resuming needs the same inputs (or --overwrite). Got plan {fingerprint}"
+                                       f"{compare_runs(stored, config, ('cuts', 'shard_hours'))}.")
+
+
+def compare_runs(stored: Mapping[str, Any] | None, config: ExtractConfig | None, fields: Sequence[str]) -> str:
+    """``fields`` as the store's recorded run had them and as this run has them, as flags: '' without both."""
+    if not isinstance(stored, Mapping) or config is None:
+        return ""
+    now = config.to_dict()
+    return (f". The store's run had {_flags(stored, fields)}; this run has {_flags(now, fields)}"
+            + ("" if any(stored.get(f) != now.get(f) for f in fields) else " (the same: did the inputs change?)"))
+
+
+def _flags(run: Mapping[str, Any], fields: Sequence[str]) -> str:
+    from mt2kd.extract._config import TeacherConfig
+
+    shown = []
+    for field in fields:
+        value = run.get(field)
+        if field == "teachers":
+            shown += [f"--teacher {TeacherConfig.from_dict(t).to_text()}" for t in value or []]
+        elif field == "cuts":
+            shown += [f"--cuts {c}" for c in value or []]
+        else:
+            shown.append(f"--{field.replace('_', '-')} {value}")
+    return " ".join(shown)
 
 
 def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, progress: bool = True

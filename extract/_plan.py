@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from mt2kd.errors import ConfigError, DuplicateCutError
-from mt2kd.extract._audio import audio_only, audio_sources, duration_order
+from mt2kd.extract._audio import TRIED_KEY, audio_only, audio_sources, duration_order
 from mt2kd.store import TeacherSpec
 
 SECONDS_PER_HOUR = 3600.0
@@ -189,10 +189,16 @@ class PlanCancelled(Exception):
 
 
 def check_manifests(manifests: Sequence[str]) -> None:
-    """Every manifest must exist before any is read."""
+    """Every manifest must exist before any is read, and be given once."""
+    given: dict[str, str] = {}  # real path -> as given
     for manifest in manifests:
         if not os.path.isfile(manifest):
             raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {manifest!r}.")
+        real = os.path.realpath(manifest)
+        if real in given:
+            same = "" if given[real] == manifest else f" (as {given[real]!r} and {manifest!r})"
+            raise ConfigError(f"--cuts must give each manifest once. Got {real} twice{same}.")
+        given[real] = manifest
 
 
 def _absolute_sources(data: dict[str, Any], folder: str) -> None:
@@ -202,6 +208,8 @@ def _absolute_sources(data: dict[str, Any], folder: str) -> None:
             continue
         beside = os.path.join(folder, path)
         source["source"] = beside if os.path.exists(beside) else os.path.abspath(path)
+        if not os.path.exists(source["source"]):  # found nowhere: its failure names both places looked in
+            source[TRIED_KEY] = beside
 
 
 def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Event | None = None) -> Plan:

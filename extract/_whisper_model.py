@@ -51,6 +51,11 @@ def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], boo
     import whisper.model
 
     path = Path(path)
+    if path.is_dir():
+        pts = sorted(p.name for p in path.glob("*.pt"))
+        inside = f" (it holds {', '.join(pts[:3])}: pass one of those)" if pts else ""
+        raise CheckpointError(f"whisper checkpoint must be an openai-whisper .pt file. Got {str(path)!r}, which is "
+                              f"a folder{inside}.")
     if not path.is_file():
         raise CheckpointNotFoundError(
             f"whisper checkpoint must be an existing openai-whisper .pt file. Got {str(path)!r}, which does "

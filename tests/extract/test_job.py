@@ -94,6 +94,29 @@ def test_a_store_planned_by_an_older_run_format_is_refused_by_name(tmp_path: Pat
     check_resumable(same, {"beats": spec}, plan_fingerprint(plan))  # nothing to refuse
 
 
+def test_a_refused_resume_shows_the_stored_inputs_beside_this_runs(tmp_path: Path) -> None:
+    from mt2kd.extract._job import RUN_FORMAT, check_resumable, plan_fingerprint
+
+    spec = TeacherSpec("beats", "clip", 527)
+    before = ExtractConfig(cuts=DEMO_CUTS[:1], store=str(tmp_path / "s"), shard_hours=0.01,
+                           teachers=(TeacherConfig("beats", "/t/beats.pt", {"min_duration_policy": "pad"}),))
+    plan = make_plan(before.cuts, before.shard_hours)
+    store = TeacherStore.create(tmp_path / "s", [spec], attrs={"run_format": RUN_FORMAT, "run": before.to_dict(),
+                                                                "plan": {"fingerprint": plan_fingerprint(plan)}})
+    now = dataclasses.replace(before, cuts=DEMO_CUTS, shard_hours=0.02)
+    with pytest.raises(FingerprintMismatchError) as caught:
+        check_resumable(store, {"beats": spec}, plan_fingerprint(make_plan(now.cuts, now.shard_hours)), now)
+    assert (f"The store's run had --cuts {DEMO_CUTS[0]} --shard-hours 0.01; this run has --cuts {DEMO_CUTS[0]} "
+            f"--cuts {DEMO_CUTS[1]} --shard-hours 0.02.") in str(caught.value)
+    other = dataclasses.replace(spec, fingerprint="another")
+    now = dataclasses.replace(before, teachers=(TeacherConfig("beats", "/t/beats.pt",
+                                                              {"min_duration_policy": "error"}),))
+    with pytest.raises(FingerprintMismatchError) as caught:
+        check_resumable(store, {"beats": other}, plan_fingerprint(plan), now)
+    assert ("The store's run had --teacher beats=/t/beats.pt:min_duration_policy=pad --precision fp32; this run "
+            "has --teacher beats=/t/beats.pt:min_duration_policy=error --precision fp32.") in str(caught.value)
+
+
 def test_bad_input_is_recorded_with_its_reason_and_the_rest_is_correct(tiny: dict[str, Path],
                                                                        tmp_path: Path) -> None:
     manifest = make_bad_corpus(tmp_path / "bad")

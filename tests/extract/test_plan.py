@@ -58,6 +58,27 @@ def test_relative_recording_paths_resolve_next_to_the_manifest() -> None:
     assert Path(source).parent == DEMO / "speech"
 
 
+def test_a_relative_audio_path_found_nowhere_names_both_places_looked_in(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import soundfile as sf
+
+    from mt2kd.extract._audio import CutAudio, CutFailure, load_cut_audio
+
+    corpus, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    corpus.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    manifest = write_manifest([cut("gone", Path("audio/gone.flac"), 16_000, 16_000)], corpus / "cuts.jsonl.gz")
+    data = make_plan([str(manifest)], 1.0).shards[0].cuts[0]
+    failure = load_cut_audio(data)
+    assert isinstance(failure, CutFailure)
+    assert failure.reason == (f"missing audio file: {elsewhere / 'audio' / 'gone.flac'} (nor beside the manifest, "
+                              f"at {corpus / 'audio' / 'gone.flac'})")
+    (elsewhere / "audio").mkdir()  # the file turns up once planned: it decodes
+    sf.write(elsewhere / "audio" / "gone.flac", tone(1.0), 16_000)
+    assert isinstance(load_cut_audio(data), CutAudio)
+
+
 def test_the_plan_keeps_of_each_cut_only_what_decoding_reads_and_compactly() -> None:
     import tracemalloc
 
@@ -198,6 +219,17 @@ def test_duplicate_ids_across_inputs_name_both_manifests(tmp_path: Path) -> None
         make_plan([str(twice)], 1.0)
 
 
+def test_a_manifest_given_twice_is_refused_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    with pytest.raises(ConfigError, match=f"--cuts must give each manifest once. Got {SPEECH} twice.$"):
+        make_plan([SPEECH, EVENTS, SPEECH], 1.0)
+    monkeypatch.chdir(DEMO)
+    relative = os.path.relpath(SPEECH)
+    with pytest.raises(ConfigError, match=f"Got {SPEECH} twice \\(as '{SPEECH}' and '{relative}'\\)"):
+        make_plan([SPEECH, relative], 1.0)
+
+
 def test_expected_frames_follow_the_whisper_frame_math() -> None:
     whisper = TeacherSpec("whisper", "frames", 8, frame_rate=25.0, config={"stack": 2})
     beats = TeacherSpec("beats", "clip", 527)
@@ -215,6 +247,18 @@ def test_teacher_flag_parses_checkpoint_and_options() -> None:
     assert TeacherConfig.parse("ecapa=C:/models/ecapa").checkpoint == "C:/models/ecapa"
     with pytest.raises(ConfigError, match="NAME=CHECKPOINT"):
         TeacherConfig.parse("whisper")
+
+
+def test_a_teacher_option_without_a_value_is_refused_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"--teacher whisper=tiny.pt:layer: the options after ':' must be "
+                                          r"key=value\[,key=value...\], e.g. whisper=tiny.pt:layer=VALUE. Got 'layer'"):
+        TeacherConfig.parse("whisper=tiny.pt:layer")
+    with pytest.raises(ConfigError, match="Got 'stack' without a value"):
+        TeacherConfig.parse("whisper=tiny.pt:layer=2,stack")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model:v2").write_bytes(b"")  # a file whose name holds a colon stays a checkpoint
+    assert TeacherConfig.parse("beats=model:v2") == TeacherConfig("beats", "model:v2")
+    assert TeacherConfig.parse("beats=model:v2.pt").checkpoint == "model:v2.pt"
 
 
 def test_config_round_trips_and_refuses_bad_fields() -> None:

@@ -204,6 +204,16 @@ def test_missing_or_malformed_checkpoint_names_the_file(tmp_path: Path) -> None:
         load_teacher("whisper", wrong)
 
 
+def test_a_checkpoint_folder_is_refused_as_a_folder_naming_the_files_in_it(tmp_path: Path) -> None:
+    folder = tmp_path / "whisper"
+    folder.mkdir()
+    (folder / "tiny.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as caught:
+        load_teacher("whisper", folder)
+    assert not isinstance(caught.value, CheckpointNotFoundError) and "does not exist" not in str(caught.value)
+    assert f"Got '{folder}', which is a folder (it holds tiny.pt: pass one of those)" in str(caught.value)
+
+
 def test_the_encoder_loads_as_whisper_load_model_loads_it_from_any_release_format(checkpoint: Path,
                                                                                     tmp_path: Path) -> None:
     import whisper
