@@ -175,11 +175,17 @@ def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[
         workers = num_workers(config)
         threads = local_torch_threads(workers)
         resources = {GPU_RESOURCE: 1} if config.device.startswith("cuda") else None
-        with dask.config.set({"distributed.worker.multiprocessing-method": local_start_method(config)}):
+        # a Ctrl-C while the cluster starts waits for it to be up, so that it is closed as a whole (cut short,
+        # its half-started workers failed at exit with tracebacks of their own)
+        with dask.config.set({"distributed.worker.multiprocessing-method": local_start_method(config)}), \
+                _interrupt_deferred() as interrupted:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=LOCAL_DASHBOARD, resources=resources,
                                    env={"OMP_NUM_THREADS": str(threads)})
-            with cluster, Client(cluster) as client:
+        with cluster:
+            if interrupted:
+                raise KeyboardInterrupt
+            with Client(cluster) as client:
                 yield client
     elif config.scheduler == "slurm":
         from mt2kd.extract._slurm import check_submit_command, quiet_submit_errors
@@ -259,6 +265,26 @@ def start_fork_server(config: ExtractConfig, torch_threads: int) -> None:
     multiprocessing.get_context("forkserver").set_forkserver_preload([_preload.__name__])
     with _environ(OMP_NUM_THREADS=str(torch_threads), **{_preload.ENV: ",".join(modules)}):
         forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[list[int]]:
+    """Hold a Ctrl-C back until the block ends; the list yielded then holds the signal if one came.
+
+    Only in the main thread (elsewhere signals cannot be handled, and none is held back).
+    """
+    import signal
+    import threading
+
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextlib.contextmanager

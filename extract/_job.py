@@ -236,8 +236,10 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
         except FailureLimitReached as e:
             stop.set()
             raise too_many_failures(e) from None
-        except BaseException:
+        except BaseException as e:
             stop.set()
+            if isinstance(e, KeyboardInterrupt):  # the cluster is closed by now: what the store holds is final
+                say(interrupted_text(config.store))
             raise
     summary = plan_summary(config, plan, random)
     locked = [r for r in results if r.status == LOCKED]
@@ -253,6 +255,18 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                           first_batch_wait=sum(r.waits.first_batch for r in results),
                           write_wait=sum(r.waits.write for r in results), num_shards_retried=len(retry),
                           num_failures_in_store=num_failed_cuts(store))
+
+
+def interrupted_text(store_url: str) -> str:
+    """The one line a run stopped by Ctrl-C prints: what it leaves committed, and how to go on."""
+    from mt2kd.errors import StoreError
+    from mt2kd.store import TeacherStore
+
+    try:
+        committed = len(TeacherStore.open(store_url).shards)
+    except (StoreError, OSError):  # interrupted before the store was made
+        committed = 0
+    return f"interrupted: {committed} shards committed; rerun the same command to resume."
 
 
 def num_failed_cuts(store: TeacherStore, shards: Collection[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -125,6 +126,9 @@ class TeacherPlugin(WorkerPlugin):
     def setup(self, worker: Worker) -> None:
         import torch
 
+        if self.owns_worker:  # the run stops this worker itself, on Ctrl-C too
+            quiet_worker_shutdown()
+
         # workers share the machine's cores: without this each one starts a thread per core
         torch.set_num_threads(self.num_threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(self.num_threads))
@@ -166,6 +170,31 @@ class TeacherPlugin(WorkerPlugin):
             import torch
 
             torch.cuda.empty_cache()
+
+
+def quiet_worker_shutdown() -> None:
+    """Leave Ctrl-C to the run, and drop the warnings of a worker closed while it runs a shard.
+
+    A terminal sends Ctrl-C to every process of the run: each worker then
+    printed a KeyboardInterrupt traceback, and the warning of each shard its
+    closing cut short, although the run closes them itself when it stops.
+    (Workers forked from the fork server ignore Ctrl-C from their start;
+    this catches spawned ones, once their plugin is set up.)
+    """
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    log = logging.getLogger("distributed.worker.state_machine")
+    if not any(isinstance(f, _CutShortShards) for f in log.filters):
+        log.addFilter(_CutShortShards())
+
+
+class _CutShortShards(logging.Filter):
+    """Drops 'Async instruction ... ended with CancelledError': dask's note of a task a closing worker ended."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().endswith("ended with CancelledError")
 
 
 def load_failure(config: TeacherConfig, worker_name: Any, error: Exception) -> tuple[type[Exception], str]:

@@ -27,7 +27,7 @@ def import_each(names: Iterable[str]) -> list[str]:
 
 
 def prepare_fork_server() -> None:
-    """Import the workers' modules, and let the server exit without its final garbage collection.
+    """Import the workers' modules, let the server exit without its final garbage collection, ignore Ctrl-C.
 
     The server ends with the process that started it; with torch and the
     teachers' libraries imported, its interpreter's final collection took
@@ -35,10 +35,15 @@ def prepare_fork_server() -> None:
     pipe reading the run's output waited for it). Forked workers never run
     it: multiprocessing ends them with ``os._exit``.
     """
+    import signal
+
     from mt2kd._process import skip_final_gc_at_exit
 
     import_each(filter(None, os.environ[ENV].split(",")))
     skip_final_gc_at_exit()
+    # the server hands its workers the Ctrl-C handler it had before it began ignoring Ctrl-C itself: make
+    # that "ignore", so that a worker leaves Ctrl-C to the run (which closes it) from its first moment
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if ENV in os.environ:  # set only in the fork server's environment (and so in the workers forked from it)

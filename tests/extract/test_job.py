@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -360,3 +361,28 @@ def test_a_mistyped_teacher_option_is_a_config_error_naming_teacher_option_and_t
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "ConfigError: " in result.output and "Traceback" not in result.output
     assert load_teacher(teacher, tiny[teacher]).spec.name == teacher  # the defaults still load
+
+
+def test_ctrl_c_stops_the_run_with_one_line_and_no_worker_tracebacks(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A terminal sends Ctrl-C to every process of the run: the workers printed ~35 lines of tracebacks each."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    teachers = [a for name, path in tiny.items() for a in ("--teacher", f"{name}={path}")]
+    command = [sys.executable, "-m", "mt2kd", "extract", *(a for c in DEMO_CUTS for a in ("--cuts", c)),
+               "--store", str(tmp_path / "store"), "--shard-hours", "0.0002", "--workers", "2", *teachers]
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while b"dask dashboard" not in log.read_bytes() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the workers load their teachers and start on the shards
+        os.killpg(run.pid, signal.SIGINT)  # as a terminal does: the whole process group
+        assert run.wait(timeout=60) != 0
+    text = log.read_text()
+    assert "Traceback" not in text and "CancelledError" not in text, text
+    assert re.search(r"^interrupted: \d+ shards committed; rerun the same command to resume.$", text, re.M), text
