@@ -204,13 +204,17 @@ def _clients(config: ExtractConfig, Client: Any, LocalCluster: Any) -> Iterator[
             yield client
 
 
-def check_jobs_submitted(client: Client) -> None:
-    """On SLURM, stop once every job's submission has failed: no worker would ever come. Elsewhere, nothing."""
+def check_jobs_submitted(client: Client) -> str | None:
+    """On SLURM, stop once every job's submission has failed: no worker would ever come. Elsewhere, nothing.
+
+    Returns a warning when only some jobs were refused.
+    """
     cluster = getattr(client, "cluster", None)
     if cluster is not None and hasattr(cluster, "job_cls"):
         from mt2kd.extract._slurm import check_submissions
 
-        check_submissions(cluster)
+        return check_submissions(cluster)
+    return None
 
 
 def local_start_method(config: ExtractConfig) -> str:

@@ -225,7 +225,7 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 resources = start_workers(client, config, say)
                 asked = ask_specs(client, resources)
                 # a bad manifest shows as soon as it is read, not once the workers are out of the queue
-                wait_done_or_failed([planned, asked], check=lambda: check_jobs_submitted(client))
+                wait_done_or_failed([planned, asked], check=once(lambda: check_jobs_submitted(client), say))
                 plan = planned.result()
                 specs = {name: TeacherSpec.from_dict(spec) for name, spec in asked.result().items()}
                 random = random_teachers(random, specs, say)
@@ -363,6 +363,19 @@ def ask_specs(client: Any, resources: dict[str, int] | None) -> Any:
     token = run_token(client)
     return client.submit(loaded_specs, plugin_name(token), resources=resources, pure=False,
                          key=f"mt2kd-teacher-specs-{token}")
+
+
+def once(check: Callable[[], str | None], say: Callable[[str], None]) -> Callable[[], None]:
+    """``check``, saying the first warning it returns (later ones are the same news)."""
+    said: list[str] = []
+
+    def checked() -> None:
+        warning = check()
+        if warning and not said:
+            said.append(warning)
+            say(warning)
+
+    return checked
 
 
 def wait_done_or_failed(futures: Sequence[Any], poll_seconds: float = 0.2,

@@ -65,14 +65,20 @@ def check_submit_command(cluster: Any) -> None:
                           f"scheduler address.")
 
 
-def check_submissions(cluster: Any) -> None:
-    """Stop when every job the cluster asked for has failed to be submitted, quoting why the first failed."""
+def check_submissions(cluster: Any) -> str | None:
+    """Stop when every job the cluster asked for has failed to be submitted, quoting why the first failed.
+
+    Returns a warning to show when only some were refused (the others' workers do the work), else None.
+    """
     jobs = list(getattr(cluster, "workers", {}).values())
     failed = [job for job in jobs if getattr(job, "submit_error", None)]
-    if jobs and len(failed) == len(jobs):
-        raise ConfigError(f"SLURM jobs for the workers must be submitted. Got {len(failed)} of {len(jobs)} job(s) "
-                          f"refused: {failed[0].submit_error}. Check --slurm-queue, --slurm-account and "
-                          f"--slurm-job-extra.")
+    if not failed:
+        return None
+    refused = f"{len(failed)} of {len(jobs)} job(s) refused: {failed[0].submit_error}"
+    if len(failed) == len(jobs):
+        raise ConfigError(f"SLURM jobs for the workers must be submitted. Got {refused}. Check --slurm-queue, "
+                          f"--slurm-account and --slurm-job-extra.")
+    return f"warning: SLURM {refused}; the run goes on with the other jobs' workers."
 
 
 class _DropSubmitErrors(logging.Filter):

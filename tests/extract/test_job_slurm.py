@@ -146,3 +146,25 @@ def test_a_slurm_run_whose_jobs_are_refused_stops_quoting_sbatch(tmp_path: Path,
                                           r"sbatch: error: invalid partition specified: nope"):
         extract(_slurm_run(tmp_path), echo=lambda _: None, progress=False)
     assert not [r for r in caplog.records if r.exc_info]  # no traceback logged for it
+
+
+def test_some_jobs_refused_is_a_warning_said_once_and_all_refused_stops() -> None:
+    from types import SimpleNamespace
+
+    from mt2kd.errors import ConfigError
+    from mt2kd.extract._job import once
+    from mt2kd.extract._slurm import check_submissions
+
+    def cluster(*errors: str | None) -> Any:
+        return SimpleNamespace(workers={str(i): SimpleNamespace(submit_error=e) for i, e in enumerate(errors)})
+
+    assert check_submissions(cluster(None, None)) is None and check_submissions(cluster()) is None
+    some = cluster(None, "'sbatch' exited with code 1: QOSMaxSubmitJobPerUserLimit")
+    said: list[str] = []
+    check = once(lambda: check_submissions(some), said.append)
+    check()
+    check()
+    assert said == ["warning: SLURM 1 of 2 job(s) refused: 'sbatch' exited with code 1: QOSMaxSubmitJobPerUserLimit; "
+                    "the run goes on with the other jobs' workers."]
+    with pytest.raises(ConfigError, match=r"Got 2 of 2 job\(s\) refused: no"):
+        check_submissions(cluster("no", "no"))
