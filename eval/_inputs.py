@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mt2kd.errors import DuplicateCutError
+from mt2kd.errors import DuplicateCutError, MT2KDError
 from mt2kd.eval._tagging import events_to_multi_hot
 from mt2kd.train._cut_ids import canonical_cut_id
 
@@ -31,20 +31,34 @@ def load_cuts(paths: Sequence[str], max_cuts: int | None = None) -> list[Any]:
     --------
     >>> cuts = load_cuts(["dev.jsonl.gz"], max_cuts=100)  # doctest: +SKIP
     """
-    from mt2kd.train._manifests import open_manifest  # torch-free; extraction's rule for relative audio paths
+    from mt2kd.train._manifests import manifest_error  # torch-free, as is open_manifest
 
     cuts: list[Any] = []
     source_of: dict[str, str] = {}
     for path in paths:
-        for cut in open_manifest(path):
-            if max_cuts is not None and len(cuts) >= max_cuts:
+        try:
+            if not _read_cuts(path, cuts, source_of, max_cuts):
                 return cuts
-            if cut.id in source_of:
-                raise DuplicateCutError(
-                    f"cut IDs must be unique across manifests. Got {cut.id!r} in {source_of[cut.id]} and {path}.")
-            source_of[cut.id] = str(path)
-            cuts.append(cut)
+        except (OSError, ValueError, EOFError) as e:  # a gzip stream cut short, a line that is not JSON
+            if isinstance(e, MT2KDError):
+                raise
+            raise manifest_error(path, e) from e
     return cuts
+
+
+def _read_cuts(path: str, cuts: list[Any], source_of: dict[str, str], max_cuts: int | None) -> bool:
+    """Append the cuts of one manifest; False once ``max_cuts`` are read."""
+    from mt2kd.train._manifests import open_manifest  # extraction's rule for relative audio paths
+
+    for cut in open_manifest(path):
+        if max_cuts is not None and len(cuts) >= max_cuts:
+            return False
+        if cut.id in source_of:
+            raise DuplicateCutError(
+                f"cut IDs must be unique across manifests. Got {cut.id!r} in {source_of[cut.id]} and {path}.")
+        source_of[cut.id] = str(path)
+        cuts.append(cut)
+    return True
 
 
 def merge_repeat_copies(cuts: Sequence[Any], store: Any) -> tuple[list[Any], dict[str, str]]:

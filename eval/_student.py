@@ -54,6 +54,7 @@ def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentR
     """
     from mt2kd.train import load_student
 
+    check_device(config.device)
     model, student_config = load_student(config.checkpoint)
     _check_heads(config, student_config, spec_dims(store))
     model = model.to(config.device).eval()
@@ -71,6 +72,23 @@ def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentR
         progress.update(sum(cut.duration for cut in batch) / 3600.0)
     progress.close()
     return results
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device this machine has; a ConfigError naming what it shows otherwise."""
+    import os
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1'. Got {device!r}.") from e
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+        raise ConfigError(f"device {device!r} must be a GPU this machine shows. Got {seen} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
+                          f"Run on a GPU node, or pass --device cpu.")
+    return parsed
 
 
 def _check_heads(config: EvalConfig, student_config: Any, dims: dict[str, int]) -> None:

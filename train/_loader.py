@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mt2kd.errors import ConfigError
+from mt2kd.errors import ConfigError, MT2KDError
 from mt2kd.train._data import KDDataset
-from mt2kd.train._manifests import open_manifest
+from mt2kd.train._manifests import manifest_error, open_manifest
 
 
 def check_manifests(cut_paths: Sequence[str | Path]) -> None:
@@ -47,7 +47,12 @@ def open_corpora_counted(cut_paths: Sequence[str | Path], repeats: Sequence[int]
     corpora, weights = [], []
     for path, times in zip(cut_paths, repeats):
         cuts = open_manifest(path)  # audio paths relative to the manifest resolve as extraction resolves them
-        num_cuts = sum(1 for _ in cuts)  # one cheap pass over the manifest, no audio
+        try:
+            num_cuts = sum(1 for _ in cuts)  # one cheap pass over the manifest, no audio
+        except MT2KDError:
+            raise
+        except (OSError, ValueError, EOFError) as e:  # a gzip stream cut short, a line that is not JSON
+            raise manifest_error(path, e) from e
         if num_cuts == 0:
             raise ConfigError(f"CutSet manifest {str(path)!r} must hold at least one cut. Got 0.")
         corpora.append(cuts.repeat(times) if times > 1 else cuts)

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mt2kd.errors import ConfigError
+
 
 def absolute_path(path: str, folder: str) -> str:
     """``path`` made absolute: next to ``folder`` when it exists there, else in the working directory.
@@ -77,5 +79,60 @@ def open_manifest(path: str | Path) -> Any:
 
     folder = os.path.dirname(os.path.abspath(path))
     lazy = str(path).endswith((".jsonl", ".jsonl.gz"))  # other formats (.json, .json.gz) load whole
-    cuts = CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path)
+    _check_compression(path)
+    if lazy:
+        _check_first_item(path, _first_jsonl_item(path))
+        cuts = CutSet.from_jsonl_lazy(path)
+    else:
+        try:
+            cuts = CutSet.from_file(path)
+        except (OSError, ValueError, EOFError) as e:
+            raise manifest_error(path, e) from e
+        _check_first_item(path, next(iter(cuts), None))
     return cuts.map(functools.partial(with_absolute_audio, folder=folder))
+
+
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
+
+
+def manifest_error(path: str | Path, error: Exception) -> ConfigError:
+    """A ConfigError naming the manifest that could not be read, and why."""
+    return ConfigError(f"CutSet manifest {str(path)!r} must be readable lhotse JSON(L). Got "
+                       f"{type(error).__name__}: {error}")
+
+
+def _check_compression(path: str | Path) -> None:
+    if not str(path).endswith(".gz"):
+        return
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head and head != GZIP_MAGIC:
+        raise ConfigError(f"CutSet manifest {str(path)!r} is named .gz, so it must be gzip-compressed. Got a file "
+                          f"starting with {head!r}: compress it (gzip) or drop the .gz from its name.")
+
+
+def _first_jsonl_item(path: str | Path) -> Any:
+    """The first item of a JSONL manifest, deserialised (None for an empty file)."""
+    import gzip
+    import json
+
+    from lhotse.serialization import deserialize_item
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rt") as f:
+            line = next((line for line in f if line.strip()), None)
+        return None if line is None else deserialize_item(json.loads(line))
+    except (OSError, ValueError, EOFError) as e:  # corrupt gzip, a line that is not JSON, an unknown item
+        raise manifest_error(path, e) from e
+
+
+def _check_first_item(path: str | Path, item: Any) -> None:
+    from lhotse.cut import Cut
+
+    if item is None or isinstance(item, Cut):
+        return
+    raise ConfigError(
+        f"CutSet manifest {str(path)!r} must hold cuts. Got a {type(item).__name__} manifest: make a CutSet "
+        f"from it first (lhotse's CutSet.from_manifests(recordings=..., supervisions=...))."
+    )

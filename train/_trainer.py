@@ -103,6 +103,12 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "cuda" and local_rank >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+        raise ConfigError(f"device 'cuda' must be a GPU this machine shows (local rank {local_rank}). Got {seen} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
+                          f"Run on a GPU node, or pass --device cpu or auto.")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)

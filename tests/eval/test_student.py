@@ -137,3 +137,12 @@ def test_repeated_manifest_gives_the_students_scores_once(checkpoint, corpus, st
     assert got["kd_l1"]["num_cuts"] == len(corpus.cut_ids)  # copies found under the original ID, counted once
     assert got["kd_l1"]["l1"] == pytest.approx(want["kd_l1"]["l1"], rel=1e-6)
     assert got["map"] == want["map"] and got["eer"] == want["eer"]
+
+
+def test_device_cuda_without_a_gpu_is_one_line(checkpoint, corpus, store, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["eval", "kd", "--checkpoint", str(checkpoint), "--cuts", str(corpus.manifest),
+                                       "--store", str(store), "--device", "cuda"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "device 'cuda' must be a GPU this machine shows. Got no CUDA device" in result.output

@@ -155,3 +155,22 @@ def test_a_store_holding_none_of_the_cuts_is_refused(corpus, make_store, tmp_pat
     assert result.exit_code == 1, result.output
     assert "must hold teacher outputs for the cuts" in result.output
     assert str(other) in result.output and str(corpus.manifest) in result.output
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("notgz", "is named .gz, so it must be gzip-compressed"),
+    ("recordings", "must hold cuts. Got a Recording manifest"),
+])
+def test_a_manifest_of_the_wrong_kind_is_named(corpus, store, tmp_path, kind, message):
+    import gzip
+
+    from lhotse import CutSet, RecordingSet
+
+    path = tmp_path / f"{kind}.jsonl.gz"
+    if kind == "notgz":
+        path.write_bytes(gzip.decompress(corpus.manifest.read_bytes()))
+    else:
+        RecordingSet.from_recordings(c.recording for c in CutSet.from_file(corpus.manifest)).to_file(path)
+    result = CliRunner().invoke(main, ["eval", "teachers", "--cuts", str(path), "--store", str(store)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert message in result.output and str(path) in result.output

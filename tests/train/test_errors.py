@@ -84,3 +84,39 @@ def test_resume_with_nothing_left_to_train_says_so(tmp_path, corpus, caplog) -> 
         assert result.exit_code == 0, result.output
         assert f"nothing left to train: checkpoint at step 2 >= num_steps {num_steps}" in caplog.text
         caplog.clear()
+
+
+def _manifests(tmp_path: Path, corpus: dict) -> dict[str, Path]:
+    """Manifests a user gets wrong: not gzipped under a .gz name, of recordings, of plain text."""
+    import gzip
+
+    from lhotse import RecordingSet
+
+    plain = gzip.decompress(Path(corpus["manifest"]).read_bytes())
+    wrong = {"notgz": tmp_path / "notgz.jsonl.gz", "recordings": tmp_path / "recordings.jsonl.gz",
+             "text": tmp_path / "text.jsonl"}
+    wrong["notgz"].write_bytes(plain)
+    RecordingSet.from_recordings(c.recording for c in corpus["cuts"]).to_file(wrong["recordings"])
+    wrong["text"].write_text("hello\n")
+    return wrong
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("notgz", "is named .gz, so it must be gzip-compressed"),
+    ("recordings", "must hold cuts. Got a Recording manifest"),
+    ("text", "must be readable lhotse JSON(L). Got JSONDecodeError"),
+])
+def test_a_manifest_of_the_wrong_kind_is_named(tmp_path, corpus, kind, message) -> None:
+    path = _manifests(tmp_path, corpus)[kind]
+    result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp", cuts=str(path)))
+    _one_line_error(result, message, str(path))
+
+
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, corpus, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp", "--device", "cuda"))
+    _one_line_error(result, "device 'cuda' must be a GPU this machine shows", "no CUDA device", "--device cpu")
+    assert not (tmp_path / "exp").exists()
