@@ -107,13 +107,13 @@ def has_events(cut: Any) -> bool:
     return bool(cut.custom) and EVENTS_FIELD in cut.custom
 
 
-def event_targets(cuts: Sequence[Any], num_classes: int,
-                  label_index: dict[str, int] | None) -> tuple[list[str], np.ndarray]:
+def event_targets(cuts: Sequence[Any], num_classes: int, label_index: dict[str, int] | None,
+                  label_file: str | None = None) -> tuple[list[str], np.ndarray]:
     """IDs of the labelled cuts and their multi-hot targets [num_labelled, num_classes]."""
     labelled = [cut for cut in cuts if has_events(cut)]
     targets = np.zeros((len(labelled), num_classes), dtype=bool)
     for row, cut in enumerate(labelled):
-        targets[row] = events_to_multi_hot(cut.custom[EVENTS_FIELD], num_classes, label_index, cut.id)
+        targets[row] = events_to_multi_hot(cut.custom[EVENTS_FIELD], num_classes, label_index, cut.id, label_file)
     return [cut.id for cut in labelled], targets
 
 

@@ -50,9 +50,9 @@ def build_labels(cuts: Sequence[Any], num_classes: int | None, label_file: str |
     if num_classes is None:  # no tagging teacher in the store and no student: nothing to score
         return [], np.zeros((0, 0), dtype=bool), {"source": None, "num_cuts_labelled": 0,
                                                    "reason": "neither the store nor a student has tagging outputs"}
+    label_index = load_label_list(label_file) if label_file else None
     if any(has_events(cut) for cut in cuts):
-        label_index = load_label_list(label_file) if label_file else None
-        cut_ids, labels = event_targets(cuts, num_classes, label_index)
+        cut_ids, labels = event_targets(cuts, num_classes, label_index, label_file)
         info: dict[str, Any] = {"source": LABELS_FROM_EVENTS, "label_file": label_file}
     else:
         cut_ids = [cut.id for cut in cuts if cut.id in teacher_logits]
@@ -61,9 +61,22 @@ def build_labels(cuts: Sequence[Any], num_classes: int | None, label_file: str |
         info = {"source": LABELS_FROM_TEACHER, "threshold": threshold,
                 "note": "no cut has event labels: the tagging teacher's sigmoid outputs above the threshold "
                         "serve as labels, so the teacher's own mAP is 1.0 by construction"}
-    info.update(num_classes=num_classes, num_cuts_labelled=len(cut_ids),
+    info.update(_class_counts(num_classes, label_index), num_cuts_labelled=len(cut_ids),
                 num_positive_labels=int(labels.sum()))
     return cut_ids, labels, info
+
+
+def _class_counts(num_outputs: int, label_index: dict[str, int] | None) -> dict[str, Any]:
+    """``num_classes`` as the label list counts them (else the tagging outputs), and the output width."""
+    if label_index is None:
+        return {"num_classes": num_outputs, "num_outputs": num_outputs}
+    num_listed = len(set(label_index.values()))
+    counts: dict[str, Any] = {"num_classes": num_listed, "num_outputs": num_outputs}
+    if num_listed != num_outputs:
+        counts["classes_note"] = (f"the label list names {num_listed} classes and the tagging outputs have "
+                                  f"{num_outputs}: a name stands for the output of its index (line order), "
+                                  f"so the list must follow the tagging teacher's class order")
+    return counts
 
 
 def build_trials(cuts: Sequence[Any], trials_file: str | None, num_target: int, num_nontarget: int,

@@ -97,8 +97,11 @@ def _check_heads(config: EvalConfig, student_config: Any, dims: dict[str, int]) 
     for teacher, field in pairs:
         width = getattr(student_config, field, None)
         if teacher in dims and width is not None and width != dims[teacher]:
-            raise ConfigError(f"student {field} must equal the {teacher!r} teacher's dim {dims[teacher]} "
-                              f"in {config.checkpoint}. Got {width}.")
+            raise ConfigError(
+                f"student {field} must equal the {teacher!r} teacher's dim {dims[teacher]} in the stores "
+                f"{list(config.stores)}. Got {width} in the checkpoint {config.checkpoint}: evaluate with the "
+                f"stores the student was trained from, or name another teacher of the stores with "
+                f"--{'frames' if field == 'teacher_frame_dim' else 'tagging'}-teacher.")
 
 
 def _model_info(config: EvalConfig, model: torch.nn.Module, student_config: Any) -> dict[str, Any]:

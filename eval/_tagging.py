@@ -110,21 +110,28 @@ def _read_label_csv(path: Path, text: str) -> dict[str, int]:
 
 
 def events_to_multi_hot(events: Sequence[str | int], num_classes: int,
-                        label_index: dict[str, int] | None, cut_id: str) -> np.ndarray:
-    """One cut's event labels (names or class indices) as a multi-hot vector."""
+                        label_index: dict[str, int] | None, cut_id: str,
+                        label_file: str | Path | None = None) -> np.ndarray:
+    """One cut's event labels (names or class indices) as a multi-hot vector.
+
+    ``label_file`` (where ``label_index`` came from) is named in the error for an unknown name.
+    """
     target = np.zeros(num_classes, dtype=bool)
     for event in events:
-        target[_class_index(event, num_classes, label_index, cut_id)] = True
+        target[_class_index(event, num_classes, label_index, cut_id, label_file)] = True
     return target
 
 
-def _class_index(event: str | int, num_classes: int, label_index: dict[str, int] | None, cut_id: str) -> int:
+def _class_index(event: str | int, num_classes: int, label_index: dict[str, int] | None, cut_id: str,
+                 label_file: str | Path | None = None) -> int:
     if isinstance(event, str) and not event.isdigit():
         if label_index is None:
             raise ValidationError(
                 f"cut {cut_id!r}: event {event!r} is a name, so a label list is needed (--labels FILE). Got none.")
         if event not in label_index:
-            raise ValidationError(f"cut {cut_id!r}: event {event!r} must be in the label list. Got an unknown name.")
+            where = f" {str(label_file)!r}" if label_file else ""
+            raise ValidationError(f"cut {cut_id!r}: event {event!r} must be in the label list{where}. Got an "
+                                  f"unknown name (the list has {len(set(label_index.values()))} classes).")
         index = label_index[event]
     else:
         index = int(event)

@@ -146,3 +146,18 @@ def test_device_cuda_without_a_gpu_is_one_line(checkpoint, corpus, store, monkey
                                        "--store", str(store), "--device", "cuda"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "device 'cuda' must be a GPU this machine shows. Got no CUDA device" in result.output
+
+
+def test_head_size_mismatch_says_which_number_is_the_stores_and_which_the_checkpoints(corpus, store, tmp_path):
+    from mt2kd.train import Student, StudentConfig
+    from mt2kd.train._checkpoint import save_checkpoint
+
+    config = dataclasses.replace(StudentConfig.preset("tiny"), teacher_frame_dim=2 * corpus.frames_dim,
+                                 num_classes=len(corpus.labels), embedding_dim=corpus.embedding_dim, sv_block=2)
+    path = save_checkpoint({"step": 0, "student_config": config.to_dict(), "model": Student(config).state_dict()},
+                           tmp_path, keep_last=1)
+    result = CliRunner().invoke(main, ["eval", "kd", "--checkpoint", str(path), "--cuts", str(corpus.manifest),
+                                       "--store", str(store)])
+    assert result.exit_code == 1
+    assert (f"teacher_frame_dim must equal the 'whisper' teacher's dim {corpus.frames_dim} in the stores "
+            f"['{store}']. Got {2 * corpus.frames_dim} in the checkpoint {path}") in result.output

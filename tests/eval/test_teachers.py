@@ -174,3 +174,25 @@ def test_a_manifest_of_the_wrong_kind_is_named(corpus, store, tmp_path, kind, me
     result = CliRunner().invoke(main, ["eval", "teachers", "--cuts", str(path), "--store", str(store)])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert message in result.output and str(path) in result.output
+
+
+def test_unknown_event_name_names_the_label_file(corpus, store, tmp_path):
+    labels = tmp_path / "short-labels.txt"
+    labels.write_text("dog\n")
+    result = CliRunner().invoke(main, ["eval", "teachers", "--cuts", str(corpus.manifest), "--store", str(store),
+                                       "--labels", str(labels)])
+    assert result.exit_code == 1
+    assert f"must be in the label list '{labels}'" in result.output
+
+
+def test_num_classes_counts_the_label_list_next_to_the_output_width(corpus, store, tmp_path):
+    labels = tmp_path / "longer-labels.txt"
+    labels.write_text("\n".join([*corpus.labels, "wind", "bird"]) + "\n")
+    report = _run_cli("teachers", "--cuts", str(corpus.manifest), "--store", str(store), "--labels", str(labels))
+    assert report["labels"]["num_classes"] == len(corpus.labels) + 2
+    assert report["labels"]["num_outputs"] == len(corpus.labels)
+    assert "must follow the tagging teacher's class order" in report["labels"]["classes_note"]
+    plain = _run_cli("teachers", "--cuts", str(corpus.manifest), "--store", str(store),
+                     "--labels", str(corpus.labels_file))
+    assert plain["labels"]["num_classes"] == plain["labels"]["num_outputs"] == len(corpus.labels)
+    assert "classes_note" not in plain["labels"]
