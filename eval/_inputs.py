@@ -136,6 +136,12 @@ def open_store_view(paths: Sequence[str]) -> Any:
     return open_stores(list(paths))
 
 
+def random_teacher_stores(store: Any) -> list[str]:
+    """URLs of the stores (of a view, or the one store) whose attrs say their teachers had random weights."""
+    stores = getattr(store, "stores", None) or [store]
+    return [str(s.url) for s in stores if getattr(s, "attrs", {}).get("random_teachers") is True]
+
+
 def spec_dims(store: Any) -> dict[str, int]:
     """Teacher name -> output dimension, from the store's specs."""
     return {name: int(spec.dim) for name, spec in store.specs.items()}

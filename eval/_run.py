@@ -9,7 +9,15 @@ import numpy as np
 
 from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._inputs import clip_outputs, load_cuts, merge_repeat_copies, open_store_view, spec_dims, speakers
+from mt2kd.eval._inputs import (
+    clip_outputs,
+    load_cuts,
+    merge_repeat_copies,
+    open_store_view,
+    random_teacher_stores,
+    spec_dims,
+    speakers,
+)
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
 
 
@@ -108,5 +116,11 @@ def _report_head(config: EvalConfig, cuts: list[Any], store: Any, targets: Targe
         f"num_cuts_with_{config.speaker_teacher}": len(teacher_embeddings),
         "hours": sum(cut.duration for cut in cuts) / 3600.0,
     }
-    return {"config": config.to_dict(), "counts": counts, "labels": targets.label_info,
+    head: dict[str, Any] = {"random_teachers": False}
+    random = random_teacher_stores(store)
+    if random:  # first in the table: every number below is of untrained teachers
+        head = {"random_teachers": True,
+                "random_teachers_note": f"random teacher weights in {', '.join(random)}; their outputs are for "
+                                        f"tests and demos, not real labels, and so are these scores"}
+    return {**head, "config": config.to_dict(), "counts": counts, "labels": targets.label_info,
             "trials": targets.trial_info}

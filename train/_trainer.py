@@ -90,6 +90,15 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, t
     return {name: (saved[name], value) for name, value in now.items() if name in saved and saved[name] != value}
 
 
+def _warn_random_teachers(store: Any, rank: int) -> None:
+    """Say up front that targets from random-weight teachers (store attrs ``random_teachers``) teach nothing real."""
+    stores = getattr(store, "stores", None) or [store]
+    random = [str(s.url) for s in stores if s.attrs.get("random_teachers") is True]
+    if random and rank == 0:
+        log.warning("random teacher weights in %s: their targets are for tests and demos, not real labels, "
+                    "and a student trained on them learns nothing real", ", ".join(random))
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank), initialising the process group under torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -135,7 +144,9 @@ class Trainer:
         self.device = _device(cfg, local_rank)
         check_manifests(cfg.cuts)  # a missing manifest is named before the stores are read
         self.student_config = student_config_for(cfg)
-        check_target_coverage(cfg.cuts, LazyStores(cfg.stores).get())
+        store = LazyStores(cfg.stores).get()
+        check_target_coverage(cfg.cuts, store)
+        _warn_random_teachers(store, self.rank)
         torch.manual_seed(cfg.seed)
         self.model = Student(self.student_config).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

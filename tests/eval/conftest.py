@@ -83,13 +83,14 @@ def _teacher_outputs(targets: np.ndarray, rng: np.random.Generator):
 
 
 def write_store(path: Path, corpus: Corpus, permutation: np.ndarray | None = None,
-                skip: tuple[str, ...] = (), teachers: tuple[str, ...] = ("whisper", "beats", "ecapa")) -> Path:
+                skip: tuple[str, ...] = (), teachers: tuple[str, ...] = ("whisper", "beats", "ecapa"),
+                attrs: dict | None = None) -> Path:
     """A teacher store of the corpus; ``permutation`` gives each cut another cut's outputs."""
     from mt2kd.store import TeacherSpec, TeacherStore
 
     specs = [TeacherSpec("whisper", "frames", FRAMES_DIM, frame_rate=FRAME_RATE),
              TeacherSpec("beats", "clip", len(LABELS)), TeacherSpec("ecapa", "clip", EMBEDDING_DIM)]
-    store = TeacherStore.create(str(path), [spec for spec in specs if spec.name in teachers])
+    store = TeacherStore.create(str(path), [spec for spec in specs if spec.name in teachers], attrs=attrs)
     order = np.arange(len(corpus.cut_ids)) if permutation is None else permutation
     with store.shard_writer("s0") as writer:
         for row, cut_id in enumerate(corpus.cut_ids):

@@ -196,3 +196,30 @@ def test_num_classes_counts_the_label_list_next_to_the_output_width(corpus, stor
                      "--labels", str(corpus.labels_file))
     assert plain["labels"]["num_classes"] == plain["labels"]["num_outputs"] == len(corpus.labels)
     assert "classes_note" not in plain["labels"]
+
+
+@pytest.mark.parametrize("command", ["teachers", "kd"])
+def test_scores_from_random_teachers_say_so(corpus, make_store, tmp_path, command):
+    random = make_store(tmp_path / f"random-{command}.zarr", corpus, attrs={"random_teachers": True})
+    args = ["--cuts", str(corpus.manifest), "--store", str(random), "--labels", str(corpus.labels_file)]
+    if command == "kd":
+        args += ["--checkpoint", str(_tiny_checkpoint(corpus, tmp_path))]
+    report = _run_cli(command, *args)
+    assert report["random_teachers"] is True and str(random) in report["random_teachers_note"]
+    table = CliRunner().invoke(main, ["eval", command, *args]).output
+    assert "random_teachers_note" in table.splitlines()[1] and "not real labels" in table
+    plain = _run_cli("teachers", "--cuts", str(corpus.manifest), "--store", str(make_store(
+        tmp_path / f"real-{command}.zarr", corpus)), "--labels", str(corpus.labels_file))
+    assert plain["random_teachers"] is False and "random_teachers_note" not in plain
+
+
+def _tiny_checkpoint(corpus, folder):
+    import dataclasses
+
+    from mt2kd.train import Student, StudentConfig
+    from mt2kd.train._checkpoint import save_checkpoint
+
+    config = dataclasses.replace(StudentConfig.preset("tiny"), teacher_frame_dim=corpus.frames_dim,
+                                 num_classes=len(corpus.labels), embedding_dim=corpus.embedding_dim, sv_block=2)
+    return save_checkpoint({"step": 0, "student_config": config.to_dict(), "model": Student(config).state_dict()},
+                           folder / "exp", keep_last=1)

@@ -63,7 +63,7 @@ def _targets(cut, seed: int, whisper_dim: int = WHISPER_DIM) -> dict[str, np.nda
 
 
 def _fill_store(path: Path, cuts, seed: int = 0, missing: dict[str, set[str]] | None = None,
-                whisper_dim: int = WHISPER_DIM):
+                whisper_dim: int = WHISPER_DIM, attrs: dict | None = None):
     from mt2kd.store import TeacherSpec, TeacherStore
 
     specs = [
@@ -71,7 +71,7 @@ def _fill_store(path: Path, cuts, seed: int = 0, missing: dict[str, set[str]] | 
         TeacherSpec("beats", "clip", NUM_CLASSES),
         TeacherSpec("ecapa", "clip", EMBEDDING_DIM),
     ]
-    store = TeacherStore.create(str(path), specs, attrs={"synthetic": True})
+    store = TeacherStore.create(str(path), specs, attrs={"synthetic": True, **(attrs or {})})
     missing = missing or {}
     with store.shard_writer(0) as writer:
         for cut in cuts:
@@ -89,7 +89,7 @@ def make_cuts(tmp_path: Path) -> Callable:
 
 @pytest.fixture
 def fill_store() -> Callable:
-    """``fill_store(path, cuts, seed=0, missing={teacher: {cut_id}}, whisper_dim=2560) -> path``."""
+    """``fill_store(path, cuts, seed=0, missing={teacher: {cut_id}}, whisper_dim=2560, attrs=None) -> path``."""
     return _fill_store
 
 

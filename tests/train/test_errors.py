@@ -120,3 +120,17 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, corpus, monkeypatch) ->
     result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp", "--device", "cuda"))
     _one_line_error(result, "device 'cuda' must be a GPU this machine shows", "no CUDA device", "--device cpu")
     assert not (tmp_path / "exp").exists()
+
+
+def test_training_on_random_teachers_warns_at_start(tmp_path, corpus, fill_store, caplog) -> None:
+    import logging
+
+    random = fill_store(tmp_path / "random.zarr", corpus["cuts"], attrs={"random_teachers": True})
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+        result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp", "--num-steps", "1", store=str(random)))
+    assert result.exit_code == 0, result.output
+    assert f"random teacher weights in {random}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+        result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp2", "--num-steps", "1"))
+    assert result.exit_code == 0 and "random teacher weights" not in caplog.text
