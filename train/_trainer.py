@@ -245,6 +245,9 @@ class Trainer:
         differ = {name: (saved.get(name), value) for name, value in now.items()
                   if name not in _SHAPE_FREE_FIELDS and saved.get(name) != value}
         if differ:
+            preset = (data.get("train_config") or {}).get("student")
+            if preset is not None and preset != self.cfg.student:  # the likely cause, in the user's own words
+                differ = {"student": (preset, self.cfg.student), **differ}
             raise ConfigError(
                 f"the student must have the shape of the one in {str(path)!r} to resume it. Got other "
                 + ", ".join(f"{name} ({old!r} there, {new!r} now)" for name, (old, new) in differ.items())

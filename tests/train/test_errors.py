@@ -70,6 +70,9 @@ def test_resume_with_another_student_names_the_checkpoint_and_fields(tmp_path, c
     result = runner.invoke(main, _kd(corpus, exp, "--num-steps", "2"))
     _one_line_error(result, "checkpoint-00000001.pt", "model_dim (32 there, 48 now)", "ffn_dim (64 there, 96 now)",
                     "new --exp-dir")
+    monkeypatch.undo()
+    result = runner.invoke(main, [*_kd(corpus, exp, "--num-steps", "2"), "--student", "paper"])
+    _one_line_error(result, "student ('tiny' there, 'paper' now)", "model_dim (32 there, 512 now)")
 
 
 def test_resume_with_nothing_left_to_train_says_so(tmp_path, corpus, caplog) -> None:
