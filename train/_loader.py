@@ -83,7 +83,12 @@ def check_target_coverage(cut_paths: Sequence[str | Path], store: Any) -> dict[s
 
     coverage = {}
     for path in cut_paths:
-        head = list(itertools.islice(open_manifest(path), COVERAGE_SAMPLE))
+        try:
+            head = list(itertools.islice(open_manifest(path), COVERAGE_SAMPLE))
+        except MT2KDError:
+            raise
+        except (OSError, ValueError, EOFError) as e:  # a gzip stream cut short, a line that is not JSON
+            raise manifest_error(path, e) from e
         found = sum(target_source(cut, store) is not None for cut in head)
         coverage[str(path)] = found / max(1, len(head))
     if not any(coverage.values()):

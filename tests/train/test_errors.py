@@ -137,3 +137,13 @@ def test_training_on_random_teachers_warns_at_start(tmp_path, corpus, fill_store
     with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
         result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp2", "--num-steps", "1"))
     assert result.exit_code == 0 and "random teacher weights" not in caplog.text
+
+
+def test_a_manifest_broken_after_its_first_line_is_named(tmp_path, corpus) -> None:
+    import gzip
+
+    lines = gzip.decompress(Path(corpus["manifest"]).read_bytes()).decode().splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp", cuts=str(broken)))
+    _one_line_error(result, "must be readable lhotse JSON(L)", str(broken))
