@@ -82,6 +82,8 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
             old = TeacherStore.open(config.store)
         except StoreNotFoundError:
             pass  # nothing to delete
+        except StoreError as e:  # a store that no longer opens is what --overwrite is there to replace
+            say(f"--overwrite: deleting the store {config.store}, which does not open ({e}), and starting it again.")
         else:
             say(f"--overwrite: deleting the store {old.url} ({len(old.shards)} committed shards, {len(old):,} "
                 f"cuts) and starting it again.")

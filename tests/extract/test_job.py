@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,21 @@ def test_overwrite_deletes_a_store_that_would_resume_and_says_so(tiny: dict[str,
     assert TeacherStore.open(config.store).verify() == [] and len(TeacherStore.open(config.store)) == 3
     help_text = " ".join(CliRunner().invoke(command, ["--help"]).output.split())
     assert "--overwrite delete the existing store and start it again, even one this command would resume" in help_text
+
+
+def test_overwrite_replaces_a_store_that_no_longer_opens(tiny: dict[str, Path], tmp_path: Path) -> None:
+    tone_corpus(tmp_path, num_cuts=3)
+    config = beats_config(tiny, tmp_path)
+    extract(config, progress=False)
+    root = Path(config.store) / "zarr.json"
+    metadata = json.loads(root.read_text())
+    metadata["attributes"]["mt2kd"]["format_version"] = 999  # a store this version cannot read
+    root.write_text(json.dumps(metadata))
+    said: list[str] = []
+    again = extract(dataclasses.replace(config, overwrite=True), echo=said.append, progress=False)
+    assert again.num_shards_skipped == 0 and again.num_shards_written > 0
+    assert any("which does not open" in line and "starting it again" in line for line in said), said
+    assert TeacherStore.open(config.store).verify() == [] and len(TeacherStore.open(config.store)) == 3
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
