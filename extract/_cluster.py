@@ -273,9 +273,11 @@ def start_fork_server(config: ExtractConfig, torch_threads: int) -> None:
 
 @contextlib.contextmanager
 def _interrupt_deferred() -> Iterator[list[int]]:
-    """Hold a Ctrl-C back until the block ends; the list yielded then holds the signal if one came.
+    """Hold the first Ctrl-C back until the block ends; the list yielded then holds the signal if one came.
 
-    Only in the main thread (elsewhere signals cannot be handled, and none is held back).
+    A second Ctrl-C is not held: it interrupts at once, as before the block
+    (a start that hangs can still be stopped). Only in the main thread
+    (elsewhere signals cannot be handled, and none is held back).
     """
     import signal
     import threading
@@ -284,7 +286,12 @@ def _interrupt_deferred() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        signal.signal(signal.SIGINT, old)  # the next one goes through
+
+    old = signal.signal(signal.SIGINT, hold)
     try:
         yield caught
     finally:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,19 @@ def test_only_the_fork_server_imports_the_list_and_skips_its_final_collection(in
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(in_server), str(in_server)]
+
+
+def test_a_first_ctrl_c_while_the_cluster_starts_is_held_and_a_second_goes_through() -> None:
+    import os
+    import signal
+
+    from mt2kd.extract._cluster import _interrupt_deferred
+
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupt_deferred() as caught:
+            os.kill(os.getpid(), signal.SIGINT)  # held: the start goes on
+            assert caught == [signal.SIGINT]
+            os.kill(os.getpid(), signal.SIGINT)  # a start that hangs can still be stopped
+            time.sleep(1.0)  # the handler runs between bytecodes; this is not reached
+        pytest.fail("the second Ctrl-C was held too")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
