@@ -283,14 +283,15 @@ def _stale_temporaries(store: TeacherStore) -> Iterator[str]:
     now = time.time()
     for folder in ("", SHARDS_DIR, COMMITS_DIR, LOCKS_DIR):
         yield from (path for path in _temporaries(store, folder) if _stale(store, path, now))
+    if not isinstance(store.loc, LocalLocation):
+        return  # fsspec stores write no temporary files: no need for one listing per shard (a request each)
     for name in committed_names(store.loc):
         folder = f"{COMMITS_DIR}/{name}"
         temporaries = _temporaries(store, folder)
         stale = [path for path in temporaries if _stale(store, path, now)]
         if store.loc.exists(f"{folder}/{METADATA_FILE}"):
             yield from stale
-        elif isinstance(store.loc, LocalLocation) and len(stale) == len(store.loc.listdir(folder)) \
-                and _stale(store, folder, now):
+        elif len(stale) == len(store.loc.listdir(folder)) and _stale(store, folder, now):
             yield folder
 
 

@@ -347,3 +347,25 @@ def test_a_cut_committed_twice_by_racing_writers_is_refused_at_open(store_url: s
     store.loc.write("commits/000001/zarr.json", record.replace(b'"shard": "000000"', b'"shard": "000001"'))
     with pytest.raises(DuplicateCutError, match="'twice' twice in .*shard 000000 position 0 and shard 000001"):
         TeacherStore.open(store_url)
+
+
+def test_verify_and_leftovers_list_folders_a_fixed_number_of_times_on_fsspec(specs_of: Any, outputs_of: Any,
+                                                                              monkeypatch: Any) -> None:
+    # one listing per shard is one request per shard on an object store: 10,000 for a big store
+    import uuid
+
+    from mt2kd.store import _fs
+
+    url = f"memory://mt2kd-test-{uuid.uuid4().hex}"
+    write(TeacherStore.create(url, specs_of()), outputs_of([f"cut-{i}" for i in range(40)]), cuts_per_shard=1)
+    store = TeacherStore.open(url)
+    listed: list[str] = []
+    listdir = _fs.FsspecLocation.listdir
+
+    def counted(self: Any, path: str) -> list[str]:
+        listed.append(path)
+        return listdir(self, path)
+
+    monkeypatch.setattr(_fs.FsspecLocation, "listdir", counted)
+    assert store.leftovers() == [] and store.verify() == []
+    assert len(store.shards) == 40 and len(listed) < 20, listed
