@@ -70,8 +70,9 @@ def info_lines(facts: Mapping[str, Any]) -> list[str]:
         *((f"Attr {key}", json.dumps(value)) for key, value in sorted(facts.get("attrs", {}).items())),
     ])
     if facts.get("failures"):
-        lines += ["", *kv_lines([("Failed cuts", f"first {min(len(facts['failures']), FAILURES_SHOWN)} "
-                                                 f"of {facts['num_failures']:,}")])]
+        # one record per failure: a cut whose teachers failed one by one has one per teacher
+        lines += ["", *kv_lines([("Failure records", f"first {min(len(facts['failures']), FAILURES_SHOWN)} "
+                                                     f"of {facts['num_failures']:,}")])]
         lines += failure_lines(facts["failures"], FAILURES_SHOWN)
     for name, t in facts["teachers"].items():
         shape = f"[frames, {t['dim']}] at {t['frame_rate']:g} Hz" if t["kind"] == "frames" else f"[{t['dim']}] per cut"

@@ -194,6 +194,7 @@ def test_info_lists_the_failures_by_kind_and_show_says_a_cut_failed(tmp_path: Pa
     code, out = run("info", path)
     assert code == 0
     assert text_facts(out)["Failures"] == "26 (25 missing audio file, 1 non-finite output)"
+    assert text_facts(out)["Failure records"] == "first 20 of 26"  # records, not cuts: one per failed teacher
     assert "  * cut 'spk1-ch1-0001', teacher 'beats' (shard 000000): non-finite output: 3 NaN/Inf values" in out
     assert "  * cut 'gone-18', all teachers (shard 000000): missing audio file: /audio/18.flac" in out
     assert "gone-19" not in out and "  ... 6 more failures (--json lists all)" in out
