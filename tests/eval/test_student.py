@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -68,6 +69,17 @@ def test_student_report(checkpoint, corpus, store, tmp_path):
     assert sorted(p.name for p in plots.iterdir()) == ["det.png", "per_class_ap.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.iterdir())
     assert "student.kd_l1.l1" in result.output
+
+
+def test_a_student_is_scored_on_cuts_no_store_holds(checkpoint, corpus, make_store, tmp_path, caplog):
+    # held-out cuts: mAP from their event labels, EER from their speakers; the teachers go unscored
+    other = make_store(tmp_path / "other.zarr", corpus, skip=tuple(corpus.cut_ids))
+    with caplog.at_level(logging.WARNING, logger="mt2kd.eval._run"):
+        report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(other),), checkpoint=str(checkpoint),
+                                     labels=str(corpus.labels_file))).report
+    assert report["student"]["map"]["num_cuts"] == len(corpus.cut_ids) and report["student"]["eer"]["eer"] is not None
+    assert report["student"]["kd_l1"]["num_cuts"] == 0
+    assert "hold none of the" in caplog.text and str(other) in caplog.text
 
 
 def test_student_scores_do_not_depend_on_batch_size(checkpoint, corpus, store):

@@ -144,14 +144,10 @@ def test_store_without_tagging_teacher_still_scores_speakers(corpus, make_store,
     assert report["teachers"]["ecapa"]["eer"]["eer"] == 0.0
 
 
-@pytest.mark.parametrize("command", ["teachers", "kd"])
-def test_a_store_holding_none_of_the_cuts_is_refused(corpus, make_store, tmp_path, command):
-    other = make_store(tmp_path / f"other-{command}.zarr", corpus, skip=tuple(corpus.cut_ids))
-    extra = ["--checkpoint", str(tmp_path / "missing.pt")] if command == "kd" else []
-    if command == "kd":  # the coverage check comes before the student is loaded: any file will do
-        (tmp_path / "missing.pt").write_bytes(b"")
-    result = CliRunner().invoke(main, ["eval", command, "--cuts", str(corpus.manifest), "--store", str(other),
-                                       *extra])
+def test_a_store_holding_none_of_the_cuts_is_refused(corpus, make_store, tmp_path):
+    # only the teachers are scored, from the store: nothing would be (eval kd scores a student regardless)
+    other = make_store(tmp_path / "other.zarr", corpus, skip=tuple(corpus.cut_ids))
+    result = CliRunner().invoke(main, ["eval", "teachers", "--cuts", str(corpus.manifest), "--store", str(other)])
     assert result.exit_code == 1, result.output
     assert "must hold teacher outputs for the cuts" in result.output
     assert str(other) in result.output and str(corpus.manifest) in result.output
