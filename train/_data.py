@@ -3,11 +3,12 @@
 Targets are joined by cut ID from one or several teacher stores. Which store
 ID a cut reads is decided by :func:`target_id`:
 
-- a cut's own ID comes first: a corpus mixed before extraction was extracted
-  as mixed; otherwise a MixedCut (mixed on the fly, e.g. with noise) reads
-  the targets of its first track;
-- a cut whose audio is time-altered (speed or tempo perturbation) has no
-  valid targets: the teachers saw other audio with another frame count;
+- a MixedCut with an ID of its own that the store holds was extracted as
+  mixed (a corpus mixed before extraction); any other MixedCut (mixed on
+  the fly, e.g. with noise) reads the targets of its first track;
+- a cut whose audio is time-altered (speed or tempo perturbation, of any
+  track) has no valid targets: the teachers saw other audio with another
+  frame count;
 - an ID that ``CutSet.repeat()`` suffixed (``_repeatN``) maps back to the
   original when the suffixed ID itself is not in the store.
 
@@ -44,7 +45,9 @@ def _transform_name(transform: Any) -> str:
 
 
 def is_time_altered(cut: Any) -> bool:
-    """True when the cut's audio is speed- or tempo-perturbed."""
+    """True when the cut's audio, or that of any track of a MixedCut, is speed- or tempo-perturbed."""
+    if hasattr(cut, "tracks"):
+        return any(is_time_altered(track.cut) for track in cut.tracks)
     recording = getattr(cut, "recording", None)
     transforms = getattr(recording, "transforms", None) or []
     return any(_transform_name(t).lower() in _TIME_ALTERING for t in transforms)
@@ -56,11 +59,22 @@ def _first_track_cut(cut: Any) -> Any:
     return cut
 
 
+def _track_ids(cut: Any) -> set[str]:
+    """IDs of every cut inside a MixedCut (nested mixes included)."""
+    ids: set[str] = set()
+    for track in getattr(cut, "tracks", ()):
+        ids.add(track.cut.id)
+        ids |= _track_ids(track.cut)
+    return ids
+
+
 def target_source(cut: Any, store: Any) -> tuple[str, Any] | None:
     """(store cut ID, the cut those targets were computed on) for ``cut``, or None if none are valid.
 
-    The cut's own ID comes first (a corpus mixed before extraction was
-    extracted as mixed), then, for a MixedCut, its first track's.
+    A MixedCut with an ID of its own that the store holds was extracted as
+    mixed (a corpus mixed before extraction): its own targets. Any other
+    MixedCut (mixed on the fly, or padded or mixed keeping a track's ID)
+    takes its first track's targets. Time-altered audio has none.
 
     Examples
     --------
@@ -70,15 +84,11 @@ def target_source(cut: Any, store: Any) -> tuple[str, Any] | None:
     if is_time_altered(cut):
         _warn_perturbed(cut.id)
         return None
-    own = stored_cut_id(cut.id, store)
-    if own is not None:
-        return own, cut
+    if hasattr(cut, "tracks"):
+        own = stored_cut_id(cut.id, store)  # after repeat(), "<id>_repeatN" reads <id>
+        if own is not None and own not in _track_ids(cut):
+            return own, cut
     source = _first_track_cut(cut)
-    if source is cut:
-        return None
-    if is_time_altered(source):
-        _warn_perturbed(cut.id)
-        return None
     stored = stored_cut_id(source.id, store)
     return None if stored is None else (stored, source)
 
@@ -250,6 +260,8 @@ class KDDataset(Dataset):
         for cut in cuts:
             try:
                 feats.append(compute_fbank(_load_audio(cut)))
+            except MemoryError:  # not the cut's fault: dropping every cut from here on would hide it
+                raise
             except Exception as e:  # missing, corrupt or empty audio: drop the cut, keep its reason
                 dropped[cut.id] = unreadable_reason(e)
                 continue

@@ -101,6 +101,30 @@ def test_a_mixed_cut_extracted_as_mixed_reads_its_own_targets(tmp_path, make_cut
     np.testing.assert_array_equal(batch["targets"]["beats"]["values"][0].numpy(), store.get(mixed.id)["beats"])
 
 
+def test_a_mixed_cut_keeping_a_tracks_id_reads_that_cuts_targets(tmp_path, make_cuts, fill_store) -> None:
+    # padding or mixing with preserve_id keeps the clean cut's ID: its targets are the clean cut's, and their
+    # frame count is checked against the clean cut, not against the longer mix
+    cuts = make_cuts("utt", [1.0, 0.6])
+    store = _open(fill_store(tmp_path / "s.zarr", cuts))
+    right = cuts[0].pad(duration=1.5, preserve_id=True)
+    mixed = cuts[0].mix(cuts[1], offset_other_by=0.8, allow_padding=True, preserve_id="left")
+    left = cuts[0].pad(duration=1.5, direction="left", preserve_id=True)  # starts with padding: frames shifted
+    assert right.id == mixed.id == left.id == cuts[0].id
+    targets = fetch_targets([right, mixed, left], store)
+    frames = store.get(cuts[0].id)["whisper"].shape[0]
+    assert targets["whisper"]["lengths"].tolist() == [frames, frames, 0]
+    assert targets["beats"]["present"].tolist() == [True, True, False]
+
+
+def test_a_mixed_cut_with_a_perturbed_track_has_no_targets(tmp_path, make_cuts, fill_store) -> None:
+    cuts = make_cuts("utt", [1.0, 0.6])
+    mixed = cuts[0].mix(cuts[1], allow_padding=True).with_id("mix-098")
+    store = _open(fill_store(tmp_path / "s.zarr", [mixed, *cuts]))
+    fast = mixed.perturb_speed(1.1, affix_id=False)  # the store's ID, other audio
+    assert fast.id == "mix-098"
+    assert not any(t["present"].any() for t in fetch_targets([fast], store).values())
+
+
 def test_training_refuses_stores_that_hold_none_of_the_cuts(tmp_path, make_cuts, fill_store, caplog) -> None:
     from mt2kd.errors import ConfigError
     from mt2kd.train._loader import check_target_coverage
