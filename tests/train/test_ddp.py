@@ -34,3 +34,51 @@ def test_torchrun_two_gloo_ranks(tmp_path, make_cuts, fill_store) -> None:
     assert data["sampler"]["world_size"] == 2
     assert len(data["rng"]) == 2  # each rank resumes its own RNG states, not rank 0's
     assert "step 6" in result.stderr  # rank 0's progress line
+
+
+DRIVER = """
+import dataclasses, json, os, sys
+import torch
+from mt2kd.train import _config
+from mt2kd.train._config import TrainConfig
+from mt2kd.train._trainer import train
+
+# dropout on: each rank draws its own masks, so a rank resumed with another rank's RNG states drifts
+_config.STUDENT_PRESETS["tiny"] = dataclasses.replace(_config.STUDENT_PRESETS["tiny"], dropout=0.1)
+torch.use_deterministic_algorithms(True)
+manifest, store, exp_dir, num_steps, out = sys.argv[1:6]
+history = train(TrainConfig(cuts=(manifest,), stores=(store,), exp_dir=exp_dir, student="tiny", max_duration=1.5,
+                            num_buckets=2, buffer_size=100, num_workers=0, lr=3e-3, warmup_steps=10,
+                            lr_steps=1000.0, checkpoint_every=1000, log_every=1000, device="cpu",
+                            num_steps=int(num_steps)))
+with open(f"{out}.rank{os.environ['RANK']}.json", "w") as f:
+    json.dump([h["total"] for h in history], f)
+"""
+
+
+@pytest.mark.slow
+def test_a_resumed_two_rank_run_with_dropout_matches_a_straight_one(tmp_path, make_cuts, fill_store) -> None:
+    import json
+
+    cuts = make_cuts("utt", [0.5 + 0.1 * i for i in range(12)])
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    store = fill_store(tmp_path / "t.zarr", cuts)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(exp_dir: str, num_steps: int, out: str) -> None:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   str(driver), str(manifest), str(store), str(tmp_path / exp_dir), str(num_steps), str(tmp_path / out)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    run("a", 8, "straight")
+    run("b", 4, "first")
+    run("b", 8, "second")
+    for rank in (0, 1):
+        def losses(name: str) -> list[float]:
+            return json.loads((tmp_path / f"{name}.rank{rank}.json").read_text())
+
+        assert losses("straight") == losses("first") + losses("second"), rank
