@@ -50,11 +50,17 @@ def _describe(hint: Any) -> str:
 
 
 def _number(value: Any, hint: Any) -> Any:
-    """``value`` as the number a YAML 1.1 exponent string spells, when the field takes one; else unchanged."""
-    if not isinstance(value, str) or not _YAML_NUMBER.match(value.strip()):
-        return value
+    """``value`` as the number a YAML 1.1 exponent string spells, when the field takes one; else unchanged.
+
+    A whole float (``2.0e+4``, which YAML reads as a float) is taken for an
+    integer field, as its string form ``2e4`` is.
+    """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     kinds = set(args) if origin in (typing.Union, types.UnionType) else {hint}
+    if isinstance(value, float) and int in kinds and float not in kinds and value.is_integer():
+        return int(value)
+    if not isinstance(value, str) or not _YAML_NUMBER.match(value.strip()):
+        return value
     number = float(value)
     if float in kinds:
         return number
@@ -72,8 +78,8 @@ def typed_values(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     Examples
     --------
     >>> from mt2kd.train._config import TrainConfig
-    >>> typed_values(TrainConfig, {"lr": "1e-4", "num_steps": "2e3"}, "train.")
-    {'lr': 0.0001, 'num_steps': 2000}
+    >>> typed_values(TrainConfig, {"lr": "1e-4", "num_steps": "2e3", "log_every": 5.0e+1}, "train.")
+    {'lr': 0.0001, 'num_steps': 2000, 'log_every': 50}
     >>> typed_values(TrainConfig, {"shuffle": "false"}, "train.")
     Traceback (most recent call last):
     ...

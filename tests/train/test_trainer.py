@@ -211,10 +211,14 @@ def test_config_file_reads_yaml_exponents_and_refuses_wrong_types(tmp_path) -> N
     from mt2kd.errors import ConfigError
 
     path = tmp_path / "run.yaml"
-    path.write_text("lr: 1e-4\nweight_decay: 1e-2\nnum_steps: 2e3\nlr_steps: 7.5e3\n")  # YAML 1.1: strings
+    path.write_text("lr: 1e-4\nweight_decay: 1e-2\nnum_steps: 2e3\nlr_steps: 7.5e3\n"  # YAML 1.1: strings
+                    "log_every: 5.0e+1\n")  # and a float, for an integer field
     cfg = TrainConfig.from_file(path)
-    assert (cfg.lr, cfg.weight_decay, cfg.num_steps, cfg.lr_steps) == (1e-4, 1e-2, 2000, 7500.0)
-    assert isinstance(cfg.num_steps, int)
+    assert (cfg.lr, cfg.weight_decay, cfg.num_steps, cfg.lr_steps, cfg.log_every) == (1e-4, 1e-2, 2000, 7500.0, 50)
+    assert isinstance(cfg.num_steps, int) and isinstance(cfg.log_every, int)
+    path.write_text("num_steps: 2.5e+0\n")
+    with pytest.raises(ConfigError, match="num_steps must be an integer. Got 2.5"):
+        TrainConfig.from_file(path)
     path.write_text('{"shuffle": "false"}')
     with pytest.raises(ConfigError, match="shuffle must be true or false. Got 'false'"):
         TrainConfig.from_file(path)
