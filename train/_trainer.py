@@ -220,8 +220,9 @@ class Trainer:
         if saved_ranks != self.world_size:
             moved.append("ranks")
             changed["ranks"] = (saved_ranks, self.world_size)
+        say = log.warning if self.rank == 0 else log.debug  # one rank tells: every rank resumes alike
         if moved:
-            log.warning(
+            say(
                 "resuming %s with changed %s: the sampler cannot resume mid-epoch with them, so training goes "
                 "on at step %d with its epoch %d from the start (not an exact resume)", found[-1],
                 ", ".join(f"{name} ({changed[name][0]!r} -> {changed[name][1]!r})" for name in moved),
@@ -232,10 +233,11 @@ class Trainer:
         else:
             restore_sampler(self.sampler, data["sampler"])
         rest = [name for name in changed if name not in moved]
+        tell = log.info if self.rank == 0 else log.debug
         if rest:
-            log.info("resuming with changed %s",
-                     ", ".join(f"{name} ({changed[name][0]!r} -> {changed[name][1]!r})" for name in rest))
-        log.info("resumed from %s at step %d", found[-1], self.step)
+            tell("resuming with changed %s",
+                 ", ".join(f"{name} ({changed[name][0]!r} -> {changed[name][1]!r})" for name in rest))
+        tell("resumed from %s at step %d", found[-1], self.step)
         return True
 
     def _check_student(self, path: Path, data: dict[str, Any]) -> None:
