@@ -58,7 +58,7 @@ class WorkflowConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkflowConfig:
         _check_top_level(cls, data)
-        extract = ExtractConfig.from_dict(data["extract"])
+        extract = ExtractConfig.from_dict(typed_values(ExtractConfig, data["extract"], "extract."))
         chain: dict[str, Any] = {"cuts": list(extract.cuts), "stores": [extract.store]}
         train = None if data.get("train") is None else load_section(TrainConfig, data["train"], "train", chain)
         eval_defaults = dict(chain)
@@ -74,14 +74,18 @@ class WorkflowConfig:
         """Read a ``.yaml``/``.yml`` or ``.json`` file; relative paths in it stay relative to the working dir."""
         path = Path(path)
         text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
+        if path.suffix not in (".yaml", ".yml", ".json"):
             raise ConfigError(f"a workflow config must be .yaml, .yml or .json. Got {path.name!r}.")
+        try:
+            if path.suffix == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+        except Exception as e:  # json.JSONDecodeError or yaml.YAMLError
+            kind = "JSON" if path.suffix == ".json" else "YAML"
+            raise ConfigError(f"workflow config {str(path)!r} must be valid {kind}. Got: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of workflow fields. Got {type(data).__name__}.")
         return cls.from_dict(data)

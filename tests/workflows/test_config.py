@@ -66,6 +66,8 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
     ({"eval": {"labels": 3}}, "eval.labels must be a string or null. Got 3."),
     ({"eval": {"plots": "p"}}, "the 'eval' section must hold EvalConfig fields only"),
     ({"verify": "yes"}, "workflow.verify must be true or false. Got 'yes'."),
+    ({"extract": {**EXTRACT, "shard_hours": "big"}}, "extract.shard_hours must be a number. Got 'big'."),
+    ({"extract": {**EXTRACT, "overwrite": "no"}}, "extract.overwrite must be true or false. Got 'no'."),
     ({"report": "r.json"}, "report needs an 'eval' section"),
     ({"finetune": {}}, "stage-2 fine-tuning is not part of mt2kd yet"),
     ({"stages": []}, "unknown workflow config fields ['stages']"),
@@ -87,3 +89,10 @@ def test_bad_yaml_file_fails_before_any_stage_runs(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--config", str(path)])
     assert result.exit_code == 1 and "train.lr must be a number. Got 'fast'." in result.output
     assert not (tmp_path / "store").exists()
+
+
+def test_a_config_file_that_does_not_parse_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("extract:\n  cuts: [a.jsonl.gz\n")
+    with pytest.raises(ConfigError, match=f"workflow config '{path}' must be valid YAML"):
+        WorkflowConfig.load(path)
