@@ -55,7 +55,7 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pseudo-label-threshold", default=0.5, show_default=True,
                      help="Teacher probability counted as a label when cuts carry no events."),
         click.option("--frames-teacher", default="whisper", show_default=True,
-                     help="Store teacher whose frames the KD L1 compares with."),
+                     help="Store teacher whose frames the student's KD L1 compares with (eval kd)."),
         click.option("--tagging-teacher", default="beats", show_default=True,
                      help="Store teacher whose logits give the tagging ceiling."),
         click.option("--speaker-teacher", default="ecapa", show_default=True,

@@ -28,7 +28,8 @@ _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "
 @click.option("--workers", type=int, default=None,
               help="local worker processes, or SLURM jobs (one worker per GPU each) [default: one per GPU for a "
                    "local run on cuda, else 2]")
-@click.option("--device", default=_DEFAULTS.device, show_default=True, help="cpu or cuda")
+@click.option("--device", default=_DEFAULTS.device, show_default=True,
+              help="cpu, cuda (one worker per visible GPU) or cuda:N (that GPU)")
 @click.option("--max-duration", default=_DEFAULTS.max_duration, show_default=True, help="s of audio per batch")
 @click.option("--shard-hours", default=_DEFAULTS.shard_hours, show_default=True,
               help="h of audio per shard at most (the audio is split into equal shards)")
