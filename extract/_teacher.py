@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mt2kd.errors import CheckpointNotFoundError, ConfigError
+from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from mt2kd.store import TeacherSpec
 
 SAMPLE_RATE = 16_000  # Hz; every teacher takes 16 kHz mono float32
@@ -184,12 +184,29 @@ def _is_instance(value: Any, types: list[type]) -> bool:
 
 
 def check_checkpoint(name: str, checkpoint: str | Path) -> None:
-    """A teacher's checkpoint must be there: nothing is ever downloaded."""
-    if not Path(checkpoint).exists():
+    """A teacher's checkpoint must be there, a file or a folder as its loader reads it: nothing is downloaded.
+
+    Checked on the client before any worker starts (each worker would
+    otherwise fail its setup with a traceback of its own).
+    """
+    path = Path(checkpoint)
+    if not path.exists():
         raise CheckpointNotFoundError(
             f"{name} checkpoint {str(checkpoint)!r} does not exist; nothing is downloaded at run time: "
             f"put the checkpoint there or pass its local path."
         )
+    kind = _CHECKPOINT_KINDS.get(name)
+    if kind == "file" and path.is_dir():
+        pts = sorted(p.name for p in path.glob("*.pt"))
+        inside = f" (it holds {', '.join(pts[:3])}: pass one of those)" if pts else ""
+        raise CheckpointError(f"{name} checkpoint must be a .pt file. Got {str(checkpoint)!r}, which is a "
+                              f"folder{inside}.")
+    if kind == "folder" and not path.is_dir():  # the folder the loader looks for is not there
+        raise CheckpointNotFoundError(f"{name} checkpoint must be a speechbrain pretrained folder. Got {str(checkpoint)!r}, "
+                              f"which is a file: pass the folder that holds it.")
+
+
+_CHECKPOINT_KINDS = {"whisper": "file", "beats": "file", "ecapa": "folder"}  # what each built-in loader reads
 
 
 def check_teacher_name(name: str) -> None:

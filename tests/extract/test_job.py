@@ -294,6 +294,23 @@ def test_a_folder_that_is_not_a_store_stops_the_job_before_any_worker_starts(
     assert cluster_starts == [] and (tmp_path / "out" / "notes.txt").read_text() == "keep me"
 
 
+def test_a_checkpoint_of_the_wrong_kind_stops_the_job_before_any_worker_starts(
+        tmp_path: Path, cluster_starts: list[str]) -> None:
+    from mt2kd.errors import CheckpointError
+
+    (tmp_path / "whisper").mkdir()
+    (tmp_path / "whisper" / "tiny.pt").write_bytes(b"")
+    (tmp_path / "ecapa.ckpt").write_bytes(b"")
+    for teacher, message in ((TeacherConfig("whisper", str(tmp_path / "whisper")),
+                              r"whisper checkpoint must be a \.pt file.*which is a folder \(it holds tiny\.pt"),
+                             (TeacherConfig("ecapa", str(tmp_path / "ecapa.ckpt")),
+                              "ecapa checkpoint must be a speechbrain pretrained folder.*which is a file")):
+        config = ExtractConfig(cuts=DEMO_CUTS[:1], store=str(tmp_path / "s.zarr"), teachers=(teacher,))
+        with pytest.raises(CheckpointError, match=message):
+            extract(config, echo=lambda _: None, progress=False)
+    assert cluster_starts == [] and not (tmp_path / "s.zarr").exists()
+
+
 def test_a_store_being_made_by_another_job_is_not_taken_for_a_foreign_folder(tmp_path: Path) -> None:
     from mt2kd.extract._job import check_store_path
 
