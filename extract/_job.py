@@ -94,12 +94,35 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
         try:
             return TeacherStore.create(config.store, list(specs.values()), attrs=attrs)
         except StoreError as refused:  # another process started on the same new store a moment before us?
-            try:
-                store = TeacherStore.open(config.store, "a")
-            except StoreNotFoundError:
-                raise refused from None  # no: the reason the store could not be made
+            store = _open_when_made(config.store, refused)
     check_resumable(store, specs, attrs["plan"]["fingerprint"], config)
     return store
+
+
+STORE_MADE_SECONDS = 30.0  # how long a run waits for another process to finish making the same new store
+
+
+def _open_when_made(url: str, refused: Exception) -> TeacherStore:
+    """The store another process is making at ``url`` (its root metadata comes last), once it is made.
+
+    Raise ``refused`` (why this process could not make it) if ``url`` is not
+    a store being made, or not made within ``STORE_MADE_SECONDS``.
+    """
+    from mt2kd.errors import StoreError, StoreNotFoundError
+    from mt2kd.store import TeacherStore
+
+    deadline = time.monotonic() + STORE_MADE_SECONDS
+    while True:
+        try:
+            return TeacherStore.open(url, "a")
+        except StoreNotFoundError:
+            try:
+                check_store_path(url)  # only a store's own folders so far: another process is making it
+            except StoreError:
+                raise refused from None
+            if time.monotonic() > deadline:
+                raise refused from None
+            time.sleep(0.1)
 
 
 def check_store_path(url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,39 @@ def test_a_store_being_made_by_another_job_is_not_taken_for_a_foreign_folder(tmp
     (tmp_path / "store" / "shards").mkdir(parents=True)  # what TeacherStore.create writes before the root
     check_store_path(str(tmp_path / "store"))
     check_store_path(str(tmp_path / "new"))
+
+
+def test_a_job_waits_for_another_one_making_the_same_new_store(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # two jobs started at once on a new store: one makes it (its root metadata last), the other opens it once made
+    import shutil
+    import threading
+
+    import mt2kd.extract._job as job
+    from mt2kd.errors import StoreError
+
+    config = ExtractConfig(cuts=DEMO_CUTS[:1], store=str(tmp_path / "store"),
+                           teachers=(TeacherConfig("beats", "b.pt"),))
+    plan = make_plan(config.cuts, config.shard_hours)
+    specs = {"beats": TeacherSpec("beats", "clip", 527, fingerprint="f" * 16)}
+    (tmp_path / "store" / "shards").mkdir(parents=True)  # the other job has begun making it
+
+    def finish() -> None:
+        time.sleep(0.5)
+        shutil.rmtree(tmp_path / "store")
+        TeacherStore.create(config.store, list(specs.values()), attrs=job.store_attrs(config, plan, specs, False))
+
+    other = threading.Thread(target=finish)
+    other.start()
+    store = job.prepare_store(config, plan, specs, False)
+    other.join()
+    assert store.specs["beats"].fingerprint == "f" * 16
+    # nobody finishing it: the reason this job could not make it, after the wait
+    shutil.rmtree(tmp_path / "store")
+    (tmp_path / "store" / "shards").mkdir(parents=True)
+    monkeypatch.setattr(job, "STORE_MADE_SECONDS", 0.3)
+    with pytest.raises(StoreError, match="must not exist yet"):
+        job.prepare_store(config, plan, specs, False)
 
 
 def test_relative_paths_reach_the_workers_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
