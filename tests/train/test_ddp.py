@@ -11,12 +11,17 @@ import pytest
 from mt2kd.train._checkpoint import list_checkpoints, read_checkpoint
 
 
-@pytest.mark.slow
-def test_torchrun_two_gloo_ranks(tmp_path, make_cuts, fill_store) -> None:
+def _twelve_cuts(tmp_path, make_cuts, fill_store):
+    """A manifest of 12 cuts of 0.5-1.6 s and a store with their targets."""
     cuts = make_cuts("utt", [0.5 + 0.1 * i for i in range(12)])
     manifest = tmp_path / "cuts.jsonl.gz"
     cuts.to_file(manifest)
-    store = fill_store(tmp_path / "t.zarr", cuts)
+    return manifest, fill_store(tmp_path / "t.zarr", cuts)
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks(tmp_path, make_cuts, fill_store) -> None:
+    manifest, store = _twelve_cuts(tmp_path, make_cuts, fill_store)
     exp_dir = tmp_path / "exp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -60,10 +65,7 @@ with open(f"{out}.rank{os.environ['RANK']}.json", "w") as f:
 def test_a_resumed_two_rank_run_with_dropout_matches_a_straight_one(tmp_path, make_cuts, fill_store) -> None:
     import json
 
-    cuts = make_cuts("utt", [0.5 + 0.1 * i for i in range(12)])
-    manifest = tmp_path / "cuts.jsonl.gz"
-    cuts.to_file(manifest)
-    store = fill_store(tmp_path / "t.zarr", cuts)
+    manifest, store = _twelve_cuts(tmp_path, make_cuts, fill_store)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
