@@ -9,9 +9,11 @@ string given for a number field is read as the number it spells.
 
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from mt2kd.errors import ConfigError
@@ -94,3 +96,28 @@ def typed_values(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
         if not _matches(values[name], hints[name]):
             raise ConfigError(f"{where}{name} must be {_describe(hints[name])}. Got {value!r}.")
     return values
+
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML (``.yaml``/``.yml``) or JSON file holds; ``what`` names the file in every error.
+
+    Examples
+    --------
+    >>> read_mapping("run.yaml", "workflow config")  # doctest: +SKIP
+    {'extract': {...}, 'train': {...}}
+    """
+    path = Path(path)
+    is_yaml = path.suffix in (".yaml", ".yml")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if is_yaml:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # json.JSONDecodeError or yaml.YAMLError
+        raise ConfigError(f"{what} {str(path)!r} must be valid {'YAML' if is_yaml else 'JSON'}. Got: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping of its fields. Got {type(data).__name__}.")
+    return data

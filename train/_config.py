@@ -8,11 +8,10 @@ its fields.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-from mt2kd._typed import typed_values
+from mt2kd._typed import read_mapping, typed_values
 from mt2kd.errors import ConfigError
 
 
@@ -169,18 +168,5 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file must exist. Got {str(path)!r}.")
-        text = path.read_text()
-        is_yaml = path.suffix in (".yaml", ".yml")
-        try:
-            if is_yaml:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as e:  # json.JSONDecodeError or yaml.YAMLError
-            raise ConfigError(f"config file {str(path)!r} must be valid {'YAML' if is_yaml else 'JSON'}. "
-                              f"Got: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping. Got {type(data).__name__}.")
+        data = read_mapping(path, "config file")
         return cls.from_dict(typed_values(cls, data, f"config file {str(path)!r}: "))

@@ -9,7 +9,6 @@ and what a section inherits from the stages before it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
 from mt2kd.extract import ExtractConfig
 from mt2kd.train._config import TrainConfig, checkpoint_path
-from mt2kd._typed import typed_values
+from mt2kd._typed import read_mapping, typed_values
 from mt2kd.workflows._sections import load_section
 
 _STAGE_2_KEYS = ("finetune", "fine_tune", "stage2")  # refused with a clear message: not built yet
@@ -73,21 +72,9 @@ class WorkflowConfig:
     def load(cls, path: str | Path) -> WorkflowConfig:
         """Read a ``.yaml``/``.yml`` or ``.json`` file; relative paths in it stay relative to the working dir."""
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
         if path.suffix not in (".yaml", ".yml", ".json"):
             raise ConfigError(f"a workflow config must be .yaml, .yml or .json. Got {path.name!r}.")
-        try:
-            if path.suffix == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-        except Exception as e:  # json.JSONDecodeError or yaml.YAMLError
-            kind = "JSON" if path.suffix == ".json" else "YAML"
-            raise ConfigError(f"workflow config {str(path)!r} must be valid {kind}. Got: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of workflow fields. Got {type(data).__name__}.")
+        data = read_mapping(path, "workflow config")
         return cls.from_dict(data)
 
 
