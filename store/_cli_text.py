@@ -175,6 +175,8 @@ def shape_text(shape: Sequence[int]) -> str:
 
 def summarize(array: np.ndarray, spec: TeacherSpec | None) -> dict[str, Any]:
     """Shape and value statistics of one teacher output, plus top logits or a norm for clip outputs."""
+    if spec is not None and spec.kind == "text":
+        return {"shape": list(array.shape), "dtype": str(array.dtype), "text": spec.text_of(array)}
     values = np.asarray(array, dtype=np.float64)
     finite = values[np.isfinite(values)]
     facts: dict[str, Any] = {"shape": list(array.shape), "dtype": str(array.dtype)}
@@ -193,6 +195,8 @@ def summarize(array: np.ndarray, spec: TeacherSpec | None) -> dict[str, Any]:
 
 
 def show_pairs(facts: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if "text" in facts:
+        return [("Bytes", facts["shape"][0]), ("Text", repr(facts["text"]))]
     pairs: list[tuple[str, Any]] = [("Shape", shape_text(facts["shape"])), ("Dtype", facts["dtype"])]
     if "num_frames" in facts:
         pairs.append(("Duration", f"{facts['seconds']:.2f} s ({facts['num_frames']} frames)"))

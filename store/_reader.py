@@ -167,14 +167,14 @@ class ChunkReader:
         if found.row_bytes:  # raw chunks back to back: each output is one byte range of the file
             for slot, start, end in requests:
                 out = np.empty((end - start, spec.dim), dtype=dtype)
-                outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
+                outputs[slot][teacher] = _output_view(out, spec)
                 pieces.append(Piece(path, start * found.row_bytes, (end - start) * found.row_bytes, None, out))
             return
         codec, entries = self.codecs[teacher], found.entries
         scratch: dict[int, np.ndarray] = {}  # partial chunks (at most two per request), decoded once
         for slot, start, end in sorted(requests, key=lambda r: r[1]):  # disjoint row ranges, in file order
             out = np.empty((end - start, spec.dim), dtype=dtype)
-            outputs[slot][teacher] = out if spec.kind == "frames" else out[0]
+            outputs[slot][teacher] = _output_view(out, spec)
             first = start // step
             for c, (offset, nbytes) in enumerate(entries[first:(end - 1) // step + 1].tolist(), start=first):
                 lo, hi = c * step, (c + 1) * step
@@ -251,6 +251,16 @@ class ChunkReader:
                                             thread_name_prefix="mt2kd-read")
             self._pid = os.getpid()
         return self._pool
+
+
+def _output_view(rows: np.ndarray, spec: TeacherSpec) -> np.ndarray:
+    """What ``get`` returns of a cut's rows (filled later): frames as they are, a clip vector, a text's bytes.
+
+    A text's rows are its UTF-8 bytes and a closing 0 byte (``_writer``), left out here.
+    """
+    if spec.kind == "frames":
+        return rows
+    return rows[:-1, 0] if spec.kind == "text" else rows[0]
 
 
 def _checked_index(table: np.ndarray, data_end: int, where: str) -> np.ndarray:

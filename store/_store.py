@@ -197,7 +197,8 @@ class TeacherStore:
         for teacher, spec in self._specs.items():
             num_rows = _num_rows(record, teacher, position)
             if num_rows:
-                shapes[teacher] = (num_rows, spec.dim) if spec.kind == "frames" else (spec.dim,)
+                shapes[teacher] = {"frames": (num_rows, spec.dim), "clip": (spec.dim,),
+                                   "text": (num_rows - 1,)}[spec.kind]  # a text's bytes less its closing 0
         return shapes
 
     def num_frames(self, cut_id: str, teacher: str) -> int:
@@ -225,7 +226,10 @@ class TeacherStore:
         return found
 
     def get(self, cut_id: str) -> dict[str, np.ndarray]:
-        """Every stored teacher output of ``cut_id``: frames ``[T, dim]``, clip ``[dim]``."""
+        """Every stored teacher output of ``cut_id``: frames ``[T, dim]``, clip ``[dim]``, text uint8 bytes.
+
+        ``specs[teacher].text_of(array)`` (or :meth:`texts`) turns a text teacher's bytes into its str.
+        """
         return self.get_many([cut_id])[0]
 
     def get_many(self, cut_ids: Sequence[str], teachers: Iterable[str] | None = None
@@ -240,6 +244,21 @@ class TeacherStore:
         where = self._index.where
         jobs = [where.get(c) or self._locate(c) for c in cut_ids]  # _locate raises for an unknown cut
         return self._reader.read(jobs, wanted)
+
+    def texts(self, cut_ids: Sequence[str], teacher: str) -> list[str | None]:
+        """The text ``teacher`` (a text teacher) stored for each cut; None where it has no output of the cut.
+
+        Examples
+        --------
+        >>> store.texts(["cut-1", "cut-2"], "whisper-text")  # doctest: +SKIP
+        ['hello world', None]
+        """
+        spec = self._specs.get(teacher)
+        if spec is None or spec.kind != "text":
+            texts = [t for t, s in self._specs.items() if s.kind == "text"]
+            raise ConfigError(f"texts needs a text teacher, one of {texts}. Got {teacher!r}.")
+        return [None if teacher not in got else spec.text_of(got[teacher])
+                for got in self.get_many(cut_ids, [teacher])]
 
     def _teachers(self, teachers: Iterable[str] | None) -> list[str]:
         if teachers is None:

@@ -18,6 +18,7 @@ from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DI
 import mt2kd.store._fs as _fs
 from mt2kd.store._fs import TMP_PREFIX, FsspecLocation, LocalLocation, holder_alive
 from mt2kd.store._index import ShardRecord, commit_path, committed_names, record_is_torn, torn_records
+from mt2kd.store._spec import TeacherSpec
 
 if TYPE_CHECKING:
     from mt2kd.store._store import TeacherStore
@@ -26,7 +27,7 @@ SECONDS_PER_HOUR = 3600.0
 FLOAT32_BYTES = 4  # bytes of one float32 value
 FRAME_TOLERANCE = 1  # frames a cut may differ from duration x frame_rate
 VERIFY_BATCH = 64  # cuts per read while scanning for NaN/Inf
-PROBLEM_KINDS = ("offsets", "unreadable", "nonfinite", "missing", "frame_count", "leftover", "incomplete")
+PROBLEM_KINDS = ("offsets", "unreadable", "nonfinite", "text", "missing", "frame_count", "leftover", "incomplete")
 SHARDS_NAMED = 10  # missing shards an "incomplete" problem names (info --json lists them all)
 
 
@@ -198,6 +199,9 @@ def _check_record(store: TeacherStore, record: ShardRecord) -> list[Problem]:
                             f"{type(e).__name__}: {e}", shard=record.name)]
         for (_, i), arrays in zip(jobs, got):
             for teacher, array in arrays.items():
+                if store.specs[teacher].kind == "text":
+                    problems += _check_text(store.specs[teacher], array, record, record.cut_ids[i])
+                    continue
                 num_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
                 if num_bad:
                     cut_id = record.cut_ids[i]
@@ -205,6 +209,16 @@ def _check_record(store: TeacherStore, record: ShardRecord) -> list[Problem]:
                                             f"{record.name}): {num_bad} NaN/Inf values", cut_id=cut_id,
                                             teacher=teacher, shard=record.name))
     return problems
+
+
+def _check_text(spec: TeacherSpec, array: np.ndarray, record: ShardRecord, cut_id: str) -> list[Problem]:
+    try:
+        spec.text_of(array)
+    except UnicodeDecodeError as e:
+        return [Problem("text", f"cut {cut_id!r}, teacher {spec.name!r} (shard {record.name}): the text must be "
+                        f"UTF-8. Got {e.reason} at byte {e.start}", cut_id=cut_id, teacher=spec.name,
+                        shard=record.name)]
+    return []
 
 
 def _check_durations(store: TeacherStore, durations: Mapping[str, float]) -> list[Problem]:

@@ -49,7 +49,7 @@ from mt2kd.store._format import (
 )
 from mt2kd.store._fs import Location
 from mt2kd.store._index import ShardRecord, StoreIndex, TeacherRows, commit_path, read_record, record_is_torn
-from mt2kd.store._spec import TeacherSpec
+from mt2kd.store._spec import TEXT_END, TeacherSpec
 
 SMALL_CODEC = "zstd"  # offsets and cut ID bytes
 SMALL_CODEC_LEVEL = 3
@@ -254,7 +254,7 @@ class ShardWriter:
     # ------------------------------------------------------------ writing
 
     def put(self, cut_id: str, outputs: Mapping[str, Any]) -> None:
-        """Add one cut's teacher outputs (frames ``[T, dim]``, clip ``[dim]``); some teachers may be absent.
+        """Add one cut's teacher outputs (frames ``[T, dim]``, clip ``[dim]``, text a str); some may be absent.
 
         Raises ValidationError naming the cut and teacher when a shape, dtype or
         value is wrong (non-finite values included, after the cast to the
@@ -304,6 +304,8 @@ class ShardWriter:
         if spec is None:
             raise ValidationError(f"cut {cut_id!r}: teacher must be one of {list(self.specs)}. Got {teacher!r}.",
                                   teacher=teacher)
+        if spec.kind == "text":
+            return _text_rows(cut_id, teacher, value)
         array = np.asarray(value)
         if array.dtype.kind not in "fiu":
             raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: output must be a real-number array. "
@@ -407,6 +409,26 @@ def _write_small_array(loc: Location, path: str, array: np.ndarray) -> None:
         loc.put(f"{path}/{CHUNK_FILE_1D}", blob + encode_index([(0, len(blob))]))
     loc.put(f"{path}/{METADATA_FILE}", array_metadata(array.shape, str(array.dtype), rows,
                                                         SMALL_CODEC, SMALL_CODEC_LEVEL))
+
+
+def _text_rows(cut_id: str, teacher: str, value: Any) -> np.ndarray:
+    """A text output as stored: its UTF-8 bytes and a closing 0 byte, ``[num_bytes + 1, 1]`` uint8.
+
+    The closing byte keeps an empty text (whisper hears nothing in silence)
+    apart from a cut the teacher has no output of (no rows at all).
+    """
+    if not isinstance(value, str):
+        raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: text output must be a str. Got "
+                              f"{type(value).__name__}.", teacher=teacher)
+    if TEXT_END in value:
+        raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: text output must not hold a NUL character. "
+                              f"Got one at position {value.index(TEXT_END)}.", teacher=teacher)
+    try:
+        raw = value.encode("utf-8") + TEXT_END.encode()
+    except UnicodeEncodeError as e:
+        raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: text output must be UTF-8 encodable. "
+                              f"Got {e.reason} at position {e.start}.", teacher=teacher) from e
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, 1)
 
 
 def _check_cut_id(cut_id: Any) -> None:
