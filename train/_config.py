@@ -13,6 +13,7 @@ from typing import Any
 
 from mt2kd._typed import read_mapping, typed_values
 from mt2kd.errors import ConfigError
+from mt2kd.train._zipformer_config import ZIPFORMER_PRESETS, ZipformerConfig
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -26,7 +27,12 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
-    """Sizes of the Conformer student and its three heads.
+    """Which encoder the student is, its sizes and its three heads.
+
+    The Conformer reads the fields from ``frontend_channels`` to ``dropout``;
+    a Zipformer (``encoder="zipformer"``) reads ``zipformer`` instead, and its
+    ``model_dim`` is that encoder's output width. ``sv_block`` counts
+    Conformer blocks or Zipformer stacks.
 
     Examples
     --------
@@ -45,12 +51,21 @@ class StudentConfig:
     teacher_frame_dim: int = 2560  # M_ASR output: stacked whisper-large frames
     num_classes: int = 527  # M_AT output: AudioSet classes
     embedding_dim: int = 192  # M_SV output: ECAPA embedding size
-    sv_block: int = 3  # 1-based block whose output feeds M_SV (the paper uses an early block)
+    sv_block: int = 3  # 1-based block (Conformer) or stack (Zipformer) whose output feeds M_SV
     sv_attention_dim: int = 128  # hidden size of the attentive statistics pooling
+    encoder: str = "conformer"  # "conformer" (the fields above) or "zipformer" (the field below)
+    zipformer: ZipformerConfig | None = None  # the Zipformer's sizes; set exactly when encoder == "zipformer"
+
+    @property
+    def num_outputs(self) -> int:
+        """How many entries ``StudentOutput.hidden_states`` has: blocks, or Zipformer stacks."""
+        return self.zipformer.num_stacks if self.zipformer is not None else self.num_blocks
 
     def __post_init__(self) -> None:
-        if not 1 <= self.sv_block <= self.num_blocks:
-            raise ConfigError(f"sv_block must be in [1, num_blocks={self.num_blocks}]. Got {self.sv_block}.")
+        self._check_encoder()
+        if not 1 <= self.sv_block <= self.num_outputs:
+            raise ConfigError(f"sv_block must be in [1, {self.num_outputs}] (the {self.encoder}'s "
+                              f"{'stacks' if self.zipformer else 'blocks'}). Got {self.sv_block}.")
         if self.model_dim % self.num_heads:
             raise ConfigError(
                 f"model_dim must be divisible by num_heads={self.num_heads}. Got {self.model_dim}."
@@ -58,9 +73,19 @@ class StudentConfig:
         if self.conv_kernel % 2 == 0:
             raise ConfigError(f"conv_kernel must be odd (symmetric padding). Got {self.conv_kernel}.")
 
+    def _check_encoder(self) -> None:
+        if self.encoder not in ("conformer", "zipformer"):
+            raise ConfigError(f"encoder must be one of ['conformer', 'zipformer']. Got {self.encoder!r}.")
+        if (self.encoder == "zipformer") != (self.zipformer is not None):
+            raise ConfigError(f"zipformer sizes must be given exactly when encoder is 'zipformer'. Got encoder "
+                              f"{self.encoder!r} with zipformer {'set' if self.zipformer else 'None'}.")
+        if self.zipformer is not None and self.model_dim != self.zipformer.output_dim:
+            raise ConfigError(f"model_dim must be the Zipformer's output width {self.zipformer.output_dim}. "
+                              f"Got {self.model_dim}.")
+
     @classmethod
     def preset(cls, name: str) -> StudentConfig:
-        """``tiny`` (tests, well under 1 M parameters) or ``paper`` (about 65 M)."""
+        """A :data:`STUDENT_PRESETS` name: ``paper``/``tiny`` (Conformer), ``zipformer-m``/``zipformer-tiny``."""
         if name not in STUDENT_PRESETS:
             raise ConfigError(f"student preset must be one of {sorted(STUDENT_PRESETS)}. Got {name!r}.")
         return STUDENT_PRESETS[name]
@@ -70,6 +95,8 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
+        if isinstance(data.get("zipformer"), dict):
+            data = {**data, "zipformer": ZipformerConfig.from_dict(data["zipformer"])}
         return _from_dict(cls, data)
 
 
@@ -90,6 +117,10 @@ STUDENT_PRESETS: dict[str, StudentConfig] = {
         conv_kernel=7, dropout=0.0, sv_attention_dim=16,
     ),
     "paper": StudentConfig(),
+    "zipformer-m": StudentConfig(encoder="zipformer", zipformer=ZIPFORMER_PRESETS["m"],
+                                 model_dim=ZIPFORMER_PRESETS["m"].output_dim),
+    "zipformer-tiny": StudentConfig(encoder="zipformer", zipformer=ZIPFORMER_PRESETS["tiny"],
+                                    model_dim=ZIPFORMER_PRESETS["tiny"].output_dim, sv_attention_dim=16),
 }
 
 

@@ -1,4 +1,4 @@
-"""The student: a 4x-subsampling conv front-end, Conformer blocks, three heads.
+"""The student: an encoder (Conformer blocks after a 4x conv front-end, or a Zipformer), three heads.
 
 - M_ASR: linear from the last block to the teacher frame dim (2560).
 - M_AT: linear to 527 class logits per frame, averaged over valid frames.
@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from mt2kd.train._config import StudentConfig
 from mt2kd.train._features import num_student_frames
+from mt2kd.train._zipformer import ZipformerEncoder
 
 FBANK_OFFSET = 15.0  # rough mean of int16-scale log-mel energies of speech
 FBANK_SCALE = 5.0  # rough spread of the same; the front-end learns the rest
@@ -32,7 +33,7 @@ class StudentOutput:
     frame_mask: torch.Tensor  # [B, T] bool, True on valid frames
     at_logits: torch.Tensor  # [B, num_classes] M_AT logits, mean over valid frames
     sv_embedding: torch.Tensor  # [B, embedding_dim] M_SV output
-    hidden_states: list[torch.Tensor]  # num_blocks x [B, T, D], every block's output
+    hidden_states: list[torch.Tensor]  # [B, T, D] per Conformer block / Zipformer stack (full width, 25 Hz)
     num_frames: torch.Tensor  # [B] valid frames per cut
 
 
@@ -158,7 +159,7 @@ def _sinusoids(num_frames: int, dim: int, device: torch.device) -> torch.Tensor:
 
 
 class Student(nn.Module):
-    """Conformer student encoder with the M_ASR, M_AT and M_SV heads.
+    """Student encoder (``config.encoder``: Conformer or Zipformer) with the M_ASR, M_AT and M_SV heads.
 
     Examples
     --------
@@ -171,15 +172,17 @@ class Student(nn.Module):
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         self.config = config
-        self.frontend = ConvFrontEnd(config)
-        self.blocks = nn.ModuleList(ConformerBlock(config) for _ in range(config.num_blocks))
+        if config.zipformer is not None:
+            self.zipformer = ZipformerEncoder(config.zipformer, config.input_dim)
+        else:
+            self.frontend = ConvFrontEnd(config)
+            self.blocks = nn.ModuleList(ConformerBlock(config) for _ in range(config.num_blocks))
         self.asr_head = nn.Linear(config.model_dim, config.teacher_frame_dim)
         self.at_head = nn.Linear(config.model_dim, config.num_classes)
         self.sv_pool = AttentiveStatsPooling(config.model_dim, config.sv_attention_dim)
         self.sv_head = nn.Linear(2 * config.model_dim, config.embedding_dim)
 
-    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor) -> StudentOutput:
-        """``fbank`` ``[B, T100, 80]`` zero-padded, ``num_frames`` ``[B]`` valid 100 Hz frames."""
+    def _conformer(self, fbank: torch.Tensor, num_frames: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         x = self.frontend(fbank, num_frames)
         lengths = num_student_frames(num_frames)
         mask = _lengths_to_mask(lengths, x.shape[1])
@@ -188,6 +191,16 @@ class Student(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
             hidden.append(x)
+        return hidden, mask, lengths
+
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor) -> StudentOutput:
+        """``fbank`` ``[B, T100, 80]`` zero-padded, ``num_frames`` ``[B]`` valid 100 Hz frames."""
+        if self.config.zipformer is not None:
+            states = self.zipformer((fbank - FBANK_OFFSET) / FBANK_SCALE, num_frames)
+            hidden, mask, lengths = states.hidden_states, states.mask, states.lengths
+        else:
+            hidden, mask, lengths = self._conformer(fbank, num_frames)
+        x = hidden[-1]
         sv_input = hidden[self.config.sv_block - 1]
         weights = mask.to(x.dtype)[..., None] / lengths.clamp_min(1).to(x.dtype)[:, None, None]
         return StudentOutput(
