@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mt2kd._console import is_terminal
-from mt2kd.train._config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = 3600.0
-LOSS_KEYS = ("whisper", "beats", "ecapa", "total")
+NOT_LOSSES = ("lr", "grad_norm")  # step values that are not losses: shown apart, logged under train/
+
+
+def loss_keys(values: dict[str, float]) -> list[str]:
+    """The losses among a step's values, in their order with ``total`` last (every stage names its own)."""
+    keys = [k for k in values if k not in NOT_LOSSES and k != "total"]
+    return keys + ["total"] if "total" in values else keys
 
 
 def _has_console_handler(logger: logging.Logger) -> bool:
@@ -40,7 +45,7 @@ class Progress:
     periodic lines always go through logging (logger ``mt2kd.train._progress``).
     """
 
-    def __init__(self, cfg: TrainConfig, rank: int, start_step: int = 0, stream: TextIO | None = None) -> None:
+    def __init__(self, cfg: Any, rank: int, start_step: int = 0, stream: TextIO | None = None) -> None:
         self.log_every = cfg.log_every
         self.num_steps_total = cfg.num_steps
         self.active = rank == 0
@@ -119,7 +124,7 @@ class Progress:
         hours_per_s = self.audio_s / SECONDS_PER_HOUR / elapsed
         wait_pct = 100.0 * self.wait_s / elapsed
         if self.active:
-            losses = " ".join(f"{k} {means[k]:.4f}" for k in LOSS_KEYS if k in means)
+            losses = " ".join(f"{k} {means[k]:.4f}" for k in loss_keys(means))
             dropped = f" | {self.num_cuts_dropped} cuts dropped (unreadable audio)" if self.num_cuts_dropped else ""
             log.info(
                 "step %d/%d | %s | lr %.2e | %.3f audio h/s | data-wait %.1f%% | ETA %s%s",
@@ -132,7 +137,7 @@ class Progress:
     def _write_scalars(self, step: int, means: dict[str, float], hours_per_s: float, wait_pct: float) -> None:
         assert self.writer is not None  # set whenever active
         for key, value in means.items():
-            tag = f"loss/{key}" if key in LOSS_KEYS else f"train/{key}"
+            tag = f"train/{key}" if key in NOT_LOSSES else f"loss/{key}"
             self.writer.add_scalar(tag, value, step)
         self.writer.add_scalar("throughput/audio_hours_per_s", hours_per_s, step)
         self.writer.add_scalar("throughput/data_wait_pct", wait_pct, step)

@@ -82,7 +82,7 @@ def test_resume_with_nothing_left_to_train_says_so(tmp_path, corpus, caplog) -> 
     runner = CliRunner()
     assert runner.invoke(main, _kd(corpus, exp, "--num-steps", "2")).exit_code == 0
     for num_steps in ("2", "1"):
-        with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+        with caplog.at_level(logging.WARNING, logger="mt2kd.train"):
             result = runner.invoke(main, _kd(corpus, exp, "--num-steps", num_steps))
         assert result.exit_code == 0, result.output
         assert f"nothing left to train: checkpoint at step 2 >= num_steps {num_steps}" in caplog.text
@@ -129,12 +129,12 @@ def test_training_on_random_teachers_warns_at_start(tmp_path, corpus, fill_store
     import logging
 
     random = fill_store(tmp_path / "random.zarr", corpus["cuts"], attrs={"random_teachers": True})
-    with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train"):
         result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp", "--num-steps", "1", store=str(random)))
     assert result.exit_code == 0, result.output
     assert f"random teacher weights in {random}" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train"):
         result = CliRunner().invoke(main, _kd(corpus, tmp_path / "exp2", "--num-steps", "1"))
     assert result.exit_code == 0 and "random teacher weights" not in caplog.text
 

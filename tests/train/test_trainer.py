@@ -171,7 +171,7 @@ def test_resume_with_dropout_matches_a_straight_run(tmp_path, corpus, determinis
 def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, corpus, caplog) -> None:
     exp = tmp_path / "exp"
     train(_config(corpus, exp, num_steps=4, lr=3e-3, weight_decay=0.01))
-    with caplog.at_level(logging.INFO, logger="mt2kd.train._trainer"):
+    with caplog.at_level(logging.INFO, logger="mt2kd.train"):
         history = train(_config(corpus, exp, num_steps=6, lr=1e-4, weight_decay=0.5))
     # step 5 trains at lr * eden_factor(4): the old 3e-3 would give 30x these values
     assert [h["lr"] for h in history] == pytest.approx([1e-4 * eden_factor(s, 10, 1000.0) for s in (5, 6)])
@@ -185,7 +185,7 @@ def test_resume_with_changed_batching_restarts_the_sampler_and_says_so(tmp_path,
     exp = tmp_path / "exp"
     train(_config(corpus, exp, num_steps=2))
     epoch = read_checkpoint(list_checkpoints(exp)[-1])["sampler"]["epoch"]
-    with caplog.at_level(logging.WARNING, logger="mt2kd.train._trainer"):
+    with caplog.at_level(logging.WARNING, logger="mt2kd.train"):
         history = train(_config(corpus, exp, num_steps=4, max_duration=2.0))
     assert len(history) == 2
     assert "max_duration (3.0 -> 2.0)" in caplog.text and "not an exact resume" in caplog.text
