@@ -13,6 +13,7 @@ import click
 
 from mt2kd.errors import MT2KDError
 from mt2kd.extract._config import ExtractConfig, TeacherConfig
+from mt2kd.extract._tiny import DEFAULT_TINY, TINY_NAMES
 
 _DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "-"),))
 
@@ -83,11 +84,14 @@ def teachers() -> None:
 @teachers.command("make-tiny")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
-def make_tiny(out_dir: str, seed: int) -> None:
-    """Write tiny RANDOM-weight whisper, beats and ecapa checkpoints into OUT_DIR (tests and demos only)."""
+@click.option("--teacher", "names", multiple=True, type=click.Choice(list(TINY_NAMES) + ["all"]),
+              help=f"teacher to write; repeat [default: {', '.join(DEFAULT_TINY)}]")
+def make_tiny(out_dir: str, seed: int, names: tuple[str, ...]) -> None:
+    """Write tiny RANDOM-weight teacher checkpoints into OUT_DIR (tests and demos only)."""
     from mt2kd.extract._tiny import make_tiny_checkpoints
 
-    paths = make_tiny_checkpoints(out_dir, seed=seed)
+    chosen = TINY_NAMES if "all" in names else (names or DEFAULT_TINY)
+    paths = make_tiny_checkpoints(out_dir, seed=seed, names=tuple(chosen))
     for name, path in paths.items():
         click.echo(f"{name:<8}: {path}")
     click.echo("These teachers have random weights: their outputs are not labels.")

@@ -24,6 +24,26 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _continues(item: str) -> bool:
+    """Whether an item without ``=`` is the next element of a list value (a number: ``layers=3,6``)."""
+    return re.fullmatch(r"\s*-?\d+\s*", item) is not None
+
+
+def _option_items(items: list[str]) -> dict[str, str]:
+    """``["layers=3", "6", "stack=2"]`` -> ``{"layers": "3,6", "stack": "2"}``: a number without ``=``
+    continues the value before it, so a list option reads as written (``layers=3,6``)."""
+    options: dict[str, str] = {}
+    key = ""
+    for item in items:
+        if "=" in item:
+            key, _, value = item.partition("=")
+            key = key.strip()
+            options[key] = value.strip()
+        else:
+            options[key] += "," + item.strip()
+    return options
+
+
 def _absolute(path: str) -> str:
     """A local path made absolute in this working directory; URLs (``s3://``, ``file://``) and "" stay."""
     return path if not path or "://" in path else os.path.abspath(path)
@@ -52,16 +72,16 @@ class TeacherConfig:
         checkpoint, options = rest, {}
         head, colon, tail = rest.rpartition(":")
         items = tail.split(",")
+        bare = [i.strip() for i in items if "=" not in i and not _continues(i)]
         if colon and head and all(re.fullmatch(r"\s*\w+\s*", i) or "=" in i for i in items) and \
-                not all("=" in i for i in items) and not os.path.exists(rest):  # e.g. tiny.pt:layer
-            bare = [i.strip() for i in items if "=" not in i]
+                ("=" not in items[0] or bare) and not os.path.exists(rest):  # e.g. tiny.pt:layer
+            bare = bare or [items[0].strip()]
             raise ConfigError(f"--teacher {text}: the options after ':' must be key=value[,key=value...], e.g. "
                               f"{name}={head}:{bare[0]}=VALUE. Got {bare[0]!r} without a value.")
-        if colon and head and tail and all("=" in item for item in items):
+        if colon and head and tail and "=" in items[0] and all("=" in i or _continues(i) for i in items):
             checkpoint = head
-            for item in tail.split(","):
-                key, _, value = item.partition("=")
-                options[key.strip()] = _parse_value(value.strip())
+            for key, value in _option_items(items).items():
+                options[key] = _parse_value(value)
         return cls(name.strip(), checkpoint, options)
 
     def to_text(self) -> str:

@@ -226,11 +226,15 @@ _BUILTIN_MODULES = {
     "whisper": "mt2kd.extract.whisper",
     "beats": "mt2kd.extract.beats",
     "ecapa": "mt2kd.extract.ecapa",
+    "hubert": "mt2kd.extract.ssl",
+    "wavlm": "mt2kd.extract.ssl",
+    "wav2vec2": "mt2kd.extract.ssl",
 }
 # and the libraries each imports only once a checkpoint is loaded
 _BUILTIN_LAZY_IMPORTS = {
     "whisper": ("whisper.model",),
     "ecapa": ("speechbrain.lobes.features", "speechbrain.lobes.models.ECAPA_TDNN", "speechbrain.processing.features"),
+    **{name: ("torchaudio.models",) for name in ("hubert", "wavlm", "wav2vec2")},
 }
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where a model is built: checkpoint_is_random stays cheap for the job's client
     import torch
 
-__all__ = ["RANDOM_WEIGHTS_FILE", "TINY_NOTE_FILE", "checkpoint_is_random", "make_tiny_checkpoints",
+__all__ = ["DEFAULT_TINY", "RANDOM_WEIGHTS_FILE", "TINY_NAMES", "TINY_NOTE_FILE", "checkpoint_is_random", "make_tiny_checkpoints",
            "write_tiny_ecapa_checkpoint"]
 
 RANDOM_WEIGHTS_FILE = "RANDOM_WEIGHTS"  # marker next to (or inside) a random-weight checkpoint
@@ -182,12 +182,19 @@ def write_tiny_ecapa_checkpoint(folder: str | Path, seed: int = 0, lin_neurons: 
     return folder
 
 
-def make_tiny_checkpoints(folder: str | Path, seed: int = 0, whisper_n_mels: int = 80) -> dict[str, Path]:
-    """Write tiny random-weight checkpoints of all three teachers; returns their paths by teacher name.
+DEFAULT_TINY = ("whisper", "beats", "ecapa")  # what make-tiny writes unless asked for others
+TINY_NAMES = ("whisper", "beats", "ecapa", "hubert", "wavlm", "wav2vec2")  # every teacher make-tiny can write
+
+
+def make_tiny_checkpoints(folder: str | Path, seed: int = 0, whisper_n_mels: int = 80,
+                          names: tuple[str, ...] = DEFAULT_TINY) -> dict[str, Path]:
+    """Write tiny random-weight checkpoints of the teachers ``names``; returns their paths by teacher name.
 
     Layout: ``folder/whisper/tiny.pt``, ``folder/beats/tiny.pt``, ``folder/ecapa/``
-    (a speechbrain pretrained folder), each folder with a ``RANDOM_WEIGHTS``
-    marker, and ``folder/TINY_TEACHERS.json`` describing them.
+    (a speechbrain pretrained folder), ``folder/NAME/tiny.pt`` for ``hubert``,
+    ``wavlm`` and ``wav2vec2`` (torchaudio ``{config, state_dict}``), each
+    folder with a ``RANDOM_WEIGHTS`` marker, and ``folder/TINY_TEACHERS.json``
+    describing them.
 
     Examples
     --------
@@ -197,19 +204,33 @@ def make_tiny_checkpoints(folder: str | Path, seed: int = 0, whisper_n_mels: int
     >>> load_teacher("whisper", paths["whisper"]).spec.dim
     128
     """
-    from mt2kd.extract.beats import write_tiny_beats_checkpoint
-    from mt2kd.extract.whisper import write_tiny_whisper_checkpoint
+    from mt2kd.errors import ConfigError
 
+    unknown = [n for n in names if n not in TINY_NAMES]
+    if unknown or not names:
+        raise ConfigError(f"tiny teachers must be among {list(TINY_NAMES)}. Got {list(names)}.")
     folder = Path(folder)
-    paths = {
-        "whisper": write_tiny_whisper_checkpoint(folder / "whisper" / "tiny.pt", seed=seed, n_mels=whisper_n_mels),
-        "beats": write_tiny_beats_checkpoint(folder / "beats" / "tiny.pt", seed=seed),
-        "ecapa": write_tiny_ecapa_checkpoint(folder / "ecapa", seed=seed),
-    }
+    paths = {name: _write_tiny(folder, name, seed, whisper_n_mels) for name in names}
     for name, path in paths.items():
         _mark_random(path if path.is_dir() else path.parent, name)
     _write_note(folder, paths, seed)
     return {name: Path(path) for name, path in paths.items()}
+
+
+def _write_tiny(folder: Path, name: str, seed: int, whisper_n_mels: int) -> Path:
+    if name == "whisper":
+        from mt2kd.extract.whisper import write_tiny_whisper_checkpoint
+
+        return write_tiny_whisper_checkpoint(folder / "whisper" / "tiny.pt", seed=seed, n_mels=whisper_n_mels)
+    if name == "beats":
+        from mt2kd.extract.beats import write_tiny_beats_checkpoint
+
+        return write_tiny_beats_checkpoint(folder / "beats" / "tiny.pt", seed=seed)
+    if name == "ecapa":
+        return write_tiny_ecapa_checkpoint(folder / "ecapa", seed=seed)
+    from mt2kd.extract.ssl import write_tiny_ssl_checkpoint
+
+    return write_tiny_ssl_checkpoint(folder / name / "tiny.pt", name, seed=seed)
 
 
 def _write_note(folder: Path, paths: dict[str, Path], seed: int) -> None:

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 SECONDS_PER_HOUR = 3600.0
 FLOAT32_BYTES = 4  # bytes of one float32 value
-FRAME_TOLERANCE = 1  # frames a cut may differ from duration x frame_rate
+FRAME_TOLERANCE = 1.5  # frames a cut may differ from duration x frame_rate (an unpadded 400-sample
+# first convolution, as in wav2vec 2.0, drops up to 1.25 frames at 50 Hz)
 VERIFY_BATCH = 64  # cuts per read while scanning for NaN/Inf
 PROBLEM_KINDS = ("offsets", "unreadable", "nonfinite", "text", "missing", "frame_count", "leftover", "incomplete")
 SHARDS_NAMED = 10  # missing shards an "incomplete" problem names (info --json lists them all)
