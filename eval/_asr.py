@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mt2kd.errors import ValidationError
 from mt2kd.train._cut_ids import canonical_cut_id
+
+Unit = TypeVar("Unit")  # an output symbol: a token string or a token id
 
 # sentencepiece marks the start of a word with this character
 WORD_BOUNDARY = "\u2581"
@@ -150,16 +152,16 @@ def _corpus_counts(refs: Sequence[str], hyps: Sequence[str], units: Any) -> WerR
     return total
 
 
-def ctc_greedy_decode(logits: np.ndarray, tokens: Sequence[str], blank: int = 0,
-                      num_frames: int | None = None) -> list[str]:
+def ctc_greedy_decode(logits: np.ndarray, tokens: Sequence[Unit], blank: int = 0,
+                      num_frames: int | None = None) -> list[Unit]:
     """Best-path CTC decoding of one utterance: argmax, collapse repeats, drop blanks.
 
     Parameters
     ----------
     logits : array [T, V]
         Per-frame scores (logits or log-probabilities: argmax is the same).
-    tokens : sequence of V strings
-        The output vocabulary; ``tokens[blank]`` is the blank symbol.
+    tokens : sequence of V symbols
+        The output vocabulary (strings, or ``range(V)`` for ids); ``tokens[blank]`` is the blank symbol.
     blank : int
         Index of the blank symbol.
     num_frames : int, optional

@@ -7,7 +7,11 @@ Public face used by evaluation and workflows:
 - :func:`load_student` - model and config from a checkpoint;
 - :func:`average_checkpoints` - the mean weights of several checkpoints;
 - :func:`align_frames` - the one rule aligning student and teacher frames;
-- :class:`TrainConfig` and :func:`train` - one stage-1 KD run.
+- :class:`TrainConfig` and :func:`train` - one stage-1 KD run;
+- :class:`Tokenizer` / :func:`train_bpe` / :func:`cut_text` - the BPE vocabulary
+  of the ASR heads (blank id 0) and the transcript of a cut;
+- :class:`AsrConfig` / :class:`AsrHeads` / :func:`transducer_memory_bytes` -
+  stateless transducer and CTC heads, their losses and the transducer's memory.
 
 Names resolve on first use, so ``mt2kd train --help`` does not import torch.
 """
@@ -27,6 +31,12 @@ _WHERE = {
     "compute_fbank": "_features",
     "align_frames": "_losses",
     "train": "_trainer",
+    "Tokenizer": "_tokenizer",
+    "train_bpe": "_tokenizer",
+    "cut_text": "_tokenizer",
+    "AsrConfig": "_asr",
+    "AsrHeads": "_asr",
+    "transducer_memory_bytes": "_asr",
 }
 
 __all__ = sorted(_WHERE)

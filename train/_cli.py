@@ -1,4 +1,4 @@
-"""``mt2kd train``: stage-1 KD training and checkpoint averaging.
+"""``mt2kd train``: stage-1 KD training, checkpoint averaging and the ASR vocabulary (``bpe``).
 
 Every :class:`TrainConfig` field is a flag of ``mt2kd train kd`` (``--lr`` for
 ``lr``, ``--max-duration`` for ``max_duration``); the list fields take one
@@ -98,6 +98,24 @@ def average(exp_dir: str, num_last: int, out_path: str) -> None:
 
     used = _guarded(lambda: write_average(exp_dir, num_last, out_path))
     click.echo(f"averaged {len(used)} checkpoints ({used[0].name} .. {used[-1].name}) -> {out_path}")
+
+
+@train.command("bpe")
+@click.option("--cuts", "cuts", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CutSet manifest whose supervision texts train the model (repeat for several).")
+@click.option("--vocab-size", type=int, default=500, show_default=True,
+              help="BPE pieces, blank (id 0) and <unk> (id 1) included.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder to write bpe.model and tokens.txt into.")
+def bpe(cuts: tuple[str, ...], vocab_size: int, out_dir: str) -> None:
+    """Train the ASR vocabulary: a sentencepiece BPE model over the cuts' transcripts.
+
+    Example: mt2kd train bpe --cuts train_cuts.jsonl.gz --vocab-size 500 --out data/bpe500
+    """
+    from mt2kd.train._tokenizer import MODEL_FILE, train_bpe
+
+    tokenizer = _guarded(lambda: train_bpe(cuts, vocab_size, out_dir))
+    click.echo(f"BPE model with {tokenizer.vocab_size} pieces -> {os.path.join(out_dir, MODEL_FILE)}")
 
 
 def _guarded(run: Any) -> Any:
