@@ -27,7 +27,7 @@ from numcodecs.abc import Codec
 from mt2kd.errors import StoreFormatError
 from mt2kd.store._spec import TeacherSpec
 
-FORMAT_VERSION = 1  # bump on any incompatible layout change
+FORMAT_VERSION = 2  # bump on any incompatible layout change; 2: a crc32c after every chunk, a store token
 ROOT_KEY = "mt2kd"  # root group attribute holding version, specs and store attrs
 SHARD_KEY = "mt2kd_shard"  # shard group attribute: what the shard holds
 COMMIT_KEY = "mt2kd_commit"  # commit record attribute: the shard's index
@@ -90,15 +90,17 @@ def make_codec(codec: str, level: int, itemsize: int) -> Codec | None:
 
 
 def _zarr_compressors(codec: str, level: int, itemsize: int) -> Any:
-    from zarr.codecs import BloscCodec, ZstdCodec
+    """The inner chunks' bytes-to-bytes codecs: the compressor (none for ``"none"``), then ``crc32c``."""
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
     if codec == "none":
-        return None
+        return (Crc32cCodec(),)
     if codec == "zstd":
-        return ZstdCodec(level=level)
+        return ZstdCodec(level=level), Crc32cCodec()
     shuffle: Any = "bitshuffle" if itemsize == 2 else "shuffle"
     cname: Any = codec.split("-", 1)[1]
-    return BloscCodec(cname=cname, clevel=min(level, BLOSC_MAX_LEVEL), shuffle=shuffle, typesize=itemsize)
+    return (BloscCodec(cname=cname, clevel=min(level, BLOSC_MAX_LEVEL), shuffle=shuffle, typesize=itemsize),
+            Crc32cCodec())
 
 
 def array_metadata(shape: tuple[int, ...], dtype: str, rows_per_chunk: int, codec: str, level: int) -> bytes:
@@ -207,5 +209,38 @@ def decode_chunk(raw: bytes, codec: Codec | None, dtype: np.dtype, shape: tuple[
 
 
 def encode_chunk(rows: np.ndarray, codec: Codec | None) -> bytes:
+    """One inner chunk as stored: the encoded rows, then their crc32c (4 bytes, little endian)."""
     data = np.ascontiguousarray(rows.astype(rows.dtype.newbyteorder("<"), copy=False))
-    return bytes(data) if codec is None else bytes(codec.encode(data))
+    blob = bytes(data) if codec is None else bytes(codec.encode(data))
+    return blob + int(google_crc32c.value(blob)).to_bytes(CRC_BYTES, "little")
+
+
+class ChecksumError(StoreFormatError):
+    """An inner chunk whose bytes do not match its crc32c: the file is corrupt (bit rot, a bad copy).
+
+    ``cut_ids`` names the cuts whose rows the chunk holds, once a reader knows them.
+    """
+
+    def __init__(self, message: str, path: str = "", chunk: int = -1, cut_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.path, self.chunk, self.cut_ids = path, chunk, cut_ids
+
+
+def checked_payload(blob: Any, path: str, chunk: int, offset: int) -> Any:
+    """``blob`` less its trailing crc32c, which must match (else ChecksumError naming the file and chunk)."""
+    stored = int.from_bytes(blob[-CRC_BYTES:], "little") if len(blob) >= CRC_BYTES else -1
+    payload = blob[:-CRC_BYTES]
+    computed = int(google_crc32c.value(bytes(payload)))  # it takes bytes only (a copy: ~3 us per 80 KiB chunk)
+    if stored != computed:
+        raise ChecksumError(f"{path}: chunk {chunk} (at byte {offset}, {len(blob)} bytes) must match its crc32c "
+                            f"{stored:#010x}. Got {computed:#010x}: the file is corrupt", path, chunk)
+    return payload
+
+
+def has_checksums(doc: dict[str, Any]) -> bool:
+    """Whether an array's ``zarr.json`` ends its inner chunks' codecs with ``crc32c`` (format 2 and later)."""
+    for codec in doc.get("codecs") or []:
+        if isinstance(codec, dict) and codec.get("name") == "sharding_indexed":
+            inner = (codec.get("configuration") or {}).get("codecs") or []
+            return bool(inner) and isinstance(inner[-1], dict) and inner[-1].get("name") == "crc32c"
+    return False

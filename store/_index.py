@@ -17,7 +17,16 @@ from typing import Any, NoReturn
 import numpy as np
 
 from mt2kd.errors import DuplicateCutError, StoreFormatError
-from mt2kd.store._format import COMMIT_KEY, COMMITS_DIR, METADATA_FILE, SHARD_NAME, SHARDS_DIR, parse_metadata
+from mt2kd.store._format import (
+    COMMIT_KEY,
+    COMMITS_DIR,
+    METADATA_FILE,
+    SHARD_NAME,
+    SHARDS_DIR,
+    index_nbytes,
+    num_chunks_of,
+    parse_metadata,
+)
 from mt2kd.store._fs import TMP_PREFIX, Location
 
 
@@ -51,6 +60,8 @@ class ShardRecord:
     failures: list[dict[str, Any]]  # {"cut_id", "teacher" (or None), "reason"}
     created: str  # ISO time of the commit, UTC
     writer: dict[str, Any]  # {"host", "pid"} of the committing process
+    store: str = ""  # token of the store the writer opened (root attribute "token"); "" in stores made before it
+    problems: tuple[str, ...] = ()  # what is malformed in the record (found when parsed; reads of it refuse)
 
     @property
     def path(self) -> str:
@@ -64,13 +75,43 @@ class ShardRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"shard": self.name, "attempt": self.attempt, "path": self.path, "num_cuts": self.num_cuts,
                 "cut_ids": self.cut_ids, "teachers": {t: r.to_dict() for t, r in self.teachers.items()},
-                "failures": self.failures, "created": self.created, "writer": self.writer}
+                "failures": self.failures, "created": self.created, "writer": self.writer, "store": self.store}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ShardRecord:
-        return cls(str(data["shard"]), str(data["attempt"]), [str(c) for c in data["cut_ids"]],
-                   {t: TeacherRows.from_dict(r) for t, r in data["teachers"].items()},
-                   list(data.get("failures", [])), str(data.get("created", "")), dict(data.get("writer", {})))
+        record = cls(str(data["shard"]), str(data["attempt"]), [str(c) for c in data["cut_ids"]],
+                     {t: TeacherRows.from_dict(r) for t, r in data["teachers"].items()},
+                     list(data.get("failures", [])), str(data.get("created", "")), dict(data.get("writer", {})),
+                     str(data.get("store", "")))
+        return dataclasses.replace(record, problems=tuple(record_problems(record)))
+
+
+MAX_ROWS = 2**40  # rows of one teacher in one shard beyond which a record is absurd (a 1 h shard has ~90,000)
+
+
+def record_problems(record: ShardRecord) -> list[str]:
+    """What makes a record's row bookkeeping impossible: each a readable sentence naming the teacher.
+
+    A reader never trusts such a record (reading it could divide by zero, read
+    past its file or allocate absurd arrays): its cuts refuse to read and
+    ``verify`` reports it.
+    """
+    problems = []
+    for teacher, rows in record.teachers.items():
+        offsets = rows.offsets
+        if rows.rows_per_chunk < 1:
+            problems.append(f"teacher {teacher!r}: rows_per_chunk must be >= 1. Got {rows.rows_per_chunk}")
+        elif not 0 <= rows.num_rows <= MAX_ROWS:
+            problems.append(f"teacher {teacher!r}: num_rows must be in [0, {MAX_ROWS}]. Got {rows.num_rows}")
+        elif offsets.shape != (record.num_cuts + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
+                or offsets[-1] != rows.num_rows:
+            problems.append(f"teacher {teacher!r}: offsets must rise from 0 to num_rows {rows.num_rows} over "
+                            f"{record.num_cuts} cuts. Got {offsets.tolist()[:8]}...")
+        elif rows.num_rows and rows.nbytes < index_nbytes(num_chunks_of(rows.num_rows, rows.rows_per_chunk)):
+            problems.append(f"teacher {teacher!r}: {rows.num_rows} rows in chunks of {rows.rows_per_chunk} need a "
+                            f"file of more than {index_nbytes(num_chunks_of(rows.num_rows, rows.rows_per_chunk))} "
+                            f"bytes (the chunk index alone). Got nbytes {rows.nbytes}")
+    return problems
 
 
 def commit_path(name: str) -> str:
@@ -85,26 +126,60 @@ class TornRecordError(StoreFormatError):
     """
 
 
-def read_record(loc: Location, name: str) -> ShardRecord | None:
-    """The commit record of shard ``name``; None when the shard is not committed (no record, or a torn one)."""
+def read_record(loc: Location, name: str, token: str = "") -> ShardRecord | None:
+    """The commit record of shard ``name``; None when the shard is not committed.
+
+    Not committed: no record, a torn one, or (with the store's ``token``) a
+    record of another store made at the same place (see :func:`is_foreign`).
+    """
     path = commit_path(name)
     try:
         raw = loc.read(path)
     except FileNotFoundError:
         return None
     try:
-        return parse_record(raw, f"{loc.url}/{path}", name)
+        record = parse_record(raw, f"{loc.url}/{path}", name)
     except TornRecordError:
         return None
+    return None if is_foreign(record, token) else record
 
 
-def record_is_torn(loc: Location, name: str) -> bool:
-    """Whether shard ``name`` has a commit record that is not JSON (see TornRecordError)."""
+def is_foreign(record: ShardRecord, token: str) -> bool:
+    """Whether ``record`` was committed by a writer of another store than the one whose token is ``token``.
+
+    A store made anew at the same place (``overwrite``) has a new token; a
+    writer of the old one that commits late leaves a record with the old
+    token, which readers do not count. Stores made before tokens have none
+    (``""``) and check nothing.
+    """
+    return bool(token) and record.store != token
+
+
+FOREIGN = "was committed by a writer of another store"  # the words that tell a foreign record's message
+
+
+def foreign_text(record: ShardRecord, token: str, where: str) -> str:
+    return (f"{where} {FOREIGN} at this place (token {record.store or '(none)'}, "
+            f"this store's is {token}; pid {record.writer.get('pid')} on {record.writer.get('host')} at "
+            f"{record.created}, a job still running when the store was made anew?); its shard counts as not "
+            "committed until it is written again")
+
+
+def record_is_torn(loc: Location, name: str, token: str = "") -> bool:
+    """Whether shard ``name`` has a commit record that is not JSON (see TornRecordError), or, with the
+    store's ``token``, one of another store (:func:`is_foreign`): either may be written over."""
     try:
         raw = loc.read(commit_path(name))
     except FileNotFoundError:
         return False
-    return not _is_json(raw)
+    if not _is_json(raw):
+        return True
+    if not token:
+        return False
+    try:
+        return is_foreign(parse_record(raw, f"{loc.url}/{commit_path(name)}", name), token)
+    except StoreFormatError:
+        return False
 
 
 def parse_record(raw: bytes, where: str, name: str | None = None) -> ShardRecord:
@@ -149,11 +224,12 @@ def committed_names(loc: Location) -> list[str]:
 
 
 def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None,
-                 torn: dict[str, str] | None = None) -> dict[str, ShardRecord]:
+                 torn: dict[str, str] | None = None, token: str = "") -> dict[str, ShardRecord]:
     """Every commit record, by shard name; records in ``known`` are reused, not re-read.
 
-    A torn record (see TornRecordError) is left out: its shard is not
-    committed. ``torn``, when given, receives the message about each, by
+    A torn record (see TornRecordError), and with the store's ``token`` a
+    record of another store (:func:`is_foreign`), is left out: its shard is
+    not committed. ``torn``, when given, receives the message about each, by
     shard name.
     """
     known = known or {}
@@ -169,19 +245,24 @@ def load_records(loc: Location, known: Mapping[str, ShardRecord] | None = None,
             except TornRecordError as e:
                 if torn is not None:
                     torn[name] = str(e)
+            if record is not None and is_foreign(record, token):
+                if torn is not None:
+                    torn[name] = foreign_text(record, token, f"{loc.url}/{commit_path(name)}")
+                record = None
         if record is not None:
             records[name] = record
     return records
 
 
-def torn_records(loc: Location, known: Mapping[str, ShardRecord]) -> dict[str, str]:
-    """Shard name -> message for every torn commit record; only records not in ``known`` are read.
+def torn_records(loc: Location, known: Mapping[str, ShardRecord], token: str = "") -> dict[str, str]:
+    """Shard name -> message for every torn (or, with ``token``, foreign) commit record; only records not in
+    ``known`` are read.
 
     For ``verify`` and ``info``: pass the records a store has loaded (a torn
     one is never among them), so that only the few others are read.
     """
     torn: dict[str, str] = {}
-    load_records(loc, known, torn)
+    load_records(loc, known, torn, token)
     return torn
 
 

@@ -46,14 +46,17 @@ from mt2kd.store._format import (
     DATA,
     METADATA_FILE,
     MISSING,
+    ChecksumError,
+    checked_payload,
     decode_index,
+    has_checksums,
     index_nbytes,
     make_codec,
     num_chunks_of,
     parse_metadata,
 )
 from mt2kd.store._fs import LocalLocation, Location
-from mt2kd.store._index import ShardRecord
+from mt2kd.store._index import ShardRecord, commit_path
 from mt2kd.store._spec import TeacherSpec
 
 MAX_THREADS = 4  # threads (the caller's included) decoding one get / get_many
@@ -75,6 +78,7 @@ class Piece(NamedTuple):
     nbytes: int  # encoded size of the chunk
     codec: Codec | None  # None: raw little-endian bytes
     target: np.ndarray  # [rows_per_chunk, dim], filled by decoding
+    chunk: int = -1  # the chunk's number in its file, when the bytes end in its crc32c (checked first); -1: none
 
 
 class ShardFile(NamedTuple):
@@ -83,6 +87,7 @@ class ShardFile(NamedTuple):
     entries: np.ndarray  # int64 [num_chunks, 2] (offset, nbytes); offset ABSENT for an absent chunk
     fill_value: float  # value of the rows of absent chunks (the array's zarr fill_value)
     row_bytes: int  # bytes of one row when every chunk is raw and chunk i starts at i x its size, else 0
+    checksums: bool  # every chunk ends in its crc32c (format 2 and later)
 
 
 class ChunkReader:
@@ -106,18 +111,20 @@ class ChunkReader:
         found = self._files.get(path)
         if found is None:
             rows = record.teachers[teacher]
-            fill_value = self._fill_value(record, teacher)
+            fill_value, checksums = self._array_facts(record, teacher)
             num_chunks = num_chunks_of(rows.num_rows, rows.rows_per_chunk)
             data_end = rows.nbytes - index_nbytes(num_chunks)
             tail = self.loc.read_ranges(path, [(data_end, rows.nbytes)])[0]
             index = _checked_index(decode_index(tail, num_chunks, f"{self.loc.url}/{path}"), data_end,
                                    f"{self.loc.url}/{path}")
             row_bytes = self.specs[teacher].dim * np.dtype(self.specs[teacher].dtype).itemsize
-            flat = self.codecs[teacher] is None and _chunks_back_to_back(index, rows.rows_per_chunk * row_bytes)
-            found = self._files[path] = ShardFile(index, fill_value, row_bytes if flat else 0)
+            flat = (self.codecs[teacher] is None and not checksums
+                    and _chunks_back_to_back(index, rows.rows_per_chunk * row_bytes))
+            found = self._files[path] = ShardFile(index, fill_value, row_bytes if flat else 0, checksums)
         return found
 
-    def _fill_value(self, record: ShardRecord, teacher: str) -> float:
+    def _array_facts(self, record: ShardRecord, teacher: str) -> tuple[float, bool]:
+        """The data array's fill value, and whether its chunks end in a crc32c (from its ``zarr.json``)."""
         path = f"{record.path}/{teacher}/{DATA}/{METADATA_FILE}"
         doc = parse_metadata(self.loc.read(path), f"{self.loc.url}/{path}")
         if doc.get("data_type") != self.specs[teacher].dtype:
@@ -125,7 +132,7 @@ class ChunkReader:
                                    f"as the spec says. Got {doc.get('data_type')!r}.")
         fill = doc.get("fill_value", 0)
         try:
-            return float(fill)  # zarr v3 writes "NaN" / "Infinity" as strings, which float() reads
+            return float(fill), has_checksums(doc)  # zarr v3 writes "NaN" / "Infinity" as strings: float() reads them
         except (TypeError, ValueError) as e:
             raise StoreFormatError(f"{self.loc.url}/{path}: fill_value must be a number. Got {fill!r}.") from e
 
@@ -139,6 +146,10 @@ class ChunkReader:
         records: dict[str, ShardRecord] = {}
         for slot, (record, position) in enumerate(jobs):
             records[record.name] = record
+            if record.problems:
+                raise StoreFormatError(f"cut {record.cut_ids[position]!r} cannot be read: the commit record of its "
+                                       f"shard, {self.loc.url}/{commit_path(record.name)}, is malformed: "
+                                       f"{'; '.join(record.problems)}.")
             for teacher in teachers:
                 rows = record.teachers.get(teacher)
                 if rows is None:
@@ -151,10 +162,28 @@ class ChunkReader:
         for (name, teacher), requests in by_file.items():
             self._plan_file(records[name], teacher, requests, outputs, pieces, copies)
         if pieces:
-            self._decode_all(pieces)
+            try:
+                self._decode_all(pieces)
+            except ChecksumError as e:
+                raise self._named(e, jobs, by_file, records) from None
         for source, target in copies:
             target[...] = source
         return outputs
+
+    def _named(self, error: ChecksumError, jobs: Sequence[tuple[ShardRecord, int]],
+               by_file: Mapping[tuple[str, str], list[Request]], records: Mapping[str, ShardRecord]) -> ChecksumError:
+        """``error`` again, naming the cuts whose rows the corrupt chunk holds (of those asked for)."""
+        for (name, teacher), requests in by_file.items():
+            record = records[name]
+            if f"{record.path}/{teacher}/{DATA}/{CHUNK_FILE}" != error.path:
+                continue
+            step = record.teachers[teacher].rows_per_chunk
+            lo, hi = error.chunk * step, (error.chunk + 1) * step
+            cut_ids = tuple(dict.fromkeys(jobs[slot][0].cut_ids[jobs[slot][1]] for slot, start, end in requests
+                                          if start < hi and end > lo))
+            return ChecksumError(f"cut {', '.join(map(repr, cut_ids))} (teacher {teacher!r}, shard {name}) cannot "
+                                 f"be read: {self.loc.url}/{error}", error.path, error.chunk, cut_ids)
+        return error
 
     def _plan_file(self, record: ShardRecord, teacher: str, requests: list[Request],
                    outputs: list[dict[str, np.ndarray]], pieces: list[Piece], copies: list[Copy]) -> None:
@@ -190,7 +219,7 @@ class ChunkReader:
                 if offset == ABSENT:
                     target.fill(found.fill_value)
                 else:
-                    pieces.append(Piece(path, offset, nbytes, codec, target))
+                    pieces.append(Piece(path, offset, nbytes, codec, target, c if found.checksums else -1))
 
     def _decode_all(self, pieces: list[Piece]) -> None:
         if self._pid != os.getpid():  # forked: maybe a DataLoader worker, sharing the cores with its siblings
@@ -312,6 +341,8 @@ def _decode_mapped(pieces: list[Piece], views: Mapping[str, memoryview]) -> None
 
 def _decode(blob: Any, piece: Piece) -> None:
     codec, target = piece.codec, piece.target
+    if piece.chunk >= 0:
+        blob = checked_payload(blob, piece.path, piece.chunk, piece.offset)
     if codec is None:
         target[...] = np.frombuffer(blob, dtype=target.dtype).reshape(target.shape)
     elif isinstance(codec, numcodecs.Blosc):

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from mt2kd.store._fs import Location, open_location
 from mt2kd.store._index import ShardRecord, StoreIndex, load_records
 from mt2kd.store._reader import ChunkReader
 from mt2kd.store._spec import TeacherSpec
-from mt2kd.store._writer import ShardWriter
+from mt2kd.store._writer import ShardWriter, refuse_live_writers
 
 if TYPE_CHECKING:
     from mt2kd.store._verify import Problem
@@ -54,8 +55,9 @@ class TeacherStore:
         self.format_version = int(root["format_version"])
         self._specs = {s.name: s for s in (TeacherSpec.from_dict(d) for d in root["specs"])}
         self.attrs: dict[str, Any] = dict(root.get("attrs", {}))
+        self.token = str(root.get("token") or "")  # new for every store made; every commit record repeats it
         self._reader = ChunkReader(loc, self._specs)
-        self._index = StoreIndex(load_records(loc), loc.url)
+        self._index = StoreIndex(load_records(loc, token=self.token), loc.url)
         self._index_lock = threading.Lock()  # writers in several threads of one process share the index
 
     # ------------------------------------------------------------ create / open
@@ -67,7 +69,10 @@ class TeacherStore:
 
         ``attrs`` are free JSON facts kept in the root attributes (e.g.
         ``{"random_teachers": True}``). An existing store is an error unless
-        ``overwrite`` (which deletes it first).
+        ``overwrite`` (which deletes it first); a store that a live writer
+        holds a shard of is not deleted (ShardLockedError naming its host and
+        process). The new store gets a new token: a writer of the old one
+        cannot commit into it.
         """
         specs = _checked_specs(specs)
         try:
@@ -75,7 +80,8 @@ class TeacherStore:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"store attrs must be JSON-serialisable. Got {attrs!r}: {e}") from e
         # everything is checked and serialised before the first write (or deletion): a refused spec leaves nothing
-        root = {"format_version": FORMAT_VERSION, "specs": [_spec_json(s) for s in specs], "attrs": attrs_json,
+        root = {"format_version": FORMAT_VERSION, "token": uuid.uuid4().hex[:16],
+                "specs": [_spec_json(s) for s in specs], "attrs": attrs_json,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "layout": "docs/store-format.md of mt2kd"}
         root_document = group_metadata({ROOT_KEY: root})
@@ -87,6 +93,7 @@ class TeacherStore:
             if not _is_store(loc):  # never delete a folder of something else
                 raise StoreError(f"overwrite=True replaces an mt2kd store only. Got a non-empty {loc.url} "
                                  "that is not one; remove it yourself if that is what you want.")
+            refuse_live_writers(loc)
             loc.remove("")
         for group in (SHARDS_DIR, COMMITS_DIR):
             loc.write(f"{group}/{METADATA_FILE}", group_metadata({}))
@@ -132,12 +139,12 @@ class TeacherStore:
         if self.mode != "a":
             raise StoreError(f"{self.loc.url} is open read-only; open it with mode='a' to write shards.")
         return ShardWriter(self.loc, self._specs, shard_name(shard_id), replace, self._index_for_commit,
-                           self._committed, owner)
+                           self._committed, owner, self.token)
 
     def _index_for_commit(self) -> StoreIndex:
         """The index brought up to date with shards other writers committed meanwhile (only those are read)."""
         with self._index_lock:
-            self._index.update(load_records(self.loc, self._index.records))
+            self._index.update(load_records(self.loc, self._index.records, token=self.token))
             return self._index
 
     def _committed(self, record: ShardRecord) -> None:
@@ -147,7 +154,7 @@ class TeacherStore:
     def refresh(self) -> None:
         """Re-read every commit record (to see shards committed or replaced since opening)."""
         with self._index_lock:
-            self._index = StoreIndex(load_records(self.loc), self.loc.url)
+            self._index = StoreIndex(load_records(self.loc, token=self.token), self.loc.url)
 
     # ------------------------------------------------------------ reading
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mt2kd.errors import MT2KDError
-from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR, shard_name
+from mt2kd.store._format import ChecksumError, COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR, shard_name
 import mt2kd.store._fs as _fs
 from mt2kd.store._fs import TMP_PREFIX, FsspecLocation, LocalLocation, holder_alive
-from mt2kd.store._index import ShardRecord, commit_path, committed_names, record_is_torn, torn_records
+from mt2kd.store._index import FOREIGN, ShardRecord, commit_path, committed_names, record_is_torn, torn_records
 from mt2kd.store._spec import TeacherSpec
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ FLOAT32_BYTES = 4  # bytes of one float32 value
 FRAME_TOLERANCE = 1.5  # frames a cut may differ from duration x frame_rate (an unpadded 400-sample
 # first convolution, as in wav2vec 2.0, drops up to 1.25 frames at 50 Hz)
 VERIFY_BATCH = 64  # cuts per read while scanning for NaN/Inf
-PROBLEM_KINDS = ("offsets", "unreadable", "nonfinite", "text", "missing", "frame_count", "leftover", "incomplete")
+PROBLEM_KINDS = ("offsets", "malformed", "checksum", "foreign", "unreadable", "nonfinite", "text", "missing",
+                 "frame_count", "leftover", "incomplete")
 SHARDS_NAMED = 10  # missing shards an "incomplete" problem names (info --json lists them all)
 
 
@@ -99,7 +100,7 @@ def store_info(store: TeacherStore) -> dict[str, Any]:
         "storage_ratio": on_disk / float32 if float32 else None,
         "teachers": teachers,
         "writers": writers(store),
-        "torn_records": torn_records(store.loc, store.shards),
+        "torn_records": torn_records(store.loc, store.shards, store.token),
     }
 
 
@@ -152,8 +153,8 @@ def verify_store(store: TeacherStore, durations: Mapping[str, float] | None, com
     problems: list[Problem] = []
     for record in store.shards.values():
         problems += _check_record(store, record)
-    problems += [Problem("unreadable", message, shard=name)
-                 for name, message in sorted(torn_records(store.loc, store.shards).items())]
+    problems += [Problem("foreign" if FOREIGN in message else "unreadable", message, shard=name)
+                 for name, message in sorted(torn_records(store.loc, store.shards, store.token).items())]
     if durations is not None:
         problems += _check_durations(store, durations)
     if complete:
@@ -191,10 +192,16 @@ def _check_record(store: TeacherStore, record: ShardRecord) -> list[Problem]:
                                     f"Got {offsets.tolist()[:8]}...", teacher=teacher, shard=record.name))
     if problems:
         return problems
+    if record.problems:
+        return [Problem("malformed", f"shard {record.name}: the commit record {commit_path(record.name)} is "
+                        f"malformed: {'; '.join(record.problems)}", shard=record.name)]
     for start in range(0, record.num_cuts, VERIFY_BATCH):
         jobs = [(record, i) for i in range(start, min(start + VERIFY_BATCH, record.num_cuts))]
         try:
             got = store._reader.read(jobs, list(store.specs))
+        except ChecksumError:  # read the batch cut by cut: every corrupt cut is named, the sound ones checked
+            got, bad = _read_one_by_one(store, jobs)
+            problems += bad
         except (MT2KDError, OSError, ValueError, RuntimeError) as e:
             return [Problem("unreadable", f"shard {record.name} ({record.path}) is unreadable: "
                             f"{type(e).__name__}: {e}", shard=record.name)]
@@ -220,6 +227,23 @@ def _check_text(spec: TeacherSpec, array: np.ndarray, record: ShardRecord, cut_i
                         f"UTF-8. Got {e.reason} at byte {e.start}", cut_id=cut_id, teacher=spec.name,
                         shard=record.name)]
     return []
+
+
+def _read_one_by_one(store: TeacherStore, jobs: list[tuple[ShardRecord, int]]
+                     ) -> tuple[list[dict[str, np.ndarray]], list[Problem]]:
+    """Each job's arrays (``{}`` for a corrupt one) and a ``checksum`` problem per corrupt cut and teacher."""
+    got: list[dict[str, np.ndarray]] = []
+    problems = []
+    for record, i in jobs:
+        arrays: dict[str, np.ndarray] = {}
+        for teacher in store.specs:
+            try:
+                arrays.update(store._reader.read([(record, i)], [teacher])[0])
+            except ChecksumError as e:
+                problems.append(Problem("checksum", str(e), cut_id=record.cut_ids[i], teacher=teacher,
+                                        shard=record.name))
+        got.append(arrays)
+    return got, problems
 
 
 def _check_durations(store: TeacherStore, durations: Mapping[str, float]) -> list[Problem]:
@@ -317,7 +341,7 @@ def _dead_torn_records(store: TeacherStore, holders: Mapping[str, Mapping[str, A
     hard links (created empty, then written).
     """
     now = time.time()
-    for name in sorted(torn_records(store.loc, store.shards)):
+    for name in sorted(torn_records(store.loc, store.shards, store.token)):
         holder = holders.get(name)
         path = commit_path(name)
         if (holder is None or not holder_alive(holder)) and _stale(store, path, now):
@@ -398,7 +422,7 @@ def clean_leftovers(store: TeacherStore) -> list[str]:
 def _remove_torn_record(store: TeacherStore, shard: str) -> bool:
     """Remove ``shard``'s torn commit record, re-checked just now: still torn, and no live writer holds the shard."""
     holder = _read_lock(store, shard)
-    if holder is not None and holder_alive(holder) or not record_is_torn(store.loc, shard):
+    if holder is not None and holder_alive(holder) or not record_is_torn(store.loc, shard, store.token):
         return False  # a writer took the shard (and may be writing the record over), or it was written meanwhile
     store.loc.remove(commit_path(shard))
     if isinstance(store.loc, LocalLocation):

@@ -27,7 +27,7 @@ from typing import IO, Any
 import numpy as np
 
 import mt2kd.store._fs as _fs
-from mt2kd.errors import DuplicateCutError, ShardCommittedError, ShardLockedError, ValidationError
+from mt2kd.errors import DuplicateCutError, ShardCommittedError, ShardLockedError, StoreError, ValidationError
 from mt2kd.store._format import (
     CUT_ID_BYTES,
     CUT_ID_OFFSETS,
@@ -35,6 +35,7 @@ from mt2kd.store._format import (
     LOCKS_DIR,
     METADATA_FILE,
     OFFSETS,
+    ROOT_KEY,
     SHARD_KEY,
     SHARDS_DIR,
     CHUNK_FILE,
@@ -126,8 +127,9 @@ class ShardWriter:
 
     def __init__(self, loc: Location, specs: Mapping[str, TeacherSpec], name: str, replace: bool,
                  load_index: Callable[[], StoreIndex], on_commit: Callable[[ShardRecord], None],
-                 owner: str = "") -> None:
+                 owner: str = "", token: str = "") -> None:
         self.loc, self.specs, self.name, self.replace, self.owner = loc, dict(specs), name, replace, owner
+        self.token = token  # the store's token: the commit record carries it, and the commit checks it is still the store's
         self._load_index, self._on_commit = load_index, on_commit
         self.attempt = uuid.uuid4().hex[:12]
         self.cut_ids: list[str] = []
@@ -172,7 +174,7 @@ class ShardWriter:
 
     def _refuse_if_committed(self) -> None:
         # a torn record (a writer killed between creating and writing it) is no commit: the shard is written again
-        if not self.replace and read_record(self.loc, self.name) is not None:
+        if not self.replace and read_record(self.loc, self.name, self.token) is not None:
             raise ShardCommittedError(f"shard {self.name} of {self.loc.url} must not be committed yet "
                                       f"(pass replace=True to rewrite it). Got an existing commit record.")
 
@@ -236,7 +238,7 @@ class ShardWriter:
 
     def _remove_abandoned_attempts(self) -> None:
         """Attempt folders of this shard left by dead writers (we hold the lock, so none is live)."""
-        record = read_record(self.loc, self.name)
+        record = read_record(self.loc, self.name, self.token)
         live = None if record is None else f"{self.name}.{record.attempt}"
         for entry in self.loc.listdir(SHARDS_DIR):
             if entry.startswith(f"{self.name}.") and entry != live:
@@ -332,29 +334,51 @@ class ShardWriter:
             raise ShardLockedError(f"shard {self.name} of {self.loc.url} was taken over by another writer while "
                                    f"this one wrote it (its heartbeat was {_fs.LOCK_STALE_SECONDS:g} s late); "
                                    f"not committed.")
+        self._check_same_store()
         index = self._load_index()
         index.check_new(self.cut_ids, self.name)
         teachers = {t: self._write_teacher(t) for t in self.specs}
         self._write_cut_ids()
         record = ShardRecord(self.name, self.attempt, list(self.cut_ids), teachers, list(self._failures),
                              datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                             {"host": socket.gethostname(), "pid": os.getpid()})
+                             {"host": socket.gethostname(), "pid": os.getpid()}, self.token)
         summary = {k: v for k, v in record.to_dict().items() if k not in ("cut_ids", "teachers")}
         self.loc.put(f"{self.path}/{METADATA_FILE}", group_metadata({SHARD_KEY: summary}))
+        self._check_same_store()  # again, last thing before the record: the data writes took a while
         self._publish(record)
+
+    def _check_same_store(self) -> None:
+        """Refuse to commit into a store made anew at this place since this writer's store was opened.
+
+        ``--overwrite`` refuses a store with live writers, but a writer whose
+        process opened the old store and starts a shard after the new one was
+        made has no lock to be seen by: its store token tells.
+        """
+        try:
+            root = json.loads(self.loc.read(METADATA_FILE)).get("attributes", {}).get(ROOT_KEY, {})
+            now = str(root.get("token") or "")
+        except FileNotFoundError:
+            now = "(no store)"
+        except (ValueError, AttributeError):
+            now = "(an unreadable root document)"
+        if now != self.token:
+            raise StoreError(f"shard {self.name} of {self.loc.url} must be committed into the store its writer "
+                             f"opened (token {self.token or '(none)'}). Got a store made anew there meanwhile "
+                             f"(token {now}; --overwrite while this job ran?); not committed.")
 
     def _publish(self, record: ShardRecord) -> None:
         """Write the commit record; from then on the shard is committed, whatever fails after."""
         document = group_metadata({COMMIT_KEY: record.to_dict()})
-        old = read_record(self.loc, self.name) if self.replace else None
+        old = read_record(self.loc, self.name, self.token) if self.replace else None
         try:
             if self.replace:
                 self.loc.write(commit_path(self.name), document)
                 published = True
             else:
                 published = self.loc.create(commit_path(self.name), document)
-                if not published and record_is_torn(self.loc, self.name):
-                    # a writer of this shard killed while writing its record left it torn; we hold the lock
+                if not published and record_is_torn(self.loc, self.name, self.token):
+                    # a writer of this shard killed while writing its record left it torn, or a writer of the
+                    # store this one replaced committed late (another token): not a commit; we hold the lock
                     self.loc.write(commit_path(self.name), document)
                     published = True
         except Exception:
@@ -398,6 +422,22 @@ class ShardWriter:
         offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
         _write_small_array(self.loc, f"{self.path}/{CUT_ID_BYTES}", np.frombuffer(b"".join(encoded), np.uint8))
         _write_small_array(self.loc, f"{self.path}/{CUT_ID_OFFSETS}", offsets)
+
+
+def refuse_live_writers(loc: Location) -> None:
+    """Raise ShardLockedError naming the first live writer holding a shard lock of the store at ``loc``."""
+    for entry in loc.listdir(LOCKS_DIR):
+        if not entry.endswith(".lock"):
+            continue
+        try:
+            holder = json.loads(loc.read(f"{LOCKS_DIR}/{entry}"))
+        except (FileNotFoundError, ValueError):
+            continue  # released just now, or being written: a writer starting that will fail to commit
+        if isinstance(holder, dict) and _fs.holder_alive(holder):
+            raise ShardLockedError(
+                f"{loc.url} must have no live writer to be deleted and made anew. Got pid {holder.get('pid')} on "
+                f"{holder.get('host')} writing shard {entry[:-len('.lock')]}; stop that job first (a lock of "
+                f"another host counts as live until it has gone {_fs.LOCK_STALE_SECONDS:g} s without a heartbeat).")
 
 
 def _write_small_array(loc: Location, path: str, array: np.ndarray) -> None:

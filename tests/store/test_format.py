@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
 
 from mt2kd.errors import StoreFormatError
 from mt2kd.store import Problem, TeacherSpec, TeacherStore
+from mt2kd.store._format import FORMAT_VERSION
 
 
 def json_object(value: object) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def test_plain_zarr_reads_a_cut_as_docs_describe(tmp_path: Path, specs_of: Any, 
     write_two_shards(tmp_path / "s.zarr", specs_of(), outputs)
     # what docs/store-format.md tells a plain-zarr user to do (each lookup through a typed helper above)
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
-    assert json_object(root.attrs["mt2kd"])["format_version"] == 1
+    assert json_object(root.attrs["mt2kd"])["format_version"] == FORMAT_VERSION
     for shard in group_at(root, "commits").group_keys():
         record = json_object(group_at(root, "commits", shard).attrs["mt2kd_commit"])
         group = group_at(root, record["path"])
@@ -82,6 +84,7 @@ def test_plain_zarr_reads_a_cut_as_docs_describe(tmp_path: Path, specs_of: Any, 
                 np.testing.assert_array_equal(rows.reshape(expected.shape), expected.astype(rows.dtype))
     data = array_at(root, record["path"], "whisper", "data")
     assert data.shards is not None and data.dtype == np.float16  # Zarr v3 sharding codec
+    assert [c.to_dict()["name"] for c in data.metadata.codecs[0].codecs][-1] == "crc32c"  # type: ignore[union-attr]
 
 
 def test_default_storage_is_under_048_of_float32(tmp_path: Path) -> None:
@@ -150,6 +153,7 @@ def test_nan_written_behind_the_api_is_reported(tmp_path: Path) -> None:
     data = tmp_path / "s.zarr" / store.shards["000000"].path / "ecapa" / "data" / "c" / "0" / "0"
     blob = bytearray(data.read_bytes())
     blob[16:20] = np.float32(np.nan).tobytes()  # cut "b", first value
+    blob[32:36] = int(google_crc32c.value(bytes(blob[:32]))).to_bytes(4, "little")  # and the chunk's crc32c to match
     data.write_bytes(bytes(blob))
     problems = TeacherStore.open(str(tmp_path / "s.zarr")).verify()
     assert [str(p) for p in problems] == ["cut 'b', teacher 'ecapa' (shard 000000): 1 NaN/Inf values"]
@@ -162,7 +166,7 @@ def test_newer_format_version_is_refused(tmp_path: Path, specs_of: Any) -> None:
     meta = json.loads(meta_path.read_text())
     meta["attributes"]["mt2kd"]["format_version"] = 99
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(StoreFormatError, match="format_version must be <= 1"):
+    with pytest.raises(StoreFormatError, match=f"format_version must be <= {FORMAT_VERSION}"):
         TeacherStore.open(str(tmp_path / "s.zarr"))
 
 

@@ -11,7 +11,9 @@ import zarr
 
 from mt2kd.errors import StoreFormatError
 from mt2kd.store import TeacherSpec, TeacherStore
-from mt2kd.store._format import MISSING, decode_index, encode_index, index_nbytes
+import google_crc32c
+
+from mt2kd.store._format import CRC_BYTES, MISSING, decode_index, encode_index, index_nbytes
 
 DIM = 2048  # 4 KiB float16 rows: 16 rows per inner chunk, so a few rows span several chunks
 ROWS_PER_CHUNK = 16
@@ -84,7 +86,7 @@ def test_an_entry_pointing_past_the_data_is_a_format_error(tmp_path: Path) -> No
 
 
 def test_raw_chunks_back_to_back_read_as_one_range_per_cut(tmp_path: Path) -> None:
-    """codec="none": a cut's rows are one byte range; an index that is not back to back falls back."""
+    """codec="none": every chunk is checked against its crc32c, so a cut's rows are copied chunk by chunk."""
     path = tmp_path / "s.zarr"
     rng = np.random.default_rng(4)
     frames = {f"c{i}": rng.standard_normal((int(n), DIM)).astype(np.float32) for i, n in enumerate([40, 7, 20, 33])}
@@ -97,7 +99,8 @@ def test_raw_chunks_back_to_back_read_as_one_range_per_cut(tmp_path: Path) -> No
     for cut_id, got in zip(order, reopened.get_many(order)):
         np.testing.assert_array_equal(got["whisper"], frames[cut_id].astype(np.float16))
     record = reopened.shards["000000"]
-    assert reopened._reader.shard_file(record, "whisper").row_bytes == DIM * 2  # the one-range path was taken
+    facts = reopened._reader.shard_file(record, "whisper")
+    assert facts.checksums and facts.row_bytes == 0  # the one-range path is for files without checksums only
     num_chunks = -(-100 // ROWS_PER_CHUNK)
     rewrite_entry(data_folder(path, reopened), 0, (MISSING, MISSING), num_chunks)
     again = TeacherStore.open(str(path))
@@ -115,7 +118,9 @@ def test_a_chunk_whose_header_disagrees_with_the_index_is_refused(tmp_path: Path
     blob = bytearray(shard.read_bytes())
     offset, _ = (int(v) for v in decode_index(bytes(blob[-index_nbytes(4):]), 4, str(shard))[3])
     blob[offset + 12:offset + 16] = (10**6).to_bytes(4, "little")  # chunk 3 claims a megabyte
-    shard.write_bytes(bytes(blob))
+    end = offset + int(decode_index(bytes(blob[-index_nbytes(4):]), 4, str(shard))[3][1]) - CRC_BYTES
+    blob[end:end + CRC_BYTES] = int(google_crc32c.value(bytes(blob[offset:end]))).to_bytes(CRC_BYTES, "little")
+    shard.write_bytes(bytes(blob))  # with a matching crc32c: a writer that wrote a bad header
     reopened = TeacherStore.open(str(path))
     np.testing.assert_array_equal(reopened.get("a")["whisper"].shape, (40, DIM))  # chunks 0-2 are fine
     with pytest.raises(StoreFormatError, match=r"whisper/data/c/0/0: the blosc chunk at byte \d+ must be \d+ bytes"):
