@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import pytest
 
 from mt2kd.errors import ConfigError, ValidationError
 from mt2kd.store import TeacherSpec, TeacherStore
+from mt2kd.store._format import CRC_BYTES
 
 TEXT = TeacherSpec("whisper-text", "text", 1)
 
@@ -69,6 +71,7 @@ def test_verify_finds_a_text_that_is_not_utf8(tmp_path: Path) -> None:
     data = next((tmp_path / "s.zarr").glob("shards/*/t/data/c/0/0"))
     raw = bytearray(data.read_bytes())
     raw[0] = 0xFF  # raw chunk: the first byte of the text
+    raw[3:3 + CRC_BYTES] = int(google_crc32c.value(bytes(raw[:3]))).to_bytes(CRC_BYTES, "little")  # "ab\0": crc too
     data.write_bytes(bytes(raw))
     problems = TeacherStore.open(url).verify()
     found = [p for p in problems if p.kind == "text"]
