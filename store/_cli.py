@@ -34,6 +34,7 @@ from mt2kd.store._cli_text import (
     show_pairs,
     summarize,
 )
+from mt2kd.store._quantizer import codes_teachers
 
 if TYPE_CHECKING:
     from mt2kd.store import TeacherSpec, TeacherStore
@@ -165,7 +166,11 @@ def show(path: str, cut_id: str, as_json: bool) -> None:
     ts = _open(path)
     specs = ts.specs
     _refuse_failed(ts, cut_id)
-    teachers = {t: summarize(a, specs.get(t)) for t, a in read_cuts(ts, [cut_id])[0].items()}
+    arrays = read_cuts(ts, [cut_id])[0]
+    teachers = {t: summarize(a, specs.get(t)) for t, a in arrays.items()}
+    for name in codes_teachers(ts):  # MVQ codes: the quantiser, the decoded frames and the reconstruction error
+        if name in arrays:
+            teachers[name]["codes"] = codes_facts(ts, name, cut_id, arrays[name])
     failed = [f for f in ts.failures() if f["cut_id"] == cut_id]  # teachers without an output of this cut
     if as_json:
         _emit_json({"store": path, "random_teachers": has_random_teachers(ts), "cut_id": cut_id,
@@ -175,7 +180,7 @@ def show(path: str, cut_id: str, as_json: bool) -> None:
     lines += kv_lines((f"Failed {f['teacher']}", f"{f['reason']} (shard {f['shard']})") for f in failed)
     for name, facts in teachers.items():
         lines += ["", *kv_lines([("Teacher", name)])]
-        lines += kv_lines(show_pairs(facts), indent=2)
+        lines += kv_lines(show_pairs(facts) + (codes_pairs(facts["codes"]) if "codes" in facts else []), indent=2)
     click.echo("\n".join(lines))
 
 
@@ -244,9 +249,11 @@ def plot(path: str, cut_id: str, output: str) -> None:
     specs = ts.specs
     _refuse_failed(ts, cut_id)
     arrays = read_cuts(ts, [cut_id])[0]
+    labels = {name: codes_label(ts, name, cut_id, arrays[name]) for name in codes_teachers(ts) if name in arrays}
+    arrays = decoded_arrays(ts, arrays)  # codes are drawn as the frames they decode to
     fig, axes = plt.subplots(len(arrays), 1, figsize=(10, 3.2 * len(arrays)), squeeze=False)
     for ax, (name, array) in zip(axes[:, 0], arrays.items()):
-        _draw(ax, name, np.asarray(array, dtype=np.float32), specs.get(name))
+        _draw(ax, labels.get(name, name), np.asarray(array, dtype=np.float32), specs.get(name))
     fig.suptitle(cut_id)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
@@ -303,3 +310,11 @@ def diff(path_a: str, path_b: str, atol: float | None, as_json: bool) -> None:
     if atol is not None and any(d["max_abs_diff"] > atol or d["shape_mismatches"]
                                 for d in facts["teachers"].values()):
         raise SystemExit(1)
+
+
+from mt2kd.store._cli_quantize import (  # noqa: E402 - registers ``store quantize``; it needs the group above
+    codes_facts,
+    codes_label,
+    codes_pairs,
+    decoded_arrays,
+)

@@ -318,6 +318,8 @@ class ShardWriter:
         if not ok:
             raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: {spec.kind} output must have shape "
                                   f"{expected}. Got {list(array.shape)}.", teacher=teacher)
+        if np.dtype(spec.dtype).kind == "u":
+            _check_codes(cut_id, teacher, array, spec.dtype)
         with np.errstate(over="ignore"):
             stored = array.astype(spec.dtype, copy=False)
         num_bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
@@ -478,3 +480,12 @@ def _check_cut_id(cut_id: Any) -> None:
         cut_id.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ValidationError(f"a cut ID must be valid unicode (UTF-8 encodable). Got {cut_id!r}.") from e
+
+
+def _check_codes(cut_id: str, teacher: str, array: np.ndarray, dtype: str) -> None:
+    """Integer codes (uint8 codebook indexes) must be whole numbers within the stored dtype's range."""
+    top = np.iinfo(dtype).max
+    if array.dtype.kind == "f" or (array.size and (int(array.min()) < 0 or int(array.max()) > top)):
+        got = f"dtype {array.dtype}" if array.dtype.kind == "f" else f"values {int(array.min())}..{int(array.max())}"
+        raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: codes must be integers in [0, {top}] "
+                              f"({dtype}). Got {got}.", teacher=teacher)
