@@ -12,7 +12,8 @@ from mt2kd.errors import ConfigError
 Kind = Literal["frames", "clip", "text"]
 
 KINDS: tuple[str, ...] = ("frames", "clip", "text")
-DTYPES: tuple[str, ...] = ("float16", "float32", "uint8")  # of numeric outputs (frames, clip); uint8: MVQ codes
+DTYPES: tuple[str, ...] = ("float16", "float32")  # of numeric outputs (frames, clip)
+CODES_DTYPE = "uint8"  # frames may also be codes: one codebook index (byte) per codebook, e.g. MVQ codes
 TEXT_DTYPE = "uint8"  # a text output is stored as its UTF-8 bytes, one row of dim 1 per byte
 TEXT_END = "\x00"  # closes each stored text, so an empty text still has a row (absent outputs have none)
 CODECS: tuple[str, ...] = ("blosc-lz4", "blosc-zstd", "zstd", "none")
@@ -34,7 +35,7 @@ class TeacherSpec:
     kind: Kind  # "frames": ragged [num_frames, dim] per cut; "clip": [dim] per cut; "text": a str per cut
     dim: int  # feature dimension of one frame or one clip vector; 1 for text (one byte a row)
     frame_rate: float | None = None  # Hz; frames only (25.0 for stacked whisper)
-    dtype: str = ""  # on-disk dtype, one of DTYPES; "" picks float16 for frames, float32 for clip, uint8 for text; uint8 for MVQ codes
+    dtype: str = ""  # on-disk dtype, one of DTYPES; "" picks float16 for frames, float32 for clip, uint8 for text (frames of codes: uint8)
     codec: str = DEFAULT_CODEC  # byte codec inside each shard, one of CODECS
     codec_level: int = DEFAULT_CODEC_LEVEL  # compression level of the codec
     fingerprint: str = ""  # hash of checkpoint bytes + teacher config + format version
@@ -55,7 +56,8 @@ class TeacherSpec:
             self._check_text()
         if self.dtype == "":  # frozen: resolve the default in place, once
             object.__setattr__(self, "dtype", "float16" if self.kind == "frames" else "float32")
-        if self.dtype not in DTYPES and not (self.kind == "text" and self.dtype == TEXT_DTYPE):
+        if self.dtype not in DTYPES and not (self.kind == "text" and self.dtype == TEXT_DTYPE) \
+                and not (self.kind == "frames" and self.dtype == CODES_DTYPE):
             raise ConfigError(f"dtype must be one of {list(DTYPES)}. Got {self.dtype!r}.")
         if self.codec not in CODECS:
             raise ConfigError(f"codec must be one of {list(CODECS)}. Got {self.codec!r}.")

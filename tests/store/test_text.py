@@ -24,7 +24,7 @@ def test_text_spec_is_uint8_of_dim_1() -> None:
     with pytest.raises(ConfigError, match="stored as 'uint8'.*Got dtype 'float16'"):
         TeacherSpec("t", "text", 1, dtype="float16")
     with pytest.raises(ConfigError, match=r"dtype must be one of \['float16', 'float32'\]. Got 'uint8'"):
-        TeacherSpec("t", "frames", 1, frame_rate=25.0, dtype="uint8")
+        TeacherSpec("t", "clip", 1, dtype="uint8")  # uint8 is for text and for frames of codes
 
 
 def test_texts_come_back_as_written_next_to_frames(store_url: str, specs_of: Any, outputs_of: Any) -> None:
