@@ -30,7 +30,8 @@ from mt2kd.extract._audio import TRIED_KEY, audio_only, audio_sources, duration_
 from mt2kd.store import TeacherSpec
 
 SECONDS_PER_HOUR = 3600.0
-BYTES_PER_VALUE = {"float16": 2, "float32": 4}  # on-disk bytes of one value, before compression
+BYTES_PER_VALUE = {"float16": 2, "float32": 4, "uint8": 1}  # on-disk bytes of one value, before compression
+TEXT_BYTES_PER_SECOND = 16  # planning estimate of a transcript's UTF-8 bytes per second of audio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,8 @@ class Plan:
             lines.append(("Longest cut", f"{first.durations[0]:.1f} s ({first.cut_ids[0]})"))
         for name, num_bytes in self.expected_bytes(specs).items():
             spec = specs[name]
-            shape = f"[T, {spec.dim}] at {spec.frame_rate:g} Hz" if spec.kind == "frames" else f"[{spec.dim}]"
+            shape = {"frames": f"[T, {spec.dim}] at {spec.frame_rate:g} Hz", "clip": f"[{spec.dim}]",
+                     "text": "text (UTF-8, about 16 B/s of speech)"}[spec.kind]
             lines.append((f"Teacher {name}", f"{shape} {spec.dtype}, {_human(num_bytes)} before compression"))
         return lines
 
@@ -106,6 +108,8 @@ def expected_frames(spec: TeacherSpec, duration: float) -> int:
     """Frames (or 1 for a clip output) a teacher should give a cut of ``duration`` seconds."""
     if spec.kind == "clip":
         return 1
+    if spec.kind == "text":  # bytes: read speech runs about 2.5 words of 6 UTF-8 bytes (with the space) a second
+        return int(duration * TEXT_BYTES_PER_SECOND)
     stack = int(spec.config.get("stack", 0) or 0)
     if spec.name == "whisper" and stack:
         from mt2kd.extract._frames import num_stacked_frames_for_duration

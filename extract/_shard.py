@@ -242,7 +242,10 @@ def run_teacher(teacher: Teacher, batch: Sequence[CutAudio]) -> list[np.ndarray 
     return results
 
 
-def output_problem(output: np.ndarray) -> str | None:
+def output_problem(output: np.ndarray, kind: str = "frames") -> str | None:
+    """Why a teacher's output of a cut cannot be stored, or None; a text (UTF-8 bytes) may be empty."""
+    if kind == "text":
+        return None
     if output.size == 0:
         return f"empty output (shape {list(output.shape)}): cut too short for one frame"
     num_bad = int(output.size - np.count_nonzero(np.isfinite(output)))
@@ -262,7 +265,7 @@ def put_cut(writer: ShardWriter, cut: CutAudio, outputs: Mapping[str, np.ndarray
     good: dict[str, np.ndarray] = {}
     problems: dict[str, str] = {}
     for name, output in outputs.items():
-        problem = output if isinstance(output, str) else output_problem(output)
+        problem = output if isinstance(output, str) else output_problem(output, writer.specs[name].kind)
         if problem is None and not isinstance(output, str):
             good[name] = output
         else:

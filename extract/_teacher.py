@@ -196,6 +196,12 @@ def check_checkpoint(name: str, checkpoint: str | Path) -> None:
             f"put the checkpoint there or pass its local path."
         )
     kind = _CHECKPOINT_KINDS.get(name)
+    if kind == "file-or-hf" and path.is_dir() and not (path / "config.json").is_file():
+        pts = sorted(p.name for p in path.glob("*.pt"))
+        inside = f" (it holds {', '.join(pts[:3])}: pass one of those)" if pts else ""
+        raise CheckpointError(f"{name} checkpoint must be a .pt file or a Hugging Face folder (config.json + "
+                              f"model.safetensors). Got {str(checkpoint)!r}, which is a folder without "
+                              f"config.json{inside}.")
     if kind == "file" and path.is_dir():
         pts = sorted(p.name for p in path.glob("*.pt"))
         inside = f" (it holds {', '.join(pts[:3])}: pass one of those)" if pts else ""
@@ -206,7 +212,8 @@ def check_checkpoint(name: str, checkpoint: str | Path) -> None:
                               f"which is a file: pass the folder that holds it.")
 
 
-_CHECKPOINT_KINDS = {"whisper": "file", "beats": "file", "ecapa": "folder"}  # what each built-in loader reads
+# what each built-in loader reads
+_CHECKPOINT_KINDS = {"whisper": "file-or-hf", "beats": "file", "ecapa": "folder", "whisper-text": "file"}
 
 
 def check_teacher_name(name: str) -> None:
@@ -229,12 +236,14 @@ _BUILTIN_MODULES = {
     "hubert": "mt2kd.extract.ssl",
     "wavlm": "mt2kd.extract.ssl",
     "wav2vec2": "mt2kd.extract.ssl",
+    "whisper-text": "mt2kd.extract.whisper_text",
 }
 # and the libraries each imports only once a checkpoint is loaded
 _BUILTIN_LAZY_IMPORTS = {
     "whisper": ("whisper.model",),
     "ecapa": ("speechbrain.lobes.features", "speechbrain.lobes.models.ECAPA_TDNN", "speechbrain.processing.features"),
     **{name: ("torchaudio.models",) for name in ("hubert", "wavlm", "wav2vec2")},
+    "whisper-text": ("whisper",),
 }
 
 

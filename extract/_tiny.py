@@ -183,7 +183,8 @@ def write_tiny_ecapa_checkpoint(folder: str | Path, seed: int = 0, lin_neurons: 
 
 
 DEFAULT_TINY = ("whisper", "beats", "ecapa")  # what make-tiny writes unless asked for others
-TINY_NAMES = ("whisper", "beats", "ecapa", "hubert", "wavlm", "wav2vec2")  # every teacher make-tiny can write
+# every teacher make-tiny can write
+TINY_NAMES = ("whisper", "beats", "ecapa", "hubert", "wavlm", "wav2vec2", "whisper-text")
 
 
 def make_tiny_checkpoints(folder: str | Path, seed: int = 0, whisper_n_mels: int = 80,
@@ -192,7 +193,8 @@ def make_tiny_checkpoints(folder: str | Path, seed: int = 0, whisper_n_mels: int
 
     Layout: ``folder/whisper/tiny.pt``, ``folder/beats/tiny.pt``, ``folder/ecapa/``
     (a speechbrain pretrained folder), ``folder/NAME/tiny.pt`` for ``hubert``,
-    ``wavlm`` and ``wav2vec2`` (torchaudio ``{config, state_dict}``), each
+    ``wavlm`` and ``wav2vec2`` (torchaudio ``{config, state_dict}``),
+    ``folder/whisper-text/tiny.pt`` (whisper with the real vocabulary), each
     folder with a ``RANDOM_WEIGHTS`` marker, and ``folder/TINY_TEACHERS.json``
     describing them.
 
@@ -228,6 +230,10 @@ def _write_tiny(folder: Path, name: str, seed: int, whisper_n_mels: int) -> Path
         return write_tiny_beats_checkpoint(folder / "beats" / "tiny.pt", seed=seed)
     if name == "ecapa":
         return write_tiny_ecapa_checkpoint(folder / "ecapa", seed=seed)
+    if name == "whisper-text":
+        from mt2kd.extract.whisper_text import write_tiny_whisper_text_checkpoint
+
+        return write_tiny_whisper_text_checkpoint(folder / "whisper-text" / "tiny.pt", seed=seed)
     from mt2kd.extract.ssl import write_tiny_ssl_checkpoint
 
     return write_tiny_ssl_checkpoint(folder / name / "tiny.pt", name, seed=seed)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError
 from mt2kd.extract._frames import HOP_SAMPLES, WINDOW_SAMPLES, num_encoder_frames, num_mel_frames
+from mt2kd.extract._whisper_hf import is_hf_folder, load_hf_encoder
 
 N_FFT = 400  # samples per STFT frame (25 ms), whisper's
 STFT_PAD = N_FFT // 2  # samples of reflection on each side: torch.stft(center=True) semantics
@@ -41,6 +42,9 @@ RANDOM_INIT_KEY = "mt2kd_random_init"  # extra checkpoint key marking random tes
 def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], bool]:
     """Load a local openai-whisper ``.pt``; return (float32 encoder on CPU, dims, random-init flag).
 
+    A Hugging Face Whisper folder (``config.json`` + ``model.safetensors``)
+    loads too, its encoder tensors renamed onto the same encoder (``_whisper_hf``).
+
     Only the encoder is ever run, so only it is built (openai-whisper's
     ``AudioEncoder`` from the checkpoint's ``dims``), its parameters the
     float32 copies of the ``encoder.*`` tensors of ``model_state_dict``, read
@@ -51,11 +55,16 @@ def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], boo
     import whisper.model
 
     path = Path(path)
+    if is_hf_folder(path):
+        encoder, dims, random_init = load_hf_encoder(path)
+        _check_n_mels(path, dims["n_mels"])
+        return encoder, dims, random_init
     if path.is_dir():
         pts = sorted(p.name for p in path.glob("*.pt"))
         inside = f" (it holds {', '.join(pts[:3])}: pass one of those)" if pts else ""
-        raise CheckpointError(f"whisper checkpoint must be an openai-whisper .pt file. Got {str(path)!r}, which is "
-                              f"a folder{inside}.")
+        raise CheckpointError(f"whisper checkpoint must be an openai-whisper .pt file or a Hugging Face folder "
+                              f"(config.json + model.safetensors). Got {str(path)!r}, which is a folder without "
+                              f"config.json{inside}.")
     if not path.is_file():
         raise CheckpointNotFoundError(
             f"whisper checkpoint must be an existing openai-whisper .pt file. Got {str(path)!r}, which does "
@@ -84,11 +93,15 @@ def load_whisper(path: str | Path) -> tuple[torch.nn.Module, dict[str, int], boo
             f"whisper checkpoint {str(path)!r} must be an openai-whisper .pt holding 'dims' and "
             f"'model_state_dict'. Got a file that does not load: {type(e).__name__}: {' '.join(str(e).split())}"
         ) from e
-    if dims.n_mels not in SUPPORTED_N_MELS:
-        raise CheckpointError(
-            f"whisper checkpoint {str(path)!r}: n_mels must be one of {list(SUPPORTED_N_MELS)}. Got {dims.n_mels}."
-        )
+    _check_n_mels(path, dims.n_mels)
     return encoder.eval().requires_grad_(False), dict(dims.__dict__), bool(checkpoint.get(RANDOM_INIT_KEY, False))
+
+
+def _check_n_mels(path: Path, n_mels: int) -> None:
+    if n_mels not in SUPPORTED_N_MELS:
+        raise CheckpointError(
+            f"whisper checkpoint {str(path)!r}: n_mels must be one of {list(SUPPORTED_N_MELS)}. Got {n_mels}."
+        )
 
 
 def _load_checkpoint(path: Path) -> Any:

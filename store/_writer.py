@@ -459,9 +459,15 @@ def _text_rows(cut_id: str, teacher: str, value: Any) -> np.ndarray:
     The closing byte keeps an empty text (whisper hears nothing in silence)
     apart from a cut the teacher has no output of (no rows at all).
     """
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
+        try:  # a teacher's UTF-8 bytes
+            value = value.tobytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: text output bytes must be UTF-8. Got "
+                                  f"{e.reason} at byte {e.start}.", teacher=teacher) from e
     if not isinstance(value, str):
-        raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: text output must be a str. Got "
-                              f"{type(value).__name__}.", teacher=teacher)
+        raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: text output must be a str or 1-D uint8 "
+                              f"UTF-8 bytes. Got {type(value).__name__}.", teacher=teacher)
     if TEXT_END in value:
         raise ValidationError(f"cut {cut_id!r}, teacher {teacher!r}: text output must not hold a NUL character. "
                               f"Got one at position {value.index(TEXT_END)}.", teacher=teacher)

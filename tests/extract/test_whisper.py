@@ -211,7 +211,8 @@ def test_a_checkpoint_folder_is_refused_as_a_folder_naming_the_files_in_it(tmp_p
     with pytest.raises(CheckpointError) as caught:
         load_teacher("whisper", folder)
     assert not isinstance(caught.value, CheckpointNotFoundError) and "does not exist" not in str(caught.value)
-    assert f"Got '{folder}', which is a folder (it holds tiny.pt: pass one of those)" in str(caught.value)
+    assert f"Got '{folder}', which is a folder without config.json (it holds tiny.pt: pass one of those)" \
+        in str(caught.value)
 
 
 def test_the_encoder_loads_as_whisper_load_model_loads_it_from_any_release_format(checkpoint: Path,

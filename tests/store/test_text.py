@@ -52,15 +52,18 @@ def test_texts_come_back_as_written_next_to_frames(store_url: str, specs_of: Any
 def test_the_writer_refuses_what_is_not_a_text(tmp_path: Path) -> None:
     store = TeacherStore.create(str(tmp_path / "s.zarr"), [TEXT])
     with store.shard_writer(0) as writer:
-        with pytest.raises(ValidationError, match="cut 'a', teacher 'whisper-text': text output must be a str. "
-                                                  "Got ndarray"):
-            writer.put("a", {"whisper-text": np.zeros(3, np.uint8)})
+        with pytest.raises(ValidationError, match="cut 'a', teacher 'whisper-text': text output must be a str or "
+                                                  "1-D uint8 UTF-8 bytes. Got ndarray"):
+            writer.put("a", {"whisper-text": np.zeros(3, np.float32)})
+        with pytest.raises(ValidationError, match="text output bytes must be UTF-8"):
+            writer.put("a", {"whisper-text": np.array([0xFF], np.uint8)})
+        writer.put("b", {"whisper-text": np.frombuffer("né".encode(), np.uint8)})
         with pytest.raises(ValidationError, match="must not hold a NUL character. Got one at position 2"):
             writer.put("a", {"whisper-text": "ab\x00c"})
         with pytest.raises(ValidationError, match="must be UTF-8 encodable"):
             writer.put("a", {"whisper-text": "\ud800"})
         writer.put("a", {"whisper-text": "ok"})
-    assert TeacherStore.open(str(tmp_path / "s.zarr")).texts(["a"], "whisper-text") == ["ok"]
+    assert TeacherStore.open(str(tmp_path / "s.zarr")).texts(["a", "b"], "whisper-text") == ["ok", "né"]
 
 
 def test_verify_finds_a_text_that_is_not_utf8(tmp_path: Path) -> None:
