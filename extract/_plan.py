@@ -98,8 +98,9 @@ class Plan:
             lines.append(("Longest cut", f"{first.durations[0]:.1f} s ({first.cut_ids[0]})"))
         for name, num_bytes in self.expected_bytes(specs).items():
             spec = specs[name]
-            shape = {"frames": f"[T, {spec.dim}] at {spec.frame_rate:g} Hz", "clip": f"[{spec.dim}]",
-                     "text": "text (UTF-8, about 16 B/s of speech)"}[spec.kind]
+            shape = f"[T, {spec.dim}] at {spec.frame_rate:g} Hz" if spec.kind == "frames" else f"[{spec.dim}]"
+            if spec.kind == "text":
+                shape = f"text (UTF-8, about {TEXT_BYTES_PER_SECOND} B/s of audio)"
             lines.append((f"Teacher {name}", f"{shape} {spec.dtype}, {_human(num_bytes)} before compression"))
         return lines
 

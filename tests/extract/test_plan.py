@@ -375,7 +375,8 @@ def test_a_misspelled_teacher_lists_every_teacher_and_stops_a_local_job_before_a
 
     monkeypatch.setattr(teacher, "_REGISTRY", {})  # as in a fresh process: built-in teachers register on first use
     (tmp_path / "tiny.pt").write_bytes(b"")
-    listed = r"teacher must be one of \['beats', 'ecapa', 'hubert', 'wav2vec2', 'wavlm', 'whisper'\]. Got 'whispr'."
+    listed = (r"teacher must be one of \['beats', 'ecapa', 'hubert', 'wav2vec2', 'wavlm', 'whisper', "
+              r"'whisper-text'\]. Got 'whispr'.")
     with pytest.raises(ConfigError, match=listed):
         load_teacher("whispr", tmp_path / "tiny.pt")
     config = ExtractConfig(cuts=(SPEECH,), store=str(tmp_path / "store"),
