@@ -13,6 +13,7 @@ from typing import Any
 
 from mt2kd._typed import read_mapping, typed_values
 from mt2kd.errors import ConfigError
+from mt2kd.train._targets import KDTarget, checked_targets, paper_targets
 from mt2kd.train._zipformer_config import ZIPFORMER_PRESETS, ZipformerConfig
 
 
@@ -23,6 +24,35 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise ConfigError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(known)}.")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON/YAML holds it: tuples as lists, nested dataclasses as dicts."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """One student head as built: what a checkpoint needs to rebuild it (sizes resolved from the store).
+
+    Examples
+    --------
+    >>> HeadConfig("ecapa", "attentive", 192, block=3).block
+    3
+    """
+
+    name: str  # the KD target (and log term) this head serves
+    kind: str  # head kind, a key of mt2kd.train._heads.HEADS ("frames", "mean", "attentive")
+    dim: int  # output width (from the teacher's spec, the frame-rate relation and the loss)
+    block: int = -1  # 1-based entry of hidden_states it reads (Conformer block, Zipformer stack); -1 the last
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
+        return _from_dict(cls, data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +82,10 @@ class StudentConfig:
     num_classes: int = 527  # M_AT output: AudioSet classes
     embedding_dim: int = 192  # M_SV output: ECAPA embedding size
     sv_block: int = 3  # 1-based block (Conformer) or stack (Zipformer) whose output feeds M_SV
-    sv_attention_dim: int = 128  # hidden size of the attentive statistics pooling
+    sv_attention_dim: int = 128  # hidden size of every attentive statistics pooling head
     encoder: str = "conformer"  # "conformer" (the fields above) or "zipformer" (the field below)
     zipformer: ZipformerConfig | None = None  # the Zipformer's sizes; set exactly when encoder == "zipformer"
+    heads: tuple[HeadConfig, ...] = ()  # one per KD target; empty: the paper's three, sized by the fields above
 
     @property
     def num_outputs(self) -> int:
@@ -66,6 +97,8 @@ class StudentConfig:
         if not 1 <= self.sv_block <= self.num_outputs:
             raise ConfigError(f"sv_block must be in [1, {self.num_outputs}] (the {self.encoder}'s "
                               f"{'stacks' if self.zipformer else 'blocks'}). Got {self.sv_block}.")
+        heads = tuple(HeadConfig.from_dict(h) if isinstance(h, dict) else h for h in self.heads)
+        object.__setattr__(self, "heads", heads)  # frozen: a checkpoint's dicts become HeadConfig once
         if self.model_dim % self.num_heads:
             raise ConfigError(
                 f"model_dim must be divisible by num_heads={self.num_heads}. Got {self.model_dim}."
@@ -90,8 +123,21 @@ class StudentConfig:
             raise ConfigError(f"student preset must be one of {sorted(STUDENT_PRESETS)}. Got {name!r}.")
         return STUDENT_PRESETS[name]
 
+    def resolved_heads(self) -> tuple[HeadConfig, ...]:
+        """The heads this student carries: ``heads``, or M_ASR, M_AT and M_SV when it is empty."""
+        if self.heads:
+            return self.heads
+        return (HeadConfig("whisper", "frames", self.teacher_frame_dim),
+                HeadConfig("beats", "mean", self.num_classes),
+                HeadConfig("ecapa", "attentive", self.embedding_dim, block=self.sv_block))
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.heads:
+            data["heads"] = _plain(self.heads)
+        else:  # the paper's heads: the very dict of checkpoints written before heads were configurable
+            del data["heads"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
@@ -122,6 +168,10 @@ STUDENT_PRESETS: dict[str, StudentConfig] = {
     "zipformer-tiny": StudentConfig(encoder="zipformer", zipformer=ZIPFORMER_PRESETS["tiny"],
                                     model_dim=ZIPFORMER_PRESETS["tiny"].output_dim, sv_attention_dim=16),
 }
+
+
+# the flags that shape the paper's default targets (and only those)
+_SHORTCUTS = ("whisper_weight", "beats_weight", "ecapa_weight", "whisper_teacher", "beats_teacher", "ecapa_teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +208,7 @@ class TrainConfig:
     whisper_teacher: str = "whisper"  # store teacher name of the frame targets
     beats_teacher: str = "beats"  # store teacher name of the AT logits
     ecapa_teacher: str = "ecapa"  # store teacher name of the speaker embeddings
+    targets: tuple[KDTarget, ...] = ()  # KD targets (docs/training.md); empty: the paper's three from the fields above
     checkpoint_every: int = 2_000  # steps between checkpoints
     keep_last: int = 5  # checkpoints kept on disk (older ones are deleted)
     log_every: int = 50  # steps between progress lines and TensorBoard scalars
@@ -185,9 +236,27 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0. Got {getattr(self, name)!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be one of ['auto', 'cpu', 'cuda']. Got {self.device!r}.")
+        targets = tuple(KDTarget.from_dict(t, f"targets[{i}]: ") if isinstance(t, dict) else t
+                        for i, t in enumerate(self.targets))
+        object.__setattr__(self, "targets", checked_targets(targets))  # frozen: dicts from a file become KDTarget
+        shortcuts = [f.name for f in dataclasses.fields(self) if f.name in _SHORTCUTS
+                     and getattr(self, f.name) != f.default]
+        if self.targets and shortcuts:
+            raise ConfigError(f"{shortcuts} set the paper's default targets only: with a targets list, give each "
+                              f"target its own teacher and weight. Got both.")
+
+    def kd_targets(self, sv_block: int) -> tuple[KDTarget, ...]:
+        """``targets``, or the paper's three from the shortcut fields (ecapa reading ``sv_block``)."""
+        if self.targets:
+            return self.targets
+        return paper_targets((self.whisper_teacher, self.whisper_weight), (self.beats_teacher, self.beats_weight),
+                             (self.ecapa_teacher, self.ecapa_weight), sv_block)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        data: dict[str, Any] = _plain(dataclasses.asdict(self))
+        if not self.targets:  # the paper's targets: the dict of configs written before targets were configurable
+            del data["targets"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -1,4 +1,7 @@
-"""The student: an encoder (Conformer blocks after a 4x conv front-end, or a Zipformer), three heads.
+"""The student: an encoder (Conformer blocks after a 4x conv front-end, or a Zipformer), one head per KD target.
+
+The heads read only the encoder's ``hidden_states`` (``mt2kd.train._heads``);
+the default ones are the paper's three:
 
 - M_ASR: linear from the last block to the teacher frame dim (2560).
 - M_AT: linear to 527 class logits per frame, averaged over valid frames.
@@ -17,9 +20,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mt2kd.errors import ConfigError
 from mt2kd.train._config import StudentConfig
 from mt2kd.train._features import num_student_frames
+from mt2kd.train._heads import HEADS, AttentiveStatsPooling, build_heads, head_block, rename_legacy_keys
 from mt2kd.train._zipformer import ZipformerEncoder
+
+__all__ = ["Student", "StudentOutput", "AttentiveStatsPooling", "count_parameters"]
 
 FBANK_OFFSET = 15.0  # rough mean of int16-scale log-mel energies of speech
 FBANK_SCALE = 5.0  # rough spread of the same; the front-end learns the rest
@@ -27,14 +34,36 @@ FBANK_SCALE = 5.0  # rough spread of the same; the front-end learns the rest
 
 @dataclasses.dataclass
 class StudentOutput:
-    """Everything one forward pass produces (B cuts, T frames at 25 Hz)."""
+    """Everything one forward pass produces (B cuts, T frames at 25 Hz).
 
-    frames: torch.Tensor  # [B, T, teacher_frame_dim] M_ASR output
+    ``frames``, ``at_logits`` and ``sv_embedding`` are the outputs of the
+    first ``frames``, ``mean`` and ``attentive`` head (M_ASR, M_AT, M_SV).
+    """
+
+    outputs: dict[str, torch.Tensor]  # head (KD target) name -> [B, T, dim] frames or [B, dim] per cut
+    head_kinds: dict[str, str]  # head name -> its kind, a key of HEADS
     frame_mask: torch.Tensor  # [B, T] bool, True on valid frames
-    at_logits: torch.Tensor  # [B, num_classes] M_AT logits, mean over valid frames
-    sv_embedding: torch.Tensor  # [B, embedding_dim] M_SV output
     hidden_states: list[torch.Tensor]  # [B, T, D] per Conformer block / Zipformer stack (full width, 25 Hz)
     num_frames: torch.Tensor  # [B] valid frames per cut
+
+    def first_of(self, kind: str) -> torch.Tensor:
+        """The output of the first head of ``kind``; a ConfigError naming the heads when there is none."""
+        for name, head_kind in self.head_kinds.items():
+            if head_kind == kind:
+                return self.outputs[name]
+        raise ConfigError(f"the student must have a {kind!r} head for this. Got heads {self.head_kinds}.")
+
+    @property
+    def frames(self) -> torch.Tensor:
+        return self.first_of("frames")
+
+    @property
+    def at_logits(self) -> torch.Tensor:
+        return self.first_of("mean")
+
+    @property
+    def sv_embedding(self) -> torch.Tensor:
+        return self.first_of("attentive")
 
 
 def _lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -134,21 +163,6 @@ class ConformerBlock(nn.Module):
         return self.norm(x) * mask[..., None]
 
 
-class AttentiveStatsPooling(nn.Module):
-    """Attention-weighted mean and standard deviation over valid frames."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scores = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
-        w = torch.softmax(scores.float(), dim=1).to(x.dtype)[..., None]
-        mean = (w * x).sum(1)
-        var = (w * (x - mean[:, None]) ** 2).sum(1)
-        return torch.cat([mean, torch.sqrt(var.clamp_min(1e-5))], dim=-1)
-
-
 def _sinusoids(num_frames: int, dim: int, device: torch.device) -> torch.Tensor:
     pos = torch.arange(num_frames, device=device, dtype=torch.float32)[:, None]
     freqs = torch.exp(torch.arange(0, dim, 2, device=device) * (-math.log(10_000.0) / dim))
@@ -159,7 +173,7 @@ def _sinusoids(num_frames: int, dim: int, device: torch.device) -> torch.Tensor:
 
 
 class Student(nn.Module):
-    """Student encoder (``config.encoder``: Conformer or Zipformer) with the M_ASR, M_AT and M_SV heads.
+    """Student encoder (``config.encoder``: Conformer or Zipformer) with one head per KD target.
 
     Examples
     --------
@@ -177,10 +191,15 @@ class Student(nn.Module):
         else:
             self.frontend = ConvFrontEnd(config)
             self.blocks = nn.ModuleList(ConformerBlock(config) for _ in range(config.num_blocks))
-        self.asr_head = nn.Linear(config.model_dim, config.teacher_frame_dim)
-        self.at_head = nn.Linear(config.model_dim, config.num_classes)
-        self.sv_pool = AttentiveStatsPooling(config.model_dim, config.sv_attention_dim)
-        self.sv_head = nn.Linear(2 * config.model_dim, config.embedding_dim)
+        self.head_configs = config.resolved_heads()
+        for head in self.head_configs:
+            if head.kind not in HEADS:
+                raise ConfigError(f"head {head.name!r}: kind must be one of {sorted(HEADS)}. Got {head.kind!r}.")
+            if not 0 <= head_block(head, config.num_outputs) < config.num_outputs:
+                raise ConfigError(f"head {head.name!r}: block must be in [1, {config.num_outputs}] or "
+                                  f"[-{config.num_outputs}, -1]. Got {head.block}.")
+        self.heads = build_heads(config)
+        self._register_load_state_dict_pre_hook(_legacy_keys_hook)
 
     def _conformer(self, fbank: torch.Tensor, num_frames: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         x = self.frontend(fbank, num_frames)
@@ -193,24 +212,29 @@ class Student(nn.Module):
             hidden.append(x)
         return hidden, mask, lengths
 
-    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor) -> StudentOutput:
-        """``fbank`` ``[B, T100, 80]`` zero-padded, ``num_frames`` ``[B]`` valid 100 Hz frames."""
+    def encode(self, fbank: torch.Tensor, num_frames: torch.Tensor
+               ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Every block's (or stack's) output ``[B, T, D]``, the valid-frame mask ``[B, T]`` and lengths ``[B]``.
+
+        This is all the heads read, so a target's ``block`` means the same
+        for every encoder: the 1-based entry of this list.
+        """
         if self.config.zipformer is not None:
             states = self.zipformer((fbank - FBANK_OFFSET) / FBANK_SCALE, num_frames)
-            hidden, mask, lengths = states.hidden_states, states.mask, states.lengths
-        else:
-            hidden, mask, lengths = self._conformer(fbank, num_frames)
-        x = hidden[-1]
-        sv_input = hidden[self.config.sv_block - 1]
-        weights = mask.to(x.dtype)[..., None] / lengths.clamp_min(1).to(x.dtype)[:, None, None]
-        return StudentOutput(
-            frames=self.asr_head(x),
-            frame_mask=mask,
-            at_logits=(self.at_head(x) * weights).sum(1),
-            sv_embedding=self.sv_head(self.sv_pool(sv_input, mask)),
-            hidden_states=hidden,
-            num_frames=lengths,
-        )
+            return states.hidden_states, states.mask, states.lengths
+        return self._conformer(fbank, num_frames)
+
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor) -> StudentOutput:
+        """``fbank`` ``[B, T100, 80]`` zero-padded, ``num_frames`` ``[B]`` valid 100 Hz frames."""
+        hidden, mask, lengths = self.encode(fbank, num_frames)
+        outputs = {h.name: self.heads[h.name](hidden[head_block(h, len(hidden))], mask, lengths)
+                   for h in self.head_configs}
+        return StudentOutput(outputs=outputs, head_kinds={h.name: h.kind for h in self.head_configs},
+                             frame_mask=mask, hidden_states=hidden, num_frames=lengths)
+
+
+def _legacy_keys_hook(state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+    rename_legacy_keys(state_dict, prefix)  # a fixed-head checkpoint (asr_head, at_head, sv_*) loads as is
 
 
 def count_parameters(config: StudentConfig) -> int:

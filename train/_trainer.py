@@ -13,11 +13,10 @@ from typing import Any
 
 import torch
 
-from mt2kd.errors import ConfigError
-from mt2kd.train._config import StudentConfig, TrainConfig
+from mt2kd.train._config import HeadConfig, StudentConfig, TrainConfig
 from mt2kd.train._data import LazyStores
 from mt2kd.train._loader import check_manifests, check_target_coverage, make_loader, make_sampler, open_corpora_counted
-from mt2kd.train._losses import LossWeights, kd_losses
+from mt2kd.train._losses import ResolvedTarget, kd_losses, resolve_targets
 from mt2kd.train._model import Student
 from mt2kd.train._runner import Runner, eden_factor, start, to_device
 
@@ -27,23 +26,40 @@ log = logging.getLogger(__name__)
 
 
 def student_config_for(cfg: TrainConfig) -> StudentConfig:
-    """The preset, with head sizes taken from the store's specs (whisper-medium frames are 2048-D, not 2560).
+    """The preset, with one head per KD target sized from the store's specs (whisper-medium frames are 2048-D).
 
-    A teacher the store lacks keeps the preset's size; its loss is then 0.
+    A teacher of the paper's default targets that the store lacks keeps the
+    preset's size (its loss is then 0); a configured target's must exist.
     """
+    return resolved_student(cfg)[0]
+
+
+def resolved_student(cfg: TrainConfig) -> tuple[StudentConfig, list[ResolvedTarget]]:
+    """The student config of this run and its KD targets checked against the stores."""
+    preset = StudentConfig.preset(cfg.student)
     specs = LazyStores(cfg.stores).get().specs
-    sizes = {}
-    for field, teacher, kind in (("teacher_frame_dim", cfg.whisper_teacher, "frames"),
-                                 ("num_classes", cfg.beats_teacher, "clip"),
-                                 ("embedding_dim", cfg.ecapa_teacher, "clip")):
-        spec = specs.get(teacher)
-        if spec is None:
-            log.warning("the stores hold no teacher %r: its KD term stays 0", teacher)
-            continue
-        if spec.kind != kind:
-            raise ConfigError(f"teacher {teacher!r} must be a {kind!r} teacher for {field}. Got {spec.kind!r}.")
-        sizes[field] = spec.dim
-    return dataclasses.replace(StudentConfig.preset(cfg.student), **sizes)
+    fallback = None if cfg.targets else {"whisper": preset.teacher_frame_dim, "beats": preset.num_classes,
+                                         "ecapa": preset.embedding_dim}
+    resolved = resolve_targets(cfg.kd_targets(preset.sv_block), specs, fallback)
+    for t in resolved:  # a block the student lacks is named with its target, before any model is built
+        t.target.block_index(preset.num_outputs)
+    return _with_heads(preset, tuple(t.head for t in resolved)), resolved
+
+
+def _with_heads(preset: StudentConfig, heads: tuple[HeadConfig, ...]) -> StudentConfig:
+    """``preset`` carrying ``heads``: in the fixed-head form (sizes in its fields) when they are the paper's three.
+
+    So a default run writes the very student config (and parameter names)
+    that it always did, and checkpoints stay interchangeable.
+    """
+    by_name = {h.name: h for h in heads}
+    if set(by_name) == {"whisper", "beats", "ecapa"} and 1 <= by_name["ecapa"].block <= preset.num_outputs:
+        legacy = dataclasses.replace(preset, teacher_frame_dim=by_name["whisper"].dim,
+                                     num_classes=by_name["beats"].dim, embedding_dim=by_name["ecapa"].dim,
+                                     sv_block=by_name["ecapa"].block)
+        if legacy.resolved_heads() == heads:
+            return legacy
+    return dataclasses.replace(preset, heads=heads)
 
 
 def _warn_random_teachers(store: Any, rank: int) -> None:
@@ -61,7 +77,7 @@ class Trainer(Runner):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
         check_manifests(cfg.cuts)  # a missing manifest is named before the stores are read
-        self.student_config = student_config_for(cfg)
+        self.student_config, self.targets = resolved_student(cfg)
         store = LazyStores(cfg.stores).get()
         check_target_coverage(cfg.cuts, store)
         _warn_random_teachers(store, self.rank)
@@ -75,14 +91,10 @@ class Trainer(Runner):
             buffer_size=cfg.buffer_size, seed=cfg.seed, world_size=self.world_size, rank=self.rank,
             num_cuts=num_cuts,
         )
-        self.weights = LossWeights(
-            cfg.whisper_weight, cfg.beats_weight, cfg.ecapa_weight,
-            cfg.whisper_teacher, cfg.beats_teacher, cfg.ecapa_teacher,
-        )
         self.ddp_model = self.wrap_ddp()
 
     def make_loader(self) -> Any:
-        teachers = [self.weights.whisper_teacher, self.weights.beats_teacher, self.weights.ecapa_teacher]
+        teachers = list(dict.fromkeys(t.target.teacher for t in self.targets))
         return make_loader(self.sampler, self.cfg.stores, self.cfg.num_workers, teachers)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -91,7 +103,7 @@ class Trainer(Runner):
         use_bf16 = self.cfg.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = self.ddp_model(batch["fbank"], batch["num_frames"])
-        losses = kd_losses(out, batch["targets"], self.weights)
+        losses = kd_losses(out, batch["targets"], self.targets)
         step_values = self.optimiser_step(losses["total"])
         values = {k: float(v.detach()) for k, v in losses.items()}
         return {**values, **step_values}
@@ -100,8 +112,9 @@ class Trainer(Runner):
 def train(cfg: TrainConfig) -> list[dict[str, float]]:
     """Run (or resume) stage-1 KD training.
 
-    Returns the per-step loss values of this call (``whisper``, ``beats``,
-    ``ecapa``, ``total``, ``grad_norm``, ``lr``).
+    Returns the per-step loss values of this call (one per KD target by its
+    name, ``whisper``, ``beats`` and ``ecapa`` by default; ``total``,
+    ``grad_norm``, ``lr``).
 
     Examples
     --------

@@ -6,8 +6,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mt2kd.store import TeacherSpec
 from mt2kd.train import Student, StudentConfig
-from mt2kd.train._losses import LossWeights, align_frames, kd_losses
+from mt2kd.train._losses import align_frames, kd_losses, resolve_targets
+from mt2kd.train._targets import paper_targets
+
+SPECS = {"whisper": TeacherSpec("whisper", "frames", 2560, frame_rate=25.0), "beats": TeacherSpec("beats", "clip", 527),
+         "ecapa": TeacherSpec("ecapa", "clip", 192)}
+
+
+def _paper(whisper: float = 1.0, beats: float = 1.0, ecapa: float = 1.0):
+    """The paper's three targets with these weights, resolved against full-size specs."""
+    return resolve_targets(paper_targets(("whisper", whisper), ("beats", beats), ("ecapa", ecapa)), SPECS)
 
 lengths = st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=4)
 
@@ -56,14 +66,14 @@ def test_a_cut_without_whisper_targets_adds_zero_loss_and_zero_gradient() -> Non
     targets["whisper"]["present"][1] = False
     targets["whisper"]["values"][1] = 0.0  # padding, as the loader writes it
     out = model(fbank, num_frames)
-    masked = kd_losses(out, targets, LossWeights(beats=0.0, ecapa=0.0))
+    masked = kd_losses(out, targets, _paper(beats=0.0, ecapa=0.0))
     keep = [0, 2]
-    others = kd_losses(model(fbank[keep], num_frames[keep]), _subset(targets, keep), LossWeights())
+    others = kd_losses(model(fbank[keep], num_frames[keep]), _subset(targets, keep), _paper())
     torch.testing.assert_close(masked["whisper"], others["whisper"], rtol=1e-5, atol=1e-6)
 
     # the masked cut's input gets no gradient through the whisper term (cuts never mix inside the model)
     fbank = fbank.clone().requires_grad_(True)
-    kd_losses(model(fbank, num_frames), targets, LossWeights(beats=0.0, ecapa=0.0))["total"].backward()
+    kd_losses(model(fbank, num_frames), targets, _paper(beats=0.0, ecapa=0.0))["total"].backward()
     assert fbank.grad[1].abs().max() == 0.0
     assert fbank.grad[0].abs().max() > 0.0 and fbank.grad[2].abs().max() > 0.0
 
@@ -75,9 +85,9 @@ def test_clip_terms_average_over_present_cuts_only() -> None:
     for name in ("beats", "ecapa"):
         targets[name]["present"][0] = False
         targets[name]["values"][0] = 0.0
-    full = kd_losses(model(fbank, num_frames), targets, LossWeights())
+    full = kd_losses(model(fbank, num_frames), targets, _paper())
     keep = [1, 2]
-    part = kd_losses(model(fbank[keep], num_frames[keep]), _subset(targets, keep), LossWeights())
+    part = kd_losses(model(fbank[keep], num_frames[keep]), _subset(targets, keep), _paper())
     torch.testing.assert_close(full["beats"], part["beats"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(full["ecapa"], part["ecapa"], rtol=1e-5, atol=1e-6)
 
@@ -89,7 +99,7 @@ def test_a_batch_without_a_teacher_gives_zero_not_nan() -> None:
     for t in targets.values():
         t["present"][:] = False
     del targets["ecapa"]  # a store view without that teacher at all
-    losses = kd_losses(model(fbank, num_frames), targets, LossWeights())
+    losses = kd_losses(model(fbank, num_frames), targets, _paper())
     for key in ("whisper", "beats", "ecapa", "total"):
         assert float(losses[key].detach()) == 0.0
     losses["total"].backward()  # still part of the graph: DDP sees every parameter

@@ -79,7 +79,7 @@ def test_checkpoint_round_trip_and_average(tmp_path) -> None:
     for key, value in models[2].state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     avg = average_checkpoints(paths)
-    key = "asr_head.weight"
+    key = "heads.whisper.linear.weight"
     expected = (models[1].state_dict()[key] + models[2].state_dict()[key]) / 2
     torch.testing.assert_close(avg[key], expected)
     with pytest.raises(CheckpointNotFoundError):

@@ -115,8 +115,8 @@ def test_cli_config_file_flags_and_average(tmp_path, corpus) -> None:
     result = runner.invoke(main, ["train", "average", "--exp-dir", str(exp_dir), "--last", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
     averaged, _ = load_student(out)
-    parts = [read_checkpoint(p)["model"]["at_head.bias"] for p in list_checkpoints(exp_dir)[-3:]]
-    torch.testing.assert_close(averaged.state_dict()["at_head.bias"], sum(parts) / 3)
+    parts = [read_checkpoint(p)["model"]["heads.beats.linear.bias"] for p in list_checkpoints(exp_dir)[-3:]]
+    torch.testing.assert_close(averaged.state_dict()["heads.beats.linear.bias"], sum(parts) / 3)
 
 
 @pytest.mark.gpu
@@ -145,7 +145,7 @@ def test_head_sizes_follow_the_store(tmp_path, make_cuts, fill_store) -> None:
     corpus = {"manifest": str(manifest), "store": str(store)}
     history = train(_config(corpus, tmp_path / "exp", num_steps=2))
     model, config = load_student(list_checkpoints(tmp_path / "exp")[-1])
-    assert config.teacher_frame_dim == 48 and model.asr_head.out_features == 48
+    assert config.teacher_frame_dim == 48 and model.heads["whisper"].linear.out_features == 48
     assert history[-1]["whisper"] > 0
 
 
