@@ -18,8 +18,11 @@ import click
 
 from mt2kd.errors import ConfigError, MT2KDError
 from mt2kd.train._config import TrainConfig
+from mt2kd.train._targets import parse_target
 
-_LIST_FLAGS = {"cuts": "--cuts", "stores": "--store", "repeats": "--repeat"}  # field -> flag
+_LIST_FLAGS = {"cuts": "--cuts", "stores": "--store", "repeats": "--repeat", "targets": "--target"}  # field -> flag
+_TARGET_HELP = ("one KD target per use, as key=value pairs of KDTarget fields (docs/training.md), e.g. "
+                "--target teacher=whisper_l8,block=2,loss=l1_logsigmoid_cos; none: the paper's three")
 
 
 def _option(field: dataclasses.Field) -> Any:
@@ -28,6 +31,7 @@ def _option(field: dataclasses.Field) -> Any:
     help_text = f"TrainConfig.{field.name} (default {default!r})."
     if field.name in _LIST_FLAGS:
         kind = int if field.name == "repeats" else str
+        help_text = _TARGET_HELP if field.name == "targets" else help_text
         return click.option(_LIST_FLAGS[field.name], field.name, multiple=True, type=kind, help=help_text)
     flag = "--" + field.name.replace("_", "-")
     if isinstance(default, bool):
@@ -47,6 +51,8 @@ def resolve_config(ctx: click.Context, config_file: str | None, values: dict[str
     for name, value in values.items():
         source = ctx.get_parameter_source(name)
         if source is not None and source.name == "COMMANDLINE":
+            if name == "targets":  # --target key=value,... flags replace a file's list
+                value = tuple(parse_target(text).to_dict() for text in value)
             merged[name] = list(value) if isinstance(value, tuple) else value
     return TrainConfig.from_dict(merged)
 

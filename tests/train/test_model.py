@@ -84,3 +84,19 @@ def test_checkpoint_round_trip_and_average(tmp_path) -> None:
     torch.testing.assert_close(avg[key], expected)
     with pytest.raises(CheckpointNotFoundError):
         load_student(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_of_the_fixed_head_student_loads_into_the_default_heads(tmp_path) -> None:
+    cfg = StudentConfig.preset("tiny")
+    model = _tiny(4)
+    renamed = {"heads.whisper.linear.": "asr_head.", "heads.beats.linear.": "at_head.",
+               "heads.ecapa.pool.": "sv_pool.", "heads.ecapa.linear.": "sv_head."}
+    legacy = {}
+    for key, value in model.state_dict().items():  # the parameter names checkpoints had before
+        prefix = next((p for p in renamed if key.startswith(p)), None)
+        legacy[key if prefix is None else renamed[prefix] + key[len(prefix):]] = value
+    assert "asr_head.weight" in legacy and "sv_pool.score.0.weight" in legacy
+    save_checkpoint({"step": 1, "student_config": cfg.to_dict(), "model": legacy}, tmp_path, keep_last=1)
+    loaded, _ = load_student(list_checkpoints(tmp_path)[-1])
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

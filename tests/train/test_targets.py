@@ -137,3 +137,16 @@ def test_a_student_with_configured_heads_reads_the_blocks_they_name() -> None:
 def test_the_paper_targets_are_the_documented_three() -> None:
     assert [(t.name, t.head, t.loss, t.block) for t in paper_targets(sv_block=3)] == [
         ("whisper", "frames", "l1", -1), ("beats", "mean", "bce", -1), ("ecapa", "attentive", "cos", 3)]
+
+
+def test_target_flags_replace_the_list_and_other_flags_still_apply() -> None:
+    from mt2kd.train._cli import kd, resolve_config
+
+    args = ["--target", "teacher=whisper_l8,block=2,loss=l1_logsigmoid_cos", "--target", "teacher=ecapa,head=attentive,"
+            "loss=cos", "--lr", "0.01"]
+    ctx = kd.make_context("kd", args)
+    values = {k: v for k, v in ctx.params.items() if k != "config_file"}
+    cfg = resolve_config(ctx, None, values)
+    assert cfg.targets == (KDTarget("whisper_l8", block=2, loss="l1_logsigmoid_cos"),
+                           KDTarget("ecapa", head="attentive", loss="cos"))
+    assert cfg.lr == 0.01
