@@ -12,6 +12,7 @@ __all__ = [
     "StoreError",
     "StoreNotFoundError",
     "StoreFormatError",
+    "StoreWriteError",
     "ShardCommittedError",
     "ShardLockedError",
     "DuplicateCutError",
@@ -42,6 +43,10 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 class StoreFormatError(StoreError, ValueError):
     """The store exists but is not a valid mt2kd store (version, codec, layout)."""
+
+
+class StoreWriteError(StoreError):
+    """The file system refused a write into the store (disk full, a file-size limit, a quota)."""
 
 
 class ShardCommittedError(StoreError, FileExistsError):

@@ -13,7 +13,9 @@ then, at several fill levels, writes and commits one small shard two ways:
   as the job's tasks do (the worker keeps the store for the run).
 
 The anchor is the same commit into an empty store, timed in turn with the
-other two at each level (after 20 untimed commits into it). Each cell is the
+other two at each level, and so is the reused commit with every fsync made a
+no-op (``no fsync``: what putting the shard's files, names and record on disk
+before the record is published costs) (after 20 untimed commits into it). Each cell is the
 median of ``--repeat`` commits. A run of 10,000 h in 1 h shards of LibriSpeech-like
 cuts makes 10,000 shards of about 300 cuts.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+import mt2kd.store._fs as store_fs
 from mt2kd.store import TeacherSpec, TeacherStore
 
 SPEC = TeacherSpec("beats", "clip", 1)
@@ -53,6 +56,16 @@ def time_commit(path: Path, store: TeacherStore | None, shard: int, cuts: int) -
     return time.perf_counter() - start
 
 
+def time_without_fsync(path: Path, store: TeacherStore, shard: int, cuts: int) -> float:
+    """``time_commit`` with every fsync of the store a no-op (data, names and record left to the page cache)."""
+    saved = store_fs.fsync
+    store_fs.fsync = lambda fd: None
+    try:
+        return time_commit(path, store, shard, cuts)
+    finally:
+        store_fs.fsync = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=2000, help="committed shards at the last level")
@@ -73,20 +86,21 @@ def main() -> None:
             for warm in range(WARMUP):  # untimed: first-use imports and caches
                 time_commit(empty_path, empty, probe + warm, args.cuts_per_shard)
             probe += WARMUP
-            times: dict[str, list[float]] = {"anchor": [], "fresh": [], "reused": []}
+            times: dict[str, list[float]] = {"anchor": [], "fresh": [], "reused": [], "no fsync": []}
             for _ in range(args.repeat):
                 times["anchor"].append(time_commit(empty_path, empty, probe, args.cuts_per_shard))
                 times["fresh"].append(time_commit(path, None, probe, args.cuts_per_shard))
                 times["reused"].append(time_commit(path, store, probe + 1, args.cuts_per_shard))
-                probe += 2
-            rows.append((level, *(statistics.median(times[k]) for k in ("anchor", "fresh", "reused"))))
+                times["no fsync"].append(time_without_fsync(path, store, probe + 2, args.cuts_per_shard))
+                probe += 3
+            rows.append((level, *(statistics.median(times[k]) for k in ("anchor", "fresh", "reused", "no fsync"))))
     print(f"one more shard of {args.cuts_per_shard} cuts (clip teacher, 1 value), median of {args.repeat}; "
           f"anchor: the same commit into an empty store, timed in turn")
     print(f"{'committed shards':>16} {'cuts in store':>14} {'anchor s':>9} {'fresh open s':>13} {'x anchor':>9} "
-          f"{'reused s':>9} {'x anchor':>9}")
-    for level, anchor, fresh, reused in rows:
+          f"{'reused s':>9} {'x anchor':>9} {'no fsync s':>11} {'x anchor':>9}")
+    for level, anchor, fresh, reused, unsynced in rows:
         print(f"{level:16,d} {level * args.cuts_per_shard:14,d} {anchor:9.4f} {fresh:13.4f} {fresh / anchor:9.2f} "
-              f"{reused:9.4f} {reused / anchor:9.2f}")
+              f"{reused:9.4f} {reused / anchor:9.2f} {unsynced:11.4f} {unsynced / anchor:9.2f}")
 
 
 if __name__ == "__main__":

@@ -188,6 +188,27 @@ def quiet_worker_shutdown() -> None:
     log = logging.getLogger("distributed.worker.state_machine")
     if not any(isinstance(f, _CutShortShards) for f in log.filters):
         log.addFilter(_CutShortShards())
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _OurErrors) for f in log.filters):
+        log.addFilter(_OurErrors())
+
+
+class _OurErrors(logging.Filter):
+    """Drops dask's 'Compute Failed' report (a dozen lines and a traceback) of a task that raised an mt2kd error.
+
+    Such an error says what went wrong in one line (a full disk, a lock, a
+    store made anew), and the run prints that line when it stops; other
+    errors (bugs) keep their report.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from mt2kd import errors
+
+        if not str(record.msg).startswith("Compute Failed"):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(a, errors.MT2KDError) or (isinstance(a, str) and a.lstrip("'\"").startswith(
+            tuple(f"{name}(" for name in errors.__all__))) for a in args)
 
 
 class _CutShortShards(logging.Filter):

@@ -10,6 +10,8 @@ attempt tokens): cut IDs never become paths.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import mmap
 import os
@@ -20,8 +22,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
+
+from mt2kd.errors import StoreWriteError
 
 try:
     import resource
@@ -33,6 +37,30 @@ MAX_MAPS = 4096  # memory-mapped files kept per process, all stores together, at
 MAPS_PER_OPEN_FILE = 0.25  # share of the process's limit on open files that maps may hold (each holds one before 3.13)
 LOCK_BEAT_SECONDS = 30.0  # a shard writer rewrites its lock this often, with the time ("beat")
 LOCK_STALE_SECONDS = 300.0  # a lock (of any host) not rewritten for this long is a dead writer's
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a write refused for room: disk full, file-size limit, quota
+
+
+def fsync(fd: int) -> None:
+    """``os.fsync``; one name for every flush to disk of the store (bench/commit_bench.py times it off)."""
+    os.fsync(fd)
+
+
+@contextlib.contextmanager
+def writing(url: str, path: str, what: str, written: Callable[[], int] | None = None) -> Iterator[None]:
+    """Turn a write refused for room (``NO_ROOM``) into one StoreWriteError naming the file and what it held.
+
+    ``written`` gives the bytes of that file written so far, for the message.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_ROOM:
+            raise
+        so_far = "" if written is None else f" after {written():,} bytes"
+        raise StoreWriteError(f"{url}/{path}: the file system refused to write {what}{so_far}: "
+                              f"{os.strerror(e.errno or 0)} [errno {errno.errorcode.get(e.errno or 0, e.errno)}]; "
+                              "nothing of this shard was committed: make room (or raise the limit) and rerun "
+                              "to resume") from None
 
 
 class Location:
@@ -86,8 +114,11 @@ class Location:
     def open_write(self, path: str) -> IO[bytes]:
         raise NotImplementedError
 
-    def write(self, path: str, data: bytes) -> None:
-        """Write ``path`` whole; readers see the old content or the new, never a part."""
+    def write(self, path: str, data: bytes, durable: bool = False) -> None:
+        """Write ``path`` whole; readers see the old content or the new, never a part.
+
+        ``durable``: on disk (the file and its name) before this returns.
+        """
         raise NotImplementedError
 
     def put(self, path: str, data: bytes) -> None:
@@ -95,9 +126,12 @@ class Location:
         with self.open_write(path) as f:
             f.write(data)
 
-    def create(self, path: str, data: bytes) -> bool:
-        """Write ``path`` only if it does not exist yet; False when it did."""
+    def create(self, path: str, data: bytes, durable: bool = False) -> bool:
+        """Write ``path`` only if it does not exist yet; False when it did. ``durable`` as in :meth:`write`."""
         raise NotImplementedError
+
+    def sync_tree(self, path: str) -> None:
+        """Put every file and folder below ``path`` (and its name) on disk; nothing where writes are final."""
 
     def remove(self, path: str) -> None:
         """Remove a file or a whole folder; nothing when it is absent."""
@@ -256,37 +290,76 @@ class LocalLocation(Location):
         os.makedirs(os.path.dirname(self._abs(path)), exist_ok=True)
         return open(self._abs(path), "wb")
 
-    def _temp(self, path: str, data: bytes) -> str:
+    def _temp(self, path: str, data: bytes, durable: bool) -> str:
         full = self._abs(path)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         temp = os.path.join(os.path.dirname(full), f"{TMP_PREFIX}{uuid.uuid4().hex}")
-        with open(temp, "wb") as f:
-            f.write(data)
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                if durable:
+                    f.flush()
+                    fsync(f.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)  # a write refused for room leaves no temporary file behind
+            raise
         return temp
 
-    def write(self, path: str, data: bytes) -> None:
-        os.replace(self._temp(path, data), self._abs(path))
+    def write(self, path: str, data: bytes, durable: bool = False) -> None:
+        os.replace(self._temp(path, data, durable), self._abs(path))
+        if durable:
+            self._sync_folder(os.path.dirname(path))
 
-    def create(self, path: str, data: bytes) -> bool:
-        temp = self._temp(path, data)
+    def create(self, path: str, data: bytes, durable: bool = False) -> bool:
+        temp = self._temp(path, data, durable)
         try:
             os.link(temp, self._abs(path))  # atomic, and fails when the name exists
-            return True
+            created = True
         except FileExistsError:
             return False
         except OSError:  # no hard links here (some FUSE/SMB mounts): exclusive create, then write
-            return self._create_exclusive(path, data)
+            created = self._create_exclusive(path, data, durable)
         finally:
             os.unlink(temp)
+        if created and durable:
+            self._sync_folder(os.path.dirname(path))  # the new name, and the folder's in its parent
+            self._sync_folder(os.path.dirname(os.path.dirname(path)))
+        return created
 
-    def _create_exclusive(self, path: str, data: bytes) -> bool:
+    def _create_exclusive(self, path: str, data: bytes, durable: bool) -> bool:
         try:
             fd = os.open(self._abs(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            if durable:
+                f.flush()
+                fsync(f.fileno())
         return True
+
+    def _sync_folder(self, path: str) -> None:
+        fd = os.open(self._abs(path), os.O_RDONLY)
+        try:
+            fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync_tree(self, path: str) -> None:
+        """fsync every file below ``path``, then every folder (deepest first), then ``path``'s own parent."""
+        folders = []
+        for folder, _, files in os.walk(self._abs(path)):
+            folders.append(folder)
+            for name in files:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)  # Linux flushes a file through any descriptor
+                try:
+                    fsync(fd)
+                finally:
+                    os.close(fd)
+        for folder in reversed(folders):
+            self._sync_folder(os.path.relpath(folder, self.root))
+        self._sync_folder(os.path.dirname(path))
 
     def remove(self, path: str) -> None:
         full = self._abs(path)
@@ -363,10 +436,10 @@ class FsspecLocation(Location):
     def open_write(self, path: str) -> IO[bytes]:
         return self.fs.open(self._abs(path), "wb")  # type: ignore[no-any-return]
 
-    def write(self, path: str, data: bytes) -> None:
-        self.fs.pipe_file(self._abs(path), data)
+    def write(self, path: str, data: bytes, durable: bool = False) -> None:
+        self.fs.pipe_file(self._abs(path), data)  # an object store's write is durable once it returns
 
-    def create(self, path: str, data: bytes) -> bool:
+    def create(self, path: str, data: bytes, durable: bool = False) -> bool:
         """Exclusive create: ``open(mode="xb")``, which backends with conditional writes (s3fs's
         If-None-Match, gcsfs's generation 0, adlfs) make atomic; a backend without mode "x" gets
         check-then-write, whose race window docs/store-format.md describes.

@@ -97,7 +97,7 @@ class TeacherStore:
             loc.remove("")
         for group in (SHARDS_DIR, COMMITS_DIR):
             loc.write(f"{group}/{METADATA_FILE}", group_metadata({}))
-        loc.write(METADATA_FILE, root_document)  # last: the store exists once this does
+        loc.write(METADATA_FILE, root_document, durable=True)  # last: the store exists once this does
         return cls(loc, "a", root)
 
     @classmethod

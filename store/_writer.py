@@ -84,9 +84,10 @@ class _TeacherFile:
     def _flush(self) -> None:
         self.pending[self.num_pending:] = 0  # the edge chunk is stored whole, padded with the fill value
         blob = encode_chunk(self.pending, self.codec)
-        if self.handle is None:
-            self.handle = self.loc.open_write(self.path)
-        self.handle.write(blob)
+        with self._writing(f"chunk {len(self.entries)} of the data of teacher {self.spec.name!r}"):
+            if self.handle is None:
+                self.handle = self.loc.open_write(self.path)
+            self.handle.write(blob)
         self.entries.append((self.position, len(blob)))
         self.position += len(blob)
         self.num_pending = 0
@@ -102,10 +103,14 @@ class _TeacherFile:
         if self.handle is None:
             return 0
         tail = encode_index(self.entries)
-        self.handle.write(tail)
-        self.handle.close()
+        with self._writing(f"the chunk index of the data of teacher {self.spec.name!r}"):
+            self.handle.write(tail)
+            self.handle.close()  # a buffered write refused for room may only fail here
         self.handle = None
         return self.position + len(tail)
+
+    def _writing(self, what: str) -> Any:
+        return _fs.writing(self.loc.url, self.path, what, lambda: self.position)
 
     def close(self) -> None:
         handle, self.handle = self.handle, None
@@ -345,9 +350,16 @@ class ShardWriter:
                              datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                              {"host": socket.gethostname(), "pid": os.getpid()}, self.token)
         summary = {k: v for k, v in record.to_dict().items() if k not in ("cut_ids", "teachers")}
-        self.loc.put(f"{self.path}/{METADATA_FILE}", group_metadata({SHARD_KEY: summary}))
+        self._put(f"{self.path}/{METADATA_FILE}", group_metadata({SHARD_KEY: summary}), "the shard group's metadata")
+        with _fs.writing(self.loc.url, self.path, "the shard's files to disk (fsync)"):
+            self.loc.sync_tree(self.path)  # every file and name of the attempt on disk before the record names it
         self._check_same_store()  # again, last thing before the record: the data writes took a while
-        self._publish(record)
+        with _fs.writing(self.loc.url, commit_path(self.name), "the commit record"):
+            self._publish(record)
+
+    def _put(self, path: str, data: bytes, what: str) -> None:
+        with _fs.writing(self.loc.url, path, what):
+            self.loc.put(path, data)
 
     def _check_same_store(self) -> None:
         """Refuse to commit into a store made anew at this place since this writer's store was opened.
@@ -374,14 +386,14 @@ class ShardWriter:
         old = read_record(self.loc, self.name, self.token) if self.replace else None
         try:
             if self.replace:
-                self.loc.write(commit_path(self.name), document)
+                self.loc.write(commit_path(self.name), document, durable=True)
                 published = True
             else:
-                published = self.loc.create(commit_path(self.name), document)
+                published = self.loc.create(commit_path(self.name), document, durable=True)
                 if not published and record_is_torn(self.loc, self.name, self.token):
                     # a writer of this shard killed while writing its record left it torn, or a writer of the
                     # store this one replaced committed late (another token): not a commit; we hold the lock
-                    self.loc.write(commit_path(self.name), document)
+                    self.loc.write(commit_path(self.name), document, durable=True)
                     published = True
         except Exception:
             if not self._record_is_ours():  # a write whose reply was lost may still have landed
@@ -412,18 +424,21 @@ class ShardWriter:
         file = self._file(teacher)
         nbytes = file.finish()
         base = f"{self.path}/{teacher}"
-        self.loc.put(f"{base}/{DATA}/{METADATA_FILE}", array_metadata(
-            (file.num_rows, spec.dim), spec.dtype, file.rows_per_chunk, spec.codec, spec.codec_level))
+        self._put(f"{base}/{DATA}/{METADATA_FILE}", array_metadata(
+            (file.num_rows, spec.dim), spec.dtype, file.rows_per_chunk, spec.codec, spec.codec_level),
+            f"teacher {teacher!r}'s array metadata")
         offsets = np.asarray(self._offsets[teacher], dtype=np.int64)
-        _write_small_array(self.loc, f"{base}/{OFFSETS}", offsets)
-        self.loc.put(f"{base}/{METADATA_FILE}", group_metadata({"teacher": spec.to_dict()}))
+        _write_small_array(self._put, f"{base}/{OFFSETS}", offsets, f"teacher {teacher!r}'s offsets")
+        self._put(f"{base}/{METADATA_FILE}", group_metadata({"teacher": spec.to_dict()}),
+                  f"teacher {teacher!r}'s group metadata")
         return TeacherRows(offsets, file.rows_per_chunk, file.num_rows, nbytes)
 
     def _write_cut_ids(self) -> None:
         encoded = [c.encode("utf-8") for c in self.cut_ids]
         offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
-        _write_small_array(self.loc, f"{self.path}/{CUT_ID_BYTES}", np.frombuffer(b"".join(encoded), np.uint8))
-        _write_small_array(self.loc, f"{self.path}/{CUT_ID_OFFSETS}", offsets)
+        _write_small_array(self._put, f"{self.path}/{CUT_ID_BYTES}", np.frombuffer(b"".join(encoded), np.uint8),
+                           "the cut IDs")
+        _write_small_array(self._put, f"{self.path}/{CUT_ID_OFFSETS}", offsets, "the cut ID offsets")
 
 
 def refuse_live_writers(loc: Location) -> None:
@@ -442,15 +457,15 @@ def refuse_live_writers(loc: Location) -> None:
                 f"another host counts as live until it has gone {_fs.LOCK_STALE_SECONDS:g} s without a heartbeat).")
 
 
-def _write_small_array(loc: Location, path: str, array: np.ndarray) -> None:
-    """A 1-D array as one shard holding one chunk (zstd)."""
+def _write_small_array(put: Callable[[str, bytes, str], None], path: str, array: np.ndarray, what: str) -> None:
+    """A 1-D array as one shard holding one chunk (zstd), written with ``put(path, bytes, what)``."""
     rows = max(1, array.shape[0])
     if array.shape[0]:
         codec = make_codec(SMALL_CODEC, SMALL_CODEC_LEVEL, array.dtype.itemsize)
         blob = encode_chunk(array, codec)
-        loc.put(f"{path}/{CHUNK_FILE_1D}", blob + encode_index([(0, len(blob))]))
-    loc.put(f"{path}/{METADATA_FILE}", array_metadata(array.shape, str(array.dtype), rows,
-                                                        SMALL_CODEC, SMALL_CODEC_LEVEL))
+        put(f"{path}/{CHUNK_FILE_1D}", blob + encode_index([(0, len(blob))]), what)
+    put(f"{path}/{METADATA_FILE}", array_metadata(array.shape, str(array.dtype), rows, SMALL_CODEC,
+                                                  SMALL_CODEC_LEVEL), f"{what} metadata")
 
 
 def _text_rows(cut_id: str, teacher: str, value: Any) -> np.ndarray:

@@ -18,3 +18,4 @@ def test_quick_commit_bench_prints_every_level() -> None:
     assert [int(r[1].replace(",", "")) for r in rows] == [0, 10, 50, 100]  # cuts in the store at each level
     assert all(float(r[2]) > 0 for r in rows)  # the anchor, per level
     assert all(float(r[3]) > 0 and float(r[5]) > 0 and float(r[4]) > 0 and float(r[6]) > 0 for r in rows)
+    assert all(float(r[7]) > 0 and float(r[8]) > 0 for r in rows)  # the same commit without fsync

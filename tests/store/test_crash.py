@@ -208,8 +208,8 @@ def test_a_commit_whose_create_reports_exists_for_its_own_record_keeps_its_data(
     store = TeacherStore.create(store_url, SPECS)
     create = store.loc.create
 
-    def lost_reply(path: str, data: bytes) -> bool:
-        created = create(path, data)
+    def lost_reply(path: str, data: bytes, durable: bool = False) -> bool:
+        created = create(path, data, durable)
         return created and not path.startswith("commits/")  # created, but the retry after a lost reply saw it
 
     monkeypatch.setattr(store.loc, "create", lost_reply)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +136,59 @@ def test_a_flipped_bit_in_a_data_chunk_fails_the_read_of_its_cut_and_verify_name
     problems = reopened.verify()
     assert [(p.kind, p.cut_id, p.teacher) for p in problems] == [("checksum", "cut-1", "whisper"),
                                                                   ("checksum", "cut-2", "whisper")]
-    data = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")[record.path]["whisper"]["data"]
+    data = zarr.open_array(str(tmp_path / "store.zarr" / record.path / "whisper" / "data"), mode="r")
     with pytest.raises(ValueError, match="checksum"):  # the crc32c is in the array's own codecs: zarr checks it too
         data[800:900]
+
+
+FULL_CHILD = textwrap.dedent("""
+    import resource, signal, sys
+    import numpy as np
+    from mt2kd.errors import MT2KDError
+    from mt2kd.store import TeacherStore
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+    store = TeacherStore.open(sys.argv[1], "a")
+    try:
+        with store.shard_writer(1) as writer:
+            for i in range(20):
+                writer.put(f"big-{i}", {"whisper": np.random.default_rng(i).standard_normal((400, 8)),
+                                        "ecapa": np.ones(4)})
+    except MT2KDError as e:
+        sys.exit(f"{type(e).__name__}: {e}")
+""")
+
+
+def test_a_write_refused_for_room_ends_in_one_line_naming_the_file_and_commits_nothing(tmp_path: Path) -> None:
+    """Disk full, a quota or a file-size limit (here RLIMIT_FSIZE, SIGXFSZ ignored, as a batch system sets it)."""
+    store = TeacherStore.create(tmp_path / "store.zarr", SPECS)
+    write_shard(store, 0, ["a"])
+    done = subprocess.run([sys.executable, "-c", FULL_CHILD, str(tmp_path / "store.zarr"), str(16 * 1024)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert re.fullmatch(r"StoreWriteError: .*store.zarr/shards/000001\.[0-9a-f]{12}/whisper/data/c/0/0: the file "
+                        r"system refused to write chunk \d+ of the data of teacher 'whisper' after [\d,]+ bytes: File too "
+                        r"large \[errno EFBIG\]; nothing of this shard was committed.*\n", done.stderr), done.stderr
+    reopened = TeacherStore.open(tmp_path / "store.zarr")
+    assert reopened.cut_ids() == ["a"] and reopened.verify() == [] and reopened.leftovers() == []
+    assert os.listdir(tmp_path / "store.zarr" / "locks") == []
+
+
+def test_the_shards_files_and_record_are_on_disk_before_the_record_names_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mt2kd.store._fs as fs
+
+    synced: list[str] = []
+    monkeypatch.setattr(fs, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    store = TeacherStore.create(tmp_path / "store.zarr", SPECS)
+    synced.clear()
+    write_shard(store, 0, ["a", "b"])
+    root = str(tmp_path / "store.zarr")
+    attempt = f"{root}/{store.shards['000000'].path}"
+    files = {os.path.join(folder, name) for folder, _, names in os.walk(attempt) for name in names}
+    folders = {folder for folder, _, _ in os.walk(attempt)} | {f"{root}/shards"}
+    record = synced.index(next(p for p in synced if os.path.basename(os.path.dirname(p)) == "000000"))
+    before = set(synced[:record])  # the record's temporary file is flushed before it is linked into place
+    assert files <= before and folders <= before, sorted(files | folders - before)
+    assert {f"{root}/commits/000000", f"{root}/commits"} <= set(synced[record:])  # then the record's name
