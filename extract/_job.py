@@ -129,7 +129,7 @@ def check_store_path(url: str) -> None:
     """``--store`` must name an mt2kd store or nothing yet (or an empty folder): checked before workers start."""
     from mt2kd.errors import StoreError
     from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR
-    from mt2kd.store._fs import open_location
+    from mt2kd.store._fs import TMP_PREFIX, open_location
 
     loc = open_location(url)
     if loc.exists(METADATA_FILE):
@@ -139,6 +139,7 @@ def check_store_path(url: str) -> None:
     except NotADirectoryError:
         raise StoreError(f"--store must name an mt2kd store or a folder to make one in. Got {loc.url}, which is "
                          f"a file.") from None
+    entries = [e for e in entries if not e.startswith(TMP_PREFIX)]  # the root document on its way to disk
     if set(entries) - {COMMITS_DIR, LOCKS_DIR, SHARDS_DIR}:  # only these: a store being made (its root comes last)
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise StoreError(f"--store must name an mt2kd store, or a new or empty folder. Got {loc.url}, a non-empty "
