@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one go: the extraction bench at the released sizes (random
-# weights; batches of 300 s, as a GPU wants them), the `gpu` tests, then the teachers bench. Each
+# weights; batches of 300 s, as a GPU wants them), the `gpu` tests (the SSL teachers' batch invariance
+# and bf16 among them), then the teachers bench (every teacher, SSL ones at torchaudio's large sizes). Each
 # step's output is kept in OUT (default gpu-checks/) and a failing step does not stop the next one.
 #
 #   bash bench/gpu_checks.sh [OUT]        # PYTHON=... picks the interpreter (default python3)
@@ -32,5 +33,5 @@ step nvidia-smi nvidia-smi
 step extract-bench "$py" bench/extract_bench.py --size large --device cuda --repeat 100 --max-duration 300 \
     --shard-hours 0.25 --workers 1,2 --decode-threads 6
 step tests "$py" -m pytest -m gpu -q -p no:cacheprovider tests
-step teachers-bench "$py" bench/teachers_bench.py --device cuda
+step teachers-bench "$py" bench/teachers_bench.py --device cuda  # whisper, beats, ecapa, hubert, wavlm, wav2vec2, whisper-text
 exit $status

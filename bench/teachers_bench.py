@@ -13,6 +13,10 @@ copying the outputs back to numpy).
   ``--quick``; ``trim`` against ``pad30``, the anchor of the table.
 - beats and ecapa at their released sizes (12 x 768 with 527 classes;
   C = 1024 with 192-D embeddings), when their modules are present.
+- hubert, wavlm and wav2vec2 (last layer, 25 Hz stacked) at torchaudio's
+  base bundles' sizes on a CPU, the large ones on a GPU, toy with ``--quick``.
+- whisper-text: whisper's own greedy decoding at the whisper row's dims with
+  the real vocabulary (random weights: every window decodes to its token limit).
 
 On a GPU the table also gives the achieved TFLOP/s of the whisper encoder
 (matmul and convolution FLOPs of the padded batches it really ran) against a
@@ -56,6 +60,11 @@ WHISPER_SIZES: dict[str, dict[str, int]] = {
 }
 BEATS_RELEASED = {"encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
                   "encoder_attention_heads": 12, "embed_dim": 512}  # iter3+ AS2M, 527 classes
+SSL_BUNDLES = {  # teacher -> (torchaudio.pipelines bundle benched on CPU, on GPU)
+    "hubert": ("HUBERT_BASE", "HUBERT_LARGE"),
+    "wavlm": ("WAVLM_BASE", "WAVLM_LARGE"),
+    "wav2vec2": ("WAV2VEC2_BASE", "WAV2VEC2_LARGE_LV60K"),
+}
 ECAPA_RELEASED: dict[str, Any] = {"channels": (1024, 1024, 1024, 1024, 3072), "attention_channels": 128,
                   "lin_neurons": 192}  # spkrec-ecapa-voxceleb
 
@@ -201,6 +210,42 @@ def bench_other(name: str, setting: Setting, folder: Path, cuts: list[np.ndarray
     return [Row(name, "released", sum(len(c) for c in cuts) / SAMPLE_RATE, wall, None)]
 
 
+def bench_ssl(name: str, setting: Setting, folder: Path, cuts: list[np.ndarray], quick: bool) -> list[Row]:
+    """hubert, wavlm or wav2vec2 at a torchaudio bundle's size (base on CPU, large on GPU; toy with --quick)."""
+    import torchaudio.pipelines
+
+    from mt2kd.extract import load_teacher
+    from mt2kd.extract.ssl import write_tiny_ssl_checkpoint
+
+    bundle = "tiny" if quick else SSL_BUNDLES[name][setting.device.startswith("cuda")]
+    params = {} if quick else {k: v for k, v in getattr(torchaudio.pipelines, bundle)._params.items()
+                               if k != "aux_num_out"}
+    path = write_tiny_ssl_checkpoint(folder / f"{name}.pt", name, seed=setting.seed, **params)
+    teacher = load_teacher(name, path, layers="-1", precision=setting.precision).to(setting.device)
+    wall, _ = time_teacher(teacher, make_batches(cuts, setting.batch_s, pad30=False), setting.repeat, None)
+    return [Row(name, bundle, sum(len(c) for c in cuts) / SAMPLE_RATE, wall, None)]
+
+
+def bench_whisper_text(setting: Setting, folder: Path, cuts: list[np.ndarray], quick: bool) -> list[Row]:
+    """whisper-text: openai-whisper decoding (greedy, language given) at the whisper row's dims.
+
+    Random weights rarely end a window early, so each window decodes its
+    whole ``n_text_ctx // 2`` tokens (224 as released; 16 with ``--quick``): a worst case of real decoding.
+    """
+    from mt2kd.extract import load_teacher
+    from mt2kd.extract.whisper import write_tiny_whisper_checkpoint
+
+    audio = dict(WHISPER_SIZES[setting.whisper_size])
+    n_mels = audio.pop("n_mels")
+    dims = {**audio, "n_text_state": audio["n_audio_state"], "n_text_head": audio["n_audio_head"],
+            "n_text_layer": audio["n_audio_layer"], "n_text_ctx": 32 if quick else 448, "n_vocab": 51866 if n_mels == 128 else 51865}
+    path = write_tiny_whisper_checkpoint(folder / "whisper-text.pt", n_mels=n_mels, seed=setting.seed, **dims)
+    precision = "fp16" if setting.precision != "fp32" else "fp32"  # whisper decodes in fp16 or fp32
+    teacher = load_teacher("whisper-text", path, language="en", precision=precision).to(setting.device)
+    wall, _ = time_teacher(teacher, make_batches(cuts, setting.batch_s, pad30=True), setting.repeat, None)
+    return [Row("whisper-text", setting.whisper_size, sum(len(c) for c in cuts) / SAMPLE_RATE, wall, None)]
+
+
 def report(rows: list[Row], setting: Setting, peak: float | None) -> str:
     anchor = next((r.speed for r in rows if r.name == ANCHOR), None)
     header = ["teacher", "size", "audio s", "wall s", "audio-s/s", f"vs {ANCHOR}", "TFLOP/s", "% of peak"]
@@ -236,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--whisper-size", choices=sorted(WHISPER_SIZES), help="default: large-v3 GPU, base CPU")
     parser.add_argument("--audio-seconds", type=float, help="audio per teacher and mode")
     parser.add_argument("--batch-seconds", type=float, help="padded audio per batch")
-    parser.add_argument("--teachers", default="whisper,beats,ecapa", help="comma-separated subset")
+    parser.add_argument("--teachers", default="whisper,beats,ecapa,hubert,wavlm,wav2vec2,whisper-text",
+                        help="comma-separated subset")
     parser.add_argument("--repeat", type=int, help="timed passes, best counts (default 2; 1 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes, seconds; a smoke test")
@@ -246,11 +292,15 @@ def main(argv: Sequence[str] | None = None) -> str:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="teachers_bench_") as tmp:
         for name in args.teachers.split(","):
+            # the others are far slower than tiny whisper on a CPU: a quick run gives them less audio
+            few = cuts[len(cuts) // 2:][:2] if args.quick and setting.device == "cpu" else cuts
             if name == "whisper":
                 rows += bench_whisper(setting, Path(tmp), cuts)
+            elif name in SSL_BUNDLES:
+                rows += bench_ssl(name, setting, Path(tmp), few, args.quick)
+            elif name == "whisper-text":
+                rows += bench_whisper_text(setting, Path(tmp), few, args.quick)
             else:
-                # beats and ecapa are far slower than tiny whisper on a CPU: a quick run gives them less audio
-                few = cuts[len(cuts) // 2:][:2] if args.quick and setting.device == "cpu" else cuts
                 rows += bench_other(name, setting, Path(tmp), few)
     peak = measure_bf16_peak(setting.device) if setting.device.startswith("cuda") else None
     text = report(rows, setting, peak)

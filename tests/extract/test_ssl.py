@@ -168,3 +168,19 @@ def test_make_tiny_info_and_extract_end_to_end(tmp_path: Path) -> None:
         for name, path in paths.items():
             direct = load_teacher(name, path, **options[name]).extract([samples])[0]
             np.testing.assert_allclose(stored[name].astype(np.float32), direct, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NAMES)
+def test_on_cuda_batches_equal_alone_and_bf16_is_close(checkpoints: dict[str, Path], name: str) -> None:
+    waves = [audio(2.9, seed=3), audio(0.73, seed=2), audio(1.6, seed=4)]
+    cpu = teacher(checkpoints[name], name, layers="0,-1").extract(waves)
+    gpu = teacher(checkpoints[name], name, layers="0,-1").to("cuda")
+    batched = gpu.extract(waves)
+    for i, wave in enumerate(waves):
+        alone = gpu.extract([wave])[0]
+        assert float(np.abs(batched[i] - alone).max()) < 1e-4  # GPU kernels of other shapes
+        assert float(np.abs(batched[i] - cpu[i]).max()) < 1e-3
+    half = teacher(checkpoints[name], name, layers="0,-1", precision="bf16").to("cuda").extract(waves)
+    for h, f in zip(half, cpu):
+        assert float(np.abs(h - f).max()) < 0.1 * float(np.abs(f).max())
