@@ -205,12 +205,14 @@ def pack_encoder(encoder: Any, device: str, matmul_dtype: torch.dtype) -> Encode
                           blocks, ln(encoder.ln_post), encoder.blocks[0].attn.n_head)
 
 
-def encode(weights: EncoderWeights, mel: torch.Tensor, num_mel: list[int], layer: int) -> torch.Tensor:
+def encode(weights: EncoderWeights, mel: torch.Tensor, num_mel: list[int], layer: int | list[int]) -> torch.Tensor:
     """Encoder states ``[num_windows, max 50 Hz frames, D]`` of zero-padded log-mel windows.
 
     ``layer`` -1 is the last block followed by ``ln_post``; ``k >= 0`` is the
-    raw output of block ``k``. Rows past a window's ``(mel + 1) // 2`` frames
-    are padding and must be discarded by the caller.
+    raw output of block ``k``. A list of layers runs the blocks once and
+    gives their outputs concatenated in its order (``len(layer) * D`` wide).
+    Rows past a window's ``(mel + 1) // 2`` frames are padding and must be
+    discarded by the caller.
     """
     valid_mel = _valid_mask(num_mel, mel.shape[-1], mel.device)[:, None, :]
     x = F.gelu(F.conv1d(mel, *weights.conv1, padding=1))
@@ -222,12 +224,21 @@ def encode(weights: EncoderWeights, mel: torch.Tensor, num_mel: list[int], layer
     mask: torch.Tensor | None = _valid_mask(num_frames, x.shape[1], x.device)[:, None, None, :]
     if min(num_frames) == x.shape[1]:
         mask = None  # nothing padded: lets SDPA pick its fastest (flash) kernel
-    last = len(weights.blocks) - 1 if layer == -1 else layer
-    for block in weights.blocks[: last + 1]:
+    return _run_blocks(weights, x, mask, layer if isinstance(layer, list) else [layer])
+
+
+def _run_blocks(weights: EncoderWeights, x: torch.Tensor, mask: torch.Tensor | None, layers: list[int]
+                ) -> torch.Tensor:
+    """The outputs of ``layers`` (-1: last block + ``ln_post``) in one pass, concatenated in that order."""
+    last_block = len(weights.blocks) - 1
+    wanted = [last_block if k == -1 else k for k in layers]
+    outputs: dict[int, torch.Tensor] = {}
+    for index, block in enumerate(weights.blocks[: max(wanted) + 1]):
         x = _block(block, x, mask, weights.num_heads)
-    if layer == -1:
-        x = _layer_norm(x, weights.ln_post)
-    return x
+        if index in wanted:
+            outputs[index] = x
+    parts = [_layer_norm(outputs[last_block], weights.ln_post) if k == -1 else outputs[k] for k in layers]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def _block(w: BlockWeights, x: torch.Tensor, mask: torch.Tensor | None, num_heads: int) -> torch.Tensor:

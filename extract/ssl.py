@@ -107,7 +107,9 @@ class SslTeacher(Teacher):
 
     @property
     def spec(self) -> TeacherSpec:
-        config = {**self.options, "resolved_layers": list(self.layers), "normalize_waveform": self.normalize,
+        pair = 2 if self.config.rate == 25 and self.config.pool == "stack" else 1  # 50 Hz frames per stored row
+        config = {**self.options, "resolved_layers": list(self.layers), "frames_per_row": pair,
+                  "normalize_waveform": self.normalize,
                   "format": self.ssl.source, "model": self.ssl.config, "random_init": self.ssl.random_init}
         return TeacherSpec(self.name, "frames", self.dim, frame_rate=float(self.config.rate), dtype=STORED_DTYPE,
                            fingerprint=self.fingerprint, config=config)

@@ -13,6 +13,13 @@ each encoded as if it were a cut of its own; their 50 Hz frames are
 concatenated *before* stacking, so the total is always
 ``num_stacked_frames(len(cut), stack)``, whatever ``stack`` is.
 
+Several layers in one pass (``layers="8,16,-1"``): the blocks run once and
+each 50 Hz frame holds the outputs of those layers concatenated in the order
+given (``len(layers) * n_audio_state`` values), before stacking; so a stored
+frame is ``stack`` sub-frames x layers x ``n_audio_state``, the layout of
+the SSL teachers. The spec's config records ``resolved_layers`` and
+``frames_per_row`` (= ``stack``) for readers that take one layer out.
+
 Cuts too short for one stored frame (under ``min_num_samples(stack)``
 samples, 480 for ``stack=2``) come back as an empty ``[0, dim]`` array, never
 an exception: one bad cut must not fail its batch, and the extraction job
@@ -59,6 +66,7 @@ class WhisperOptions:
     """What the whisper teacher emits, beyond the checkpoint itself."""
 
     layer: int = -1  # -1: last block + ln_post; k >= 0: raw output of block k (0-based)
+    layers: str = ""  # several layers in one pass, comma-separated as `layer` counts them ("" = `layer` alone)
     mode: str = "trim"  # "trim": each window at its own length, masked; "pad30": padded to 30 s
     stack: int = 2  # successive 50 Hz frames concatenated into one stored frame (2 -> 25 Hz)
 
@@ -69,9 +77,29 @@ class WhisperOptions:
             raise ConfigError(f"whisper stack must be a positive int. Got {self.stack!r}.")
         if not isinstance(self.layer, int) or self.layer < -1:
             raise ConfigError(f"whisper layer must be -1 or a block index >= 0. Got {self.layer!r}.")
+        if self.layers and self.layer != -1:
+            raise ConfigError(f"whisper takes layer or layers, not both. Got layer={self.layer} and "
+                              f"layers={self.layers!r}.")
+        self.layer_list()
+
+    def layer_list(self) -> list[int]:
+        """The layers emitted, in order: ``layers`` parsed, or ``[layer]``."""
+        if not self.layers:
+            return [self.layer]
+        try:
+            parsed = [int(part) for part in str(self.layers).split(",")]
+        except ValueError:
+            parsed = []
+        if not parsed or any(k < -1 for k in parsed) or len(set(parsed)) != len(parsed):
+            raise ConfigError(f"whisper layers must be distinct comma-separated block indices (0-based, -1 the "
+                              f"last + ln_post), e.g. '8,16,-1'. Got {self.layers!r}.")
+        return parsed
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.layers:  # a one-layer teacher keeps the options (and so the fingerprint) it always had
+            del data["layers"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WhisperOptions:
@@ -79,6 +107,8 @@ class WhisperOptions:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"whisper options must be a subset of {sorted(known)}. Got unknown {unknown}.")
+        if "layers" in data and not isinstance(data["layers"], str):  # layers=8 reads as an int
+            data = {**data, "layers": str(data["layers"])}
         return cls(**data)
 
 
@@ -92,20 +122,23 @@ class WhisperTeacher(Teacher):
         # precision enters the fingerprint: bf16 frames are not fp32 frames
         super().__init__(checkpoint, {**self.config.to_dict(), "precision": precision}, precision)
         self.encoder, self.dims, self.random_init = load_whisper(self.checkpoint)
-        if self.config.layer >= self.dims["n_audio_layer"]:
+        self.layers = self.config.layer_list()
+        if max(self.layers) >= self.dims["n_audio_layer"]:
             raise ConfigError(f"whisper layer must be -1 or in [0, {self.dims['n_audio_layer'] - 1}] for "
-                              f"{str(self.checkpoint)!r}. Got {self.config.layer}.")
+                              f"{str(self.checkpoint)!r}. Got {max(self.layers)}.")
         self._weights = pack_encoder(self.encoder, "cpu", torch.float32)
 
     @property
     def dim(self) -> int:
-        """Width of one stored frame: ``stack * n_audio_state``."""
-        return self.config.stack * self.dims["n_audio_state"]
+        """Width of one stored frame: ``stack * len(layers) * n_audio_state``."""
+        return self.config.stack * len(self.layers) * self.dims["n_audio_state"]
 
     @property
     def spec(self) -> TeacherSpec:
         config = {**self.options, "n_mels": self.dims["n_mels"], "dims": dict(self.dims),
                   "random_init": self.random_init}
+        if self.config.layers:  # a layer axis: how to take one layer out of a stored frame
+            config.update(resolved_layers=self.layers, frames_per_row=self.config.stack)
         return TeacherSpec(self.name, "frames", self.dim, frame_rate=stacked_frame_rate(self.config.stack),
                            dtype=STORED_DTYPE, fingerprint=self.fingerprint, config=config)
 
@@ -140,13 +173,13 @@ class WhisperTeacher(Teacher):
         return outputs
 
     def _encode_windows(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        """Valid 50 Hz frames of each window, float32 ``[(mel + 1) // 2, n_audio_state]``."""
+        """Valid 50 Hz frames of each window, float32 ``[(mel + 1) // 2, len(layers) * n_audio_state]``."""
         pad30 = self.config.mode == "pad30"
         mel_input = [pad_to_window(w) for w in windows] if pad30 else windows
         num_mel = [num_mel_frames(len(w)) for w in mel_input]
         mel = log_mel_batch(mel_input, self.dims["n_mels"], self.device)  # float32 whatever the precision
         with self._autocast():
-            states = encode(self._weights, mel, num_mel, self.config.layer)
+            states = encode(self._weights, mel, num_mel, self.layers)
         num_frames = [num_encoder_frames(len(w)) for w in windows]
         # copy only the valid frames off the device: pad30 windows are mostly padding
         valid = torch.arange(states.shape[1], device=states.device)[None, :] < torch.tensor(
@@ -163,13 +196,15 @@ class WhisperTeacher(Teacher):
 
 @register_teacher("whisper")
 def load_whisper_teacher(checkpoint: str | Path, layer: int = -1, mode: str = "trim", stack: int = 2,
-                         precision: str = "fp32") -> WhisperTeacher:
+                         precision: str = "fp32", layers: str | int = "") -> WhisperTeacher:
     """Load the whisper teacher from a local openai-whisper ``.pt`` (encoder only).
 
     Parameters
     ----------
     checkpoint : path of an openai-whisper checkpoint (``{'dims', 'model_state_dict'}``), e.g. large-v3.pt.
     layer : -1 for the last block + ``ln_post``; ``k`` for the raw output of block ``k``.
+    layers : several such layers in one pass, comma-separated ("8,16,-1"); per 50 Hz frame their outputs are
+        concatenated in this order, so one store teacher holds them all (a layer axis, see the module docstring).
     mode : "trim" (each cut at its own length, masked) or "pad30" (whisper's 30 s input).
     stack : 50 Hz frames concatenated per stored frame; 2 gives 25 Hz, ``2 * n_audio_state`` dims.
     precision : "fp32", or "bf16"/"fp16" autocast (CUDA only; the log-mel stays float32).
@@ -180,7 +215,10 @@ def load_whisper_teacher(checkpoint: str | Path, layer: int = -1, mode: str = "t
     >>> teacher.extract([np.zeros(16_000, np.float32)])[0].shape
     (25, 2560)
     """
-    return WhisperTeacher(checkpoint, {"layer": layer, "mode": mode, "stack": stack}, precision)
+    options: dict[str, Any] = {"layer": layer, "mode": mode, "stack": stack}
+    if layers != "":
+        options["layers"] = str(layers)
+    return WhisperTeacher(checkpoint, options, precision)
 
 
 TINY_DIMS: dict[str, int] = {

@@ -182,10 +182,16 @@ def test_bad_options_are_refused(checkpoint: Path) -> None:
     with pytest.raises(ConfigError, match="stack"):
         WhisperOptions(stack=0)
     with pytest.raises(ConfigError, match="unknown"):
-        WhisperOptions.from_dict({"layers": 2})
+        WhisperOptions.from_dict({"layerz": 2})
     assert WhisperOptions.from_dict(WhisperOptions(layer=2).to_dict()) == WhisperOptions(layer=2)
     with pytest.raises(ConfigError, match="CUDA"):
         load_teacher("whisper", checkpoint, precision="bf16").extract([audio(1.0, seed=13)])
+    with pytest.raises(ConfigError, match="layer or layers, not both"):
+        WhisperOptions(layer=1, layers="0,1")
+    with pytest.raises(ConfigError, match="distinct comma-separated block indices"):
+        WhisperOptions(layers="1,1")
+    with pytest.raises(ConfigError, match="layer must be -1 or in"):
+        load_teacher("whisper", checkpoint, layers=f"0,{NUM_LAYERS}")
 
 
 def test_missing_or_malformed_checkpoint_names_the_file(tmp_path: Path) -> None:
@@ -251,3 +257,36 @@ def test_bf16_on_cuda_is_close_to_fp32(checkpoint: Path) -> None:
     for a, b in zip(fp32, bf16):
         assert a.shape == b.shape and b.dtype == np.float32
         assert np.abs(a - b).max() < 0.1 * np.abs(a).max()  # bf16 keeps about 3 significant digits
+
+
+@pytest.mark.parametrize("mode", ["trim", "pad30"])
+def test_several_layers_in_one_pass_equal_each_layer_alone(checkpoint: Path, mode: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from mt2kd.extract import _whisper_model
+
+    layers = [2, 0, -1]
+    cuts = [audio(3.0, seed=20), audio(31.5, seed=21), audio(1.2, seed=22)]
+    teacher = load_teacher("whisper", checkpoint, mode=mode, layers="2,0,-1")
+    blocks_run = []
+    run_block = _whisper_model._block
+    monkeypatch.setattr(_whisper_model, "_block", lambda *a: blocks_run.append(1) or run_block(*a))
+    together = teacher.extract(cuts)
+    assert len(blocks_run) == NUM_LAYERS  # one pass over the blocks (one batch of windows), not one per layer
+    monkeypatch.undo()
+    for position, layer in enumerate(layers):
+        alone = load_teacher("whisper", checkpoint, mode=mode, layer=layer).extract(cuts)
+        for got, want in zip(together, alone):
+            assert got.shape == (want.shape[0], len(layers) * want.shape[1])
+            part = got.reshape(got.shape[0], 2, len(layers), STATE)[:, :, position].reshape(want.shape)
+            np.testing.assert_array_equal(part, want)
+
+
+def test_a_layer_axis_is_recorded_in_the_spec_and_one_layer_keeps_its_fingerprint(checkpoint: Path) -> None:
+    several = load_teacher("whisper", checkpoint, layers="0,2")
+    spec = several.spec
+    assert spec.dim == 2 * 2 * STATE and spec.frame_rate == 25.0
+    assert spec.config["layers"] == "0,2" and spec.config["resolved_layers"] == [0, 2]
+    assert spec.config["frames_per_row"] == 2
+    one = load_teacher("whisper", checkpoint, layer=2)
+    assert "layers" not in one.options and "resolved_layers" not in one.spec.config
+    assert load_teacher("whisper", checkpoint, layers="2,0").fingerprint != several.fingerprint
