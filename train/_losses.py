@@ -140,6 +140,7 @@ class ResolvedTarget:
     head: HeadConfig  # the student head serving it
     per_frame: bool  # a frames teacher (True) or a clip teacher (False)
     group: int = 1  # teacher frames per student frame (teacher rate / 25 Hz)
+    layer: tuple[int, int, int] | None = None  # (position, layers, frames per row) of a one-layer read, else None
 
     @property
     def name(self) -> str:
@@ -185,10 +186,39 @@ def resolve_targets(targets: Sequence[KDTarget], specs: Mapping[str, Any],
             raise ConfigError(f"target {target.name!r}: a {target.head!r} head needs a {want!r} teacher. Got "
                               f"teacher {target.teacher!r} of kind {spec.kind!r}.")
         group = frames_per_student_frame(spec.frame_rate, target) if per_frame else 1
-        width = spec.dim * group if target.frame_rate == "stack" else spec.dim
+        layer = _layer_of(target, spec)
+        dim = spec.dim if layer is None else spec.dim // layer[1]
+        width = dim * group if target.frame_rate == "stack" else dim
         head = HeadConfig(target.name, target.head, LOSSES[target.loss].head_dim(width), target.block)
-        resolved.append(ResolvedTarget(target, head, per_frame, group))
+        resolved.append(ResolvedTarget(target, head, per_frame, group, layer))
     return resolved
+
+
+def _layer_of(target: KDTarget, spec: Any) -> tuple[int, int, int] | None:
+    """Where ``target.layer`` sits in a stored frame of a teacher with a layer axis (spec config ``resolved_layers``)."""
+    if target.layer is None:
+        return None
+    layers = list(spec.config.get("resolved_layers") or [])
+    if spec.kind != "frames" or len(layers) < 2:
+        raise ConfigError(f"target {target.name!r}: layer needs a frames teacher with several layers (extracted "
+                          f"with layers=...). Got teacher {target.teacher!r} with layers {layers or 'not recorded'}.")
+    if target.layer not in layers:
+        raise ConfigError(f"target {target.name!r}: layer must be one of teacher {target.teacher!r}'s layers "
+                          f"{layers}. Got {target.layer}.")
+    return layers.index(target.layer), len(layers), int(spec.config.get("frames_per_row", 1))
+
+
+def one_layer(values: torch.Tensor, layer: tuple[int, int, int]) -> torch.Tensor:
+    """One layer's part of frames ``[B, T, rows x layers x D]`` (rows 50 Hz sub-frames per frame): ``[B, T, rows x D]``.
+
+    Examples
+    --------
+    >>> one_layer(torch.arange(8.0).view(1, 1, 8), (1, 2, 2)).tolist()  # rows (0,1 | 2,3) and (4,5 | 6,7)
+    [[[2.0, 3.0, 6.0, 7.0]]]
+    """
+    position, num_layers, rows = layer
+    b, t, dim = values.shape
+    return values.view(b, t, rows, num_layers, dim // (rows * num_layers))[:, :, :, position].reshape(b, t, -1)
 
 
 def to_student_rate(values: torch.Tensor, lengths: torch.Tensor, group: int, mode: str
@@ -228,7 +258,8 @@ def target_loss(out: StudentOutput, target: ResolvedTarget, batch: dict[str, tor
     if batch is None:
         return _zero(student)
     lengths = batch["lengths"] * batch["present"].to(batch["lengths"].dtype)
-    values, lengths = to_student_rate(batch["values"], lengths, target.group, target.target.frame_rate)
+    values = batch["values"] if target.layer is None else one_layer(batch["values"], target.layer)
+    values, lengths = to_student_rate(values, lengths, target.group, target.target.frame_rate)
     s, t, mask = align_frames(student, out.num_frames, values.to(student.device), lengths)
     if int(mask.sum()) == 0:
         return _zero(student)

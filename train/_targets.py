@@ -43,11 +43,12 @@ class KDTarget:
     block: int = LAST_BLOCK  # 1-based student block the head reads; -1 the last (negative counts from the end)
     weight: float = 1.0  # multiplies the term in the total loss
     frame_rate: str = "stack"  # teacher frames at k x 25 Hz: "stack" k frames into one, or "average" them
-    name: str = ""  # term name in logs, checkpoints and eval reports ("" = the teacher name)
+    layer: int | None = None  # a teacher with a layer axis (layers=8,16,-1): the layer this reads; None: all
+    name: str = ""  # term name in logs, checkpoints and eval reports ("" = the teacher name, + _l<layer>)
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", self.teacher)
+            object.__setattr__(self, "name", self.teacher if self.layer is None else f"{self.teacher}_l{self.layer}")
         for field in ("teacher", "name"):
             value = getattr(self, field)
             if not value or not value.replace("_", "").replace("-", "").isalnum():

@@ -8,7 +8,7 @@ release, and the teacher with its own encoder-only loader.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -267,9 +267,13 @@ def test_several_layers_in_one_pass_equal_each_layer_alone(checkpoint: Path, mod
     layers = [2, 0, -1]
     cuts = [audio(3.0, seed=20), audio(31.5, seed=21), audio(1.2, seed=22)]
     teacher = load_teacher("whisper", checkpoint, mode=mode, layers="2,0,-1")
-    blocks_run = []
+    blocks_run: list[int] = []
     run_block = _whisper_model._block
-    monkeypatch.setattr(_whisper_model, "_block", lambda *a: blocks_run.append(1) or run_block(*a))
+
+    def counted(*args: Any) -> Any:
+        blocks_run.append(1)
+        return run_block(*args)
+    monkeypatch.setattr(_whisper_model, "_block", counted)
     together = teacher.extract(cuts)
     assert len(blocks_run) == NUM_LAYERS  # one pass over the blocks (one batch of windows), not one per layer
     monkeypatch.undo()

@@ -12,7 +12,7 @@ import torch
 from mt2kd.errors import ConfigError
 from mt2kd.store import TeacherSpec
 from mt2kd.train import StudentConfig, TrainConfig
-from mt2kd.train._losses import LOSSES, resolve_targets, to_student_rate
+from mt2kd.train._losses import LOSSES, one_layer, resolve_targets, to_student_rate
 from mt2kd.train._targets import KDTarget, paper_targets, parse_target
 
 SPECS = {
@@ -150,3 +150,16 @@ def test_target_flags_replace_the_list_and_other_flags_still_apply() -> None:
     assert cfg.targets == (KDTarget("whisper_l8", block=2, loss="l1_logsigmoid_cos"),
                            KDTarget("ecapa", head="attentive", loss="cos"))
     assert cfg.lr == 0.01
+
+
+def test_a_layer_of_a_teacher_with_a_layer_axis_is_one_slice_of_its_frames() -> None:
+    config = {"resolved_layers": [8, 16, -1], "frames_per_row": 2}
+    specs = {"whisper": TeacherSpec("whisper", "frames", 2 * 3 * 4, frame_rate=25.0, config=config)}
+    resolved = resolve_targets([KDTarget("whisper", layer=16, loss="l1_logsigmoid_cos")], specs)
+    assert resolved[0].name == "whisper_l16" and resolved[0].head.dim == 8 and resolved[0].layer == (1, 3, 2)
+    values = torch.arange(24.0).view(1, 1, 24)  # rows: (l8 0-3, l16 4-7, l-1 8-11), (l8 12-15, l16 16-19, ...)
+    assert one_layer(values, (1, 3, 2)).tolist() == [[[4.0, 5.0, 6.0, 7.0, 16.0, 17.0, 18.0, 19.0]]]
+    with pytest.raises(ConfigError, match=r"layer must be one of teacher 'whisper''s layers \[8, 16, -1\]. Got 4"):
+        resolve_targets([KDTarget("whisper", layer=4)], specs)
+    with pytest.raises(ConfigError, match="layer needs a frames teacher with several layers"):
+        resolve_targets([KDTarget("whisper", layer=4)], SPECS)
