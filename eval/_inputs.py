@@ -1,9 +1,11 @@
 """What a run reads: the cuts (which to score, their speakers and event labels) and the teachers' outputs.
 
 Speakers come from the supervisions (the first supervision that names one);
-event labels from ``cut.custom["events"]``, a list of label names or class
-indices. A cut without an ``events`` field is unlabelled and left out of mAP;
-a cut whose ``events`` is an empty list is labelled "no event". Teacher
+event labels from ``cut.custom["events"]`` (a list of label names or class
+indices) or, in icefall's AudioSet manifests, ``supervisions[0].audio_event``
+(``;``-separated class indices); training reads them the same way. A cut
+with neither is unlabelled and left out of mAP; a cut whose ``events`` is an
+empty list is labelled "no event". Teacher
 outputs are read from one store or several opened as one view; cuts missing
 from the store, or stored without a given teacher, are passed over and
 counted by the callers.
@@ -18,9 +20,9 @@ import numpy as np
 
 from mt2kd.errors import DuplicateCutError, MT2KDError
 from mt2kd.eval._tagging import events_to_multi_hot
+from mt2kd.train import cut_events, cut_speaker
 from mt2kd.train._cut_ids import canonical_cut_id
 
-EVENTS_FIELD = "events"  # key in cut.custom holding a cut's event labels
 READ_BATCH = 64  # cuts per get_many call: enough to coalesce reads, small enough for frame data
 
 
@@ -91,10 +93,7 @@ def merge_repeat_copies(cuts: Sequence[Any], store: Any) -> tuple[list[Any], dic
 
 def speaker_of(cut: Any) -> str | None:
     """The first speaker named by the cut's supervisions, if any."""
-    for supervision in cut.supervisions:
-        if supervision.speaker:
-            return str(supervision.speaker)
-    return None
+    return cut_speaker(cut)
 
 
 def speakers(cuts: Sequence[Any]) -> dict[str, str]:
@@ -104,7 +103,7 @@ def speakers(cuts: Sequence[Any]) -> dict[str, str]:
 
 
 def has_events(cut: Any) -> bool:
-    return bool(cut.custom) and EVENTS_FIELD in cut.custom
+    return cut_events(cut) is not None
 
 
 def event_targets(cuts: Sequence[Any], num_classes: int, label_index: dict[str, int] | None,
@@ -113,7 +112,7 @@ def event_targets(cuts: Sequence[Any], num_classes: int, label_index: dict[str, 
     labelled = [cut for cut in cuts if has_events(cut)]
     targets = np.zeros((len(labelled), num_classes), dtype=bool)
     for row, cut in enumerate(labelled):
-        targets[row] = events_to_multi_hot(cut.custom[EVENTS_FIELD], num_classes, label_index, cut.id, label_file)
+        targets[row] = events_to_multi_hot(cut_events(cut) or [], num_classes, label_index, cut.id, label_file)
     return [cut.id for cut in labelled], targets
 
 

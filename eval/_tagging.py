@@ -9,13 +9,12 @@ of the mean, which is how AudioSet evaluations usually treat them.
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
 
 from mt2kd.errors import ValidationError
+from mt2kd.train import events_to_multi_hot, load_label_list  # one reader of labels for training and eval
+
+__all__ = ["average_precision", "events_to_multi_hot", "load_label_list", "mean_average_precision"]
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -76,65 +75,3 @@ def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> tuple[floa
     scored = ~np.isnan(per_class)
     mean = float(per_class[scored].mean()) if scored.any() else float("nan")
     return mean, per_class
-
-
-def load_label_list(path: str | Path) -> dict[str, int]:
-    """Map label names to class indices.
-
-    Two formats: a plain text file with one label per line (line order gives
-    the index), or AudioSet's ``class_labels_indices.csv`` (``index,mid,
-    display_name``), where both the mid and the display name map to the index.
-
-    Examples
-    --------
-    >>> load_label_list("class_labels_indices.csv")["Speech"]  # doctest: +SKIP
-    0
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".csv":
-        return _read_label_csv(path, text)
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    return {name: index for index, name in enumerate(names)}
-
-
-def _read_label_csv(path: Path, text: str) -> dict[str, int]:
-    rows = list(csv.DictReader(text.splitlines()))
-    if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
-        raise ValidationError(f"{path}: expected the columns index,mid,display_name. Got {list(rows[0]) if rows else []}.")
-    mapping: dict[str, int] = {}
-    for row in rows:
-        mapping[row["mid"]] = int(row["index"])
-        mapping[row["display_name"]] = int(row["index"])
-    return mapping
-
-
-def events_to_multi_hot(events: Sequence[str | int], num_classes: int,
-                        label_index: dict[str, int] | None, cut_id: str,
-                        label_file: str | Path | None = None) -> np.ndarray:
-    """One cut's event labels (names or class indices) as a multi-hot vector.
-
-    ``label_file`` (where ``label_index`` came from) is named in the error for an unknown name.
-    """
-    target = np.zeros(num_classes, dtype=bool)
-    for event in events:
-        target[_class_index(event, num_classes, label_index, cut_id, label_file)] = True
-    return target
-
-
-def _class_index(event: str | int, num_classes: int, label_index: dict[str, int] | None, cut_id: str,
-                 label_file: str | Path | None = None) -> int:
-    if isinstance(event, str) and not event.isdigit():
-        if label_index is None:
-            raise ValidationError(
-                f"cut {cut_id!r}: event {event!r} is a name, so a label list is needed (--labels FILE). Got none.")
-        if event not in label_index:
-            where = f" {str(label_file)!r}" if label_file else ""
-            raise ValidationError(f"cut {cut_id!r}: event {event!r} must be in the label list{where}. Got an "
-                                  f"unknown name (the list has {len(set(label_index.values()))} classes).")
-        index = label_index[event]
-    else:
-        index = int(event)
-    if not 0 <= index < num_classes:
-        raise ValidationError(f"cut {cut_id!r}: class index must be in [0, {num_classes}). Got {index}.")
-    return index

@@ -37,6 +37,11 @@ _WHERE = {
     "AsrConfig": "_asr",
     "AsrHeads": "_asr",
     "transducer_memory_bytes": "_asr",
+    "cut_events": "_labels",
+    "cut_speaker": "_labels",
+    "events_to_multi_hot": "_labels",
+    "load_label_list": "_labels",
+    "speaker_list": "_labels",
 }
 
 __all__ = sorted(_WHERE)

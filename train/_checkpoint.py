@@ -3,8 +3,12 @@
 A checkpoint is one ``torch.save`` dict holding only tensors and plain
 Python values (loadable with ``weights_only=True``):
 
-``format``, ``student_config``, ``train_config``, ``step``, ``model``,
-``optimizer``, ``scheduler``, ``sampler``, ``rng``.
+``format``, ``kind``, ``student_config``, ``train_config``, ``step``, ``model``,
+``optimizer``, ``scheduler``, ``sampler``, ``rng``; a stage-2 checkpoint adds
+what its heads need (the tokenizer's bytes, the speaker list, the ASR config).
+
+``kind`` says which stage wrote it: ``"kd"`` (stage 1, and averages of it;
+checkpoints without the key are stage 1) or ``"finetune"`` (stage 2).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from mt2kd.train._model import Student
 
 FORMAT = "mt2kd-student-1"  # bumped when the checkpoint layout changes
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+KINDS = {"kd": "stage-1 KD (or an average of stage-1 checkpoints)", "finetune": "stage-2 fine-tuned"}
+_RUN_STATE = ("optimizer", "scheduler", "sampler", "rng", "batches_in_epoch")  # for resuming, not for using
 
 
 def list_checkpoints(exp_dir: str | Path) -> list[Path]:
@@ -61,6 +67,32 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def checkpoint_kind(data: dict[str, Any]) -> str:
+    return str(data.get("kind", "kd"))  # written before kinds were recorded: stage 1
+
+
+def read_checkpoint_of_kind(path: str | Path, kind: str, role: str) -> dict[str, Any]:
+    """:func:`read_checkpoint`, refusing a checkpoint another stage wrote; ``role`` names it in the error.
+
+    Examples
+    --------
+    >>> data = read_checkpoint_of_kind("exp/avg.pt", "kd", "--init")  # doctest: +SKIP
+    """
+    data = read_checkpoint(path)
+    found = checkpoint_kind(data)
+    if found != kind:
+        raise CheckpointError(f"{role} {str(path)!r} must be a {KINDS[kind]} checkpoint. Got a "
+                              f"{KINDS.get(found, repr(found))} checkpoint (kind {found!r}).")
+    return data
+
+
+def student_weights(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The student's own weights of a checkpoint of either kind (stage 2 keeps them under ``student.``)."""
+    if checkpoint_kind(data) != "finetune":
+        return data["model"]
+    return {k.removeprefix("student."): v for k, v in data["model"].items() if k.startswith("student.")}
+
+
 def load_student(checkpoint_path: str | Path) -> tuple[Student, StudentConfig]:
     """Build the student from a checkpoint's own config and load its weights.
 
@@ -75,7 +107,7 @@ def load_student(checkpoint_path: str | Path) -> tuple[Student, StudentConfig]:
     config = StudentConfig.from_dict(data["student_config"])
     model = Student(config)
     try:
-        model.load_state_dict(data["model"])
+        model.load_state_dict(student_weights(data))
     except RuntimeError as e:
         raise CheckpointError(f"weights in {str(checkpoint_path)!r} must match its student_config. Got: {e}") from e
     return model.eval(), config
@@ -135,8 +167,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 def write_average(exp_dir: str | Path, num_last: int, out_path: str | Path) -> list[Path]:
     """Write the mean weights of the last ``num_last`` checkpoints as a loadable checkpoint.
 
-    The result keeps the newest checkpoint's configs and step and drops its
-    optimiser and sampler state (an average is for evaluation, not resuming).
+    The result keeps the newest checkpoint's configs, step and kind (and a
+    stage-2 checkpoint's tokenizer and speaker list) and drops its optimiser
+    and sampler state (an average is for evaluation or --init, not resuming).
     """
     if num_last < 1:
         raise CheckpointError(f"num_last must be >= 1. Got {num_last}.")
@@ -144,7 +177,7 @@ def write_average(exp_dir: str | Path, num_last: int, out_path: str | Path) -> l
     if not found:
         raise CheckpointNotFoundError(f"{str(exp_dir)!r} must hold checkpoint-*.pt files. Got none.")
     newest = read_checkpoint(found[-1])
-    state: dict[str, Any] = {k: newest[k] for k in ("student_config", "train_config", "step") if k in newest}
+    state: dict[str, Any] = {k: v for k, v in newest.items() if k not in (*_RUN_STATE, "format", "model")}
     state["model"] = average_checkpoints(list(found))
     state["averaged_from"] = [p.name for p in found]
     out_path = Path(out_path)

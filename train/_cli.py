@@ -1,9 +1,11 @@
-"""``mt2kd train``: stage-1 KD training, checkpoint averaging and the ASR vocabulary (``bpe``).
+"""``mt2kd train``: stage-1 KD training, stage-2 fine-tuning, checkpoint averaging and the ASR vocabulary (``bpe``).
 
 Every :class:`TrainConfig` field is a flag of ``mt2kd train kd`` (``--lr`` for
 ``lr``, ``--max-duration`` for ``max_duration``); the list fields take one
 value per use: ``--cuts`` (cuts), ``--store`` (stores), ``--repeat``
-(repeats). Precedence: field default < ``--config FILE`` < flags given on the
+(repeats). ``mt2kd train finetune`` derives its flags from
+:class:`FinetuneConfig` the same way, and those of its nested ASR config with
+an ``asr-`` prefix (``--asr-joiner-dim``). Precedence: field default < ``--config FILE`` < flags given on the
 command line. torch is imported only when a command runs.
 """
 
@@ -18,43 +20,67 @@ import click
 
 from mt2kd.errors import ConfigError, MT2KDError
 from mt2kd.train._config import TrainConfig
+from mt2kd.train._finetune_config import FinetuneConfig
 from mt2kd.train._targets import parse_target
 
 _LIST_FLAGS = {"cuts": "--cuts", "stores": "--store", "repeats": "--repeat", "targets": "--target"}  # field -> flag
 _TARGET_HELP = ("one KD target per use, as key=value pairs of KDTarget fields (docs/training.md), e.g. "
                 "--target teacher=whisper_l8,block=2,loss=l1_logsigmoid_cos; none: the paper's three")
+_NESTED_SKIP = {"asr": ("vocab_size",)}  # nested fields set by the run itself (the tokenizer's size)
 
 
-def _option(field: dataclasses.Field) -> Any:
-    """A click option for one TrainConfig field, typed after its default."""
+def _option(field: dataclasses.Field, owner: str, prefix: str = "") -> Any:
+    """A click option for one config field, typed after its default (``prefix``: a nested config's)."""
     default = field.default
-    help_text = f"TrainConfig.{field.name} (default {default!r})."
-    if field.name in _LIST_FLAGS:
+    name = f"{prefix}__{field.name}" if prefix else field.name
+    help_text = f"{owner}.{field.name} (default {default!r})."
+    if field.name in _LIST_FLAGS and not prefix:
         kind = int if field.name == "repeats" else str
         help_text = _TARGET_HELP if field.name == "targets" else help_text
-        return click.option(_LIST_FLAGS[field.name], field.name, multiple=True, type=kind, help=help_text)
-    flag = "--" + field.name.replace("_", "-")
+        return click.option(_LIST_FLAGS[field.name], name, multiple=True, type=kind, help=help_text)
+    flag = "--" + (f"{prefix}-" if prefix else "") + field.name.replace("_", "-")
     if isinstance(default, bool):
-        return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=default, help=help_text)
-    return click.option(flag, field.name, type=type(default), default=default, help=help_text)
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=default, help=help_text)
+    return click.option(flag, name, type=type(default), default=default, help=help_text)
 
 
-def _config_options(command: Any) -> Any:
-    for field in reversed(dataclasses.fields(TrainConfig)):
-        command = _option(field)(command)
-    return command
+def _fields(cls: type) -> list[tuple[dataclasses.Field, str, str]]:
+    """(field, owner name, prefix) of every flag of ``cls``: its own fields and those of nested configs."""
+    found = []
+    for field in dataclasses.fields(cls):
+        if field.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(field.default_factory):
+            nested = field.default_factory
+            skip = _NESTED_SKIP.get(field.name, ())
+            found += [(f, nested.__name__, field.name) for f in dataclasses.fields(nested) if f.name not in skip]
+        else:
+            found.append((field, cls.__name__, ""))
+    return found
 
 
-def resolve_config(ctx: click.Context, config_file: str | None, values: dict[str, Any]) -> TrainConfig:
+def config_options(cls: type) -> Any:
+    """Decorator adding one flag per field of the config dataclass ``cls``."""
+    def decorate(command: Any) -> Any:
+        for field, owner, prefix in reversed(_fields(cls)):
+            command = _option(field, owner, prefix)(command)
+        return command
+    return decorate
+
+
+def resolve_config(ctx: click.Context, config_file: str | None, values: dict[str, Any], cls: type = TrainConfig) -> Any:
     """Merge defaults, the config file and the flags the user actually typed."""
-    merged = TrainConfig.from_file(config_file).to_dict() if config_file else TrainConfig().to_dict()
+    merged = cls.from_file(config_file).to_dict() if config_file else cls().to_dict()  # type: ignore[attr-defined]
     for name, value in values.items():
         source = ctx.get_parameter_source(name)
         if source is not None and source.name == "COMMANDLINE":
             if name == "targets":  # --target key=value,... flags replace a file's list
                 value = tuple(parse_target(text).to_dict() for text in value)
-            merged[name] = list(value) if isinstance(value, tuple) else value
-    return TrainConfig.from_dict(merged)
+            value = list(value) if isinstance(value, tuple) else value
+            if "__" in name:
+                outer, inner = name.split("__", 1)
+                merged[outer] = {**merged[outer], inner: value}
+            else:
+                merged[name] = value
+    return cls.from_dict(merged)  # type: ignore[attr-defined]
 
 
 @click.group()
@@ -65,7 +91,7 @@ def train() -> None:
 @train.command("kd")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML or JSON file holding TrainConfig fields.")
-@_config_options
+@config_options(TrainConfig)
 @click.pass_context
 def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
     """Stage-1 KD: student frames/logits/embeddings towards whisper/beats/ecapa targets.
@@ -85,6 +111,36 @@ def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
     from mt2kd.train._trainer import train as run_training
 
     _guarded(lambda: run_training(cfg))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+@train.command("finetune")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML or JSON file holding FinetuneConfig fields (asr: a mapping of AsrConfig fields).")
+@config_options(FinetuneConfig)
+@click.pass_context
+def finetune(ctx: click.Context, config_file: str | None, **values: Any) -> None:
+    """Stage 2: fine-tune a student on transcripts, event labels and speakers (KD terms as auxiliaries).
+
+    Starts from --init (a stage-1 checkpoint or an averaged model) or from
+    scratch; resumes from the latest checkpoint in --exp-dir if there is one.
+    Each cut adds the losses it has labels for. See docs/finetuning.md.
+
+    Example: mt2kd train finetune --cuts train.jsonl.gz --init exp/avg.pt --tokenizer bpe --exp-dir exp-ft
+    """
+    try:
+        cfg = resolve_config(ctx, config_file, values, FinetuneConfig)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from e
+    if not cfg.cuts:
+        raise click.UsageError("at least one --cuts is needed (flag or --config).")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from mt2kd.train._finetune import finetune as run_finetune
+
+    _guarded(lambda: run_finetune(cfg))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 

@@ -275,7 +275,8 @@ class KDDataset(Dataset):
             "fbank": fbank,
             "num_frames": num_frames,
             "duration": float(sum(c.duration for c in kept)),
-            "targets": fetch_targets(kept, self.stores.get(), self.teachers),
+            # no stores (stage 2 without KD terms): no targets, which the losses read as "no cut has them"
+            "targets": fetch_targets(kept, self.stores.get(), self.teachers) if self.stores.paths else {},
         }
 
 

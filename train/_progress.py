@@ -25,7 +25,7 @@ from mt2kd._console import is_terminal
 log = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = 3600.0
-NOT_LOSSES = ("lr", "grad_norm")  # step values that are not losses: shown apart, logged under train/
+NOT_LOSSES = ("lr", "encoder_lr", "grad_norm")  # step values that are not losses: shown apart, logged under train/
 
 
 def loss_keys(values: dict[str, float]) -> list[str]:

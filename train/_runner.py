@@ -282,7 +282,7 @@ class Runner:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return {"grad_norm": float(grad_norm), "lr": float(self.scheduler.get_last_lr()[0])}
+        return {"grad_norm": float(grad_norm), "lr": float(self.scheduler.get_last_lr()[-1])}  # the heads' group
 
     def run(self) -> list[dict[str, float]]:
         """Train until ``num_steps``; returns this call's per-step losses."""

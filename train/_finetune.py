@@ -1,0 +1,212 @@
+"""Stage-2 multi-task fine-tuning: ASR, tagging and speaker heads on the stage-1 student, KD kept as auxiliary.
+
+The loop, exact resume, DDP, checkpoints and progress lines are stage 1's
+(:class:`mt2kd.train._runner.Runner`); this module says what the model is,
+which parameters train when, and how a batch becomes the losses:
+
+    total = asr_weight x asr + tagging_weight x tagging + speaker_weight x speaker
+            + whisper_weight x whisper + beats_weight x beats + ecapa_weight x ecapa
+
+(the last three are stage 1's KD terms from ``_losses.py``, on the cuts the
+stores hold). A fine-tuning checkpoint (kind ``"finetune"``) carries the
+tokenizer's bytes, the speaker list, the label list's path and the ASR
+config next to the weights, so evaluation needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mt2kd.errors import CheckpointError, ConfigError
+from mt2kd.train._asr import AsrConfig, AsrHeads
+from mt2kd.train._checkpoint import read_checkpoint_of_kind, student_weights
+from mt2kd.train._config import StudentConfig
+from mt2kd.train._data import LazyStores
+from mt2kd.train._finetune_config import FinetuneConfig
+from mt2kd.train._finetune_data import (FBANK_RATE, FinetuneDataset, LabelSpec, check_labels_found,
+                                        crop_speaker_cuts, scan_labels)
+from mt2kd.train._finetune_model import FinetuneModel, parameter_groups, set_trainable
+from mt2kd.train._loader import check_manifests, check_target_coverage, make_sampler, open_corpora_counted
+from mt2kd.train._losses import LossWeights, kd_losses
+from mt2kd.train._model import Student
+from mt2kd.train._runner import Runner, eden_factor, start, to_device
+from mt2kd.train._task_heads import SpeakerClassifier
+from mt2kd.train._tokenizer import Tokenizer
+from mt2kd.train._zipformer import set_training_step
+
+log = logging.getLogger(__name__)
+
+TASK_LOSSES = ("asr", "tagging", "speaker")  # the supervised terms, each weighted by <name>_weight
+
+
+def build_model(student_config: StudentConfig, asr_config: AsrConfig | None, num_speakers: int,
+                cfg: FinetuneConfig) -> FinetuneModel:
+    """The stage-2 model for these sizes (random weights; load a checkpoint or --init into it)."""
+    student = Student(student_config)
+    asr = AsrHeads(asr_config, student_config.model_dim) if asr_config is not None else None
+    speaker = (SpeakerClassifier(student_config.embedding_dim, num_speakers, cfg.speaker_loss, cfg.aam_margin,
+                                 cfg.aam_scale) if num_speakers else None)
+    return FinetuneModel(student, asr, speaker)
+
+
+class FinetuneTrainer(Runner):
+    """Everything one stage-2 run holds. Use :func:`finetune`."""
+
+    kind = "finetune"
+    stage_name = "stage-2 fine-tuning"
+
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        super().__init__(cfg)
+        check_manifests(cfg.cuts)
+        init = read_checkpoint_of_kind(cfg.init, "kd", "--init") if cfg.init else None
+        self.tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
+        self.student_config = self._student_config(init)
+        self._check_stores()
+        corpus = scan_labels(cfg.cuts, self.student_config.num_classes, cfg.labels)
+        check_labels_found(corpus, self.tokenizer is not None, bool(cfg.stores), cfg.cuts)
+        if self.rank == 0:
+            log.info("fine-tuning on %s", corpus.line())
+        self.labels = LabelSpec(self.student_config.num_classes, corpus.speakers, cfg.labels)
+        self.asr_config = (dataclasses.replace(cfg.asr, vocab_size=self.tokenizer.vocab_size)
+                           if self.tokenizer is not None else None)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(self.student_config, self.asr_config, len(corpus.speakers), cfg).to(self.device)
+        if init is not None:
+            self._load_init(init)
+        encoder, heads, _ = parameter_groups(self.model)
+        self.optimizer = torch.optim.AdamW([{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale},
+                                            {"params": heads, "lr": cfg.lr}], lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        factor = lambda s: eden_factor(s, cfg.warmup_steps, cfg.lr_steps)  # noqa: E731
+        self.scheduler = self.make_scheduler([factor, factor])
+        corpora, num_cuts = open_corpora_counted(cfg.cuts, cfg.repeats, seed=cfg.seed)
+        self.sampler = make_sampler(corpora, cfg.max_duration, shuffle=cfg.shuffle, num_buckets=cfg.num_buckets,
+                                    buffer_size=cfg.buffer_size, seed=cfg.seed, world_size=self.world_size,
+                                    rank=self.rank, num_cuts=num_cuts)
+        self.kd_weights = LossWeights(*cfg.kd_weights, cfg.whisper_teacher, cfg.beats_teacher, cfg.ecapa_teacher)
+        self.encoder_trains: bool | None = None  # the phase the parameters are set for (None: not yet)
+        self.ddp_model = self.model
+        self.enter_phase()
+
+    def _student_config(self, init: dict[str, Any] | None) -> StudentConfig:
+        if init is not None:
+            return StudentConfig.from_dict(init["student_config"])
+        config = StudentConfig.preset(self.cfg.student)
+        if self.cfg.stores:  # from scratch: the KD heads as wide as the stores' targets, as stage 1 makes them
+            from mt2kd.train._trainer import student_config_for
+            from mt2kd.train._config import TrainConfig
+
+            config = student_config_for(TrainConfig(cuts=self.cfg.cuts, stores=self.cfg.stores,
+                                                    student=self.cfg.student))
+        return config
+
+    def _check_stores(self) -> None:
+        if not self.cfg.stores:
+            return
+        store = LazyStores(self.cfg.stores).get()
+        check_target_coverage(self.cfg.cuts, store)
+        spec = store.specs.get(self.cfg.beats_teacher)
+        if spec is not None and spec.dim != self.student_config.num_classes:
+            raise ConfigError(f"the {self.cfg.beats_teacher!r} teacher in the stores must have the student's "
+                              f"num_classes={self.student_config.num_classes} outputs for the tagging KD term. "
+                              f"Got {spec.dim}.")
+
+    def _load_init(self, init: dict[str, Any]) -> None:
+        try:
+            self.model.student.load_state_dict(student_weights(init))
+        except RuntimeError as e:
+            raise CheckpointError(f"--init {self.cfg.init!r} must hold weights of its own student_config. "
+                                  f"Got: {e}") from e
+        if self.rank == 0:
+            log.info("starting from %s (stage-1 step %s)", self.cfg.init, init.get("step"))
+
+    def base_lrs(self) -> list[float]:
+        return [self.cfg.lr * self.cfg.encoder_lr_scale, self.cfg.lr]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "asr_config": None if self.asr_config is None else self.asr_config.to_dict(),
+            "tokenizer": None if self.tokenizer is None else self.tokenizer.to_bytes(),
+            "speakers": list(self.labels.speakers),
+            "label_file": self.cfg.labels,
+            "init": self.cfg.init,
+        }
+
+    def load_model_state(self, path: Path, data: dict[str, Any]) -> None:
+        saved = list(data.get("speakers") or [])
+        if saved != list(self.labels.speakers):
+            raise ConfigError(f"the training speakers must be those of {str(path)!r} to resume it ({len(saved)} "
+                              f"speakers). Got {len(self.labels.speakers)} from the manifests now: resume with "
+                              f"the same --cuts, or fine-tune in a new --exp-dir.")
+        super().load_model_state(path, data)
+
+    def enter_phase(self) -> None:
+        """Freeze or unfreeze the encoder for the current step (and rebuild DDP when that changes)."""
+        trains = self.step >= self.cfg.freeze_encoder_steps
+        if trains == self.encoder_trains:
+            return
+        set_trainable(self.model, trains, self.cfg.freeze_sv)
+        self.encoder_trains = trains
+        self.ddp_model = self.wrap_ddp()  # DDP registers the parameters that need gradients when it is built
+        if self.rank == 0 and self.step:
+            log.info("step %d: the encoder trains from now on at lr x %g", self.step, self.cfg.encoder_lr_scale)
+
+    def make_loader(self) -> Any:
+        from torch.utils.data import DataLoader
+
+        teachers = [self.cfg.whisper_teacher, self.cfg.beats_teacher, self.cfg.ecapa_teacher]
+        dataset = FinetuneDataset(self.cfg.stores, teachers, self.labels)
+        return DataLoader(dataset, sampler=self.sampler, batch_size=None, num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0, generator=torch.Generator())
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        self.enter_phase()
+        set_training_step(self.model, self.step)
+        if self.cfg.speaker_crop > 0:
+            batch = crop_speaker_cuts(batch, round(self.cfg.speaker_crop * FBANK_RATE))
+        batch = to_device(batch, self.device)
+        labels = {**batch["labels"], "tokens": self._tokens(batch["labels"]["texts"])}
+        self.ddp_model.train()
+        use_bf16 = self.cfg.bf16 and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out, losses = self.ddp_model(batch["fbank"], batch["num_frames"], labels)
+        total = sum(getattr(self.cfg, f"{name}_weight") * losses[name] for name in TASK_LOSSES if name in losses)
+        if self.cfg.stores:
+            kd = kd_losses(out, batch["targets"], self.kd_weights)
+            total = total + kd.pop("total")
+            losses.update(kd)
+        losses["total"] = total  # type: ignore[assignment]
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        step_values = self.optimiser_step(losses["total"])
+        encoder_lr = self.scheduler.get_last_lr()[0] if self.encoder_trains else 0.0
+        return {**values, **step_values, "encoder_lr": float(encoder_lr)}
+
+    def _tokens(self, texts: list[str | None]) -> list[list[int] | None]:
+        if self.tokenizer is None:
+            return [None] * len(texts)
+        present = [i for i, text in enumerate(texts) if text]
+        encoded = self.tokenizer.encode([texts[i] for i in present]) if present else []  # type: ignore[misc]
+        tokens: list[list[int] | None] = [None] * len(texts)
+        for i, ids in zip(present, encoded):
+            tokens[i] = ids or None
+        return tokens
+
+
+def finetune(cfg: FinetuneConfig) -> list[dict[str, float]]:
+    """Run (or resume) stage-2 fine-tuning.
+
+    Returns the per-step values of this call: each loss the run has
+    (``transducer``, ``ctc``, ``asr``, ``tagging``, ``speaker``, the KD terms,
+    ``total``), ``grad_norm``, ``lr`` (the heads') and ``encoder_lr``.
+
+    Examples
+    --------
+    >>> cfg = FinetuneConfig(cuts=("train.jsonl.gz",), init="exp/avg.pt", tokenizer="bpe", exp_dir="exp-ft")
+    >>> history = finetune(cfg)  # doctest: +SKIP
+    """
+    return start(FinetuneTrainer(cfg), "finetune_config.json")

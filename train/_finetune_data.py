@@ -1,0 +1,163 @@
+"""Stage-2 batches: the stage-1 batch (fbank, KD targets) plus each cut's own labels, and speaker crops.
+
+A cut carries whatever labels it has: a transcript (ASR), event classes
+(tagging; this project's ``custom["events"]`` or icefall's ``audio_event``,
+see ``_labels.py``), a speaker (the speaker layer). The batch holds them
+with presence masks, so one batch may mix tasks and each cut adds only the
+losses it has labels for.
+
+Speaker crops (``speaker_crop`` > 0) are cut in the training process from
+the torch RNG that checkpoints save, so a resumed run crops as an
+uninterrupted one would. Only speaker-only cuts (a speaker, no transcript:
+VoxCeleb-style) are cropped; their event labels and KD targets, which
+describe the whole cut, are masked for that step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mt2kd.errors import ConfigError, MT2KDError
+from mt2kd.train._data import KDDataset
+from mt2kd.train._labels import cut_events, cut_speaker, events_to_multi_hot, load_label_list
+from mt2kd.train._manifests import manifest_error, open_manifest
+from mt2kd.train._tokenizer import cut_text
+
+FBANK_RATE = 100  # Hz, frames of the student's input
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """How cut labels become tensors: the class count, the event-name list, the speaker classes."""
+
+    num_classes: int  # width of M_AT
+    speakers: tuple[str, ...]  # speaker classes, index = position
+    label_file: str = ""  # label list for event names ("" : events must be class indices)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_speaker_index", {s: i for i, s in enumerate(self.speakers)})
+        object.__setattr__(self, "_label_index", load_label_list(self.label_file) if self.label_file else None)
+
+    def speaker_index(self, speaker: str | None) -> int:
+        return -1 if speaker is None else self._speaker_index.get(speaker, -1)  # type: ignore[attr-defined]
+
+    def events(self, cut: Any) -> torch.Tensor | None:
+        events = cut_events(cut)
+        if events is None:
+            return None
+        hot = events_to_multi_hot(events, self.num_classes, self._label_index,  # type: ignore[attr-defined]
+                                  cut.id, self.label_file or None)
+        return torch.from_numpy(hot)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusLabels:
+    """What one pass over the training manifests found: the speakers and how many cuts have each label."""
+
+    speakers: tuple[str, ...]  # sorted speaker names
+    num_cuts: int  # cuts in all manifests
+    num_with_text: int  # cuts with a transcript
+    num_with_events: int  # cuts with event labels
+    num_with_speaker: int  # cuts with a speaker
+
+    def line(self) -> str:
+        return (f"{self.num_cuts} cuts: {self.num_with_text} with a transcript, {self.num_with_events} with "
+                f"event labels, {self.num_with_speaker} with a speaker ({len(self.speakers)} speakers)")
+
+
+def scan_labels(cut_paths: Sequence[str | Path], num_classes: int, label_file: str = "") -> CorpusLabels:
+    """Read every cut's labels once: collect the speakers, count each task, and refuse bad event labels up front."""
+    spec = LabelSpec(num_classes, (), label_file)
+    speakers: set[str] = set()
+    counts = [0, 0, 0, 0]
+    for path in cut_paths:
+        try:
+            for cut in open_manifest(path):
+                speaker = cut_speaker(cut)
+                found = (True, cut_text(cut) is not None, spec.events(cut) is not None, speaker is not None)
+                counts = [n + int(f) for n, f in zip(counts, found)]
+                if speaker is not None:
+                    speakers.add(speaker)
+        except MT2KDError:
+            raise
+        except (OSError, ValueError, EOFError) as e:
+            raise manifest_error(path, e) from e
+    return CorpusLabels(tuple(sorted(speakers)), *counts)
+
+
+class FinetuneDataset(KDDataset):
+    """:class:`KDDataset` batches plus ``labels``: ``texts`` (str or None per cut), ``events`` ``[B, C]``,
+    ``events_present`` ``[B]``, ``speakers`` ``[B]`` (-1: none) and ``speaker_only`` ``[B]``.
+    """
+
+    def __init__(self, store_paths: Sequence[str], teachers: Sequence[str] | None, spec: LabelSpec) -> None:
+        super().__init__(store_paths, teachers)
+        self.spec = spec
+
+    def __getitem__(self, cuts: Any) -> dict[str, Any]:
+        batch = super().__getitem__(cuts)
+        if not batch["cut_ids"]:
+            return batch
+        by_id = {cut.id: cut for cut in cuts}
+        batch["labels"] = self.labels([by_id[cut_id] for cut_id in batch["cut_ids"]])
+        return batch
+
+    def labels(self, cuts: Sequence[Any]) -> dict[str, Any]:
+        texts = [cut_text(cut) for cut in cuts]
+        events = [self.spec.events(cut) for cut in cuts]
+        speakers = torch.tensor([self.spec.speaker_index(cut_speaker(cut)) for cut in cuts], dtype=torch.long)
+        blank = torch.zeros(self.spec.num_classes, dtype=torch.bool)
+        return {
+            "texts": texts,
+            "events": torch.stack([blank if e is None else e for e in events]),
+            "events_present": torch.tensor([e is not None for e in events]),
+            "speakers": speakers,
+            "speaker_only": torch.tensor([t is None and s >= 0 for t, s in zip(texts, speakers.tolist())]),
+        }
+
+
+def crop_speaker_cuts(batch: dict[str, Any], crop_frames: int) -> dict[str, Any]:
+    """Crop speaker-only cuts longer than ``crop_frames`` fbank frames to a random window (torch RNG).
+
+    A cropped cut keeps its speaker label; its event labels and KD targets are masked.
+    """
+    labels = batch["labels"]
+    lengths = batch["num_frames"]
+    cropped = labels["speaker_only"] & (lengths > crop_frames)
+    if not bool(cropped.any()):
+        return batch
+    fbank = batch["fbank"].clone()
+    for row in torch.nonzero(cropped).flatten().tolist():
+        start = int(torch.randint(0, int(lengths[row]) - crop_frames + 1, (1,)))
+        window = fbank[row, start:start + crop_frames].clone()
+        fbank[row] = 0.0
+        fbank[row, :crop_frames] = window
+    num_frames = torch.where(cropped, torch.full_like(lengths, crop_frames), lengths)
+    width = int(num_frames.max())
+    masked_labels = {**labels, "events_present": labels["events_present"] & ~cropped}
+    return {**batch, "fbank": fbank[:, :width], "num_frames": num_frames, "labels": masked_labels,
+            "targets": _mask_targets(batch["targets"], cropped)}
+
+
+def _mask_targets(targets: dict[str, dict[str, torch.Tensor]], rows: torch.Tensor) -> dict[str, Any]:
+    masked = {}
+    for name, target in targets.items():
+        entry = {**target, "present": target["present"] & ~rows}
+        if "lengths" in target:
+            entry["lengths"] = torch.where(rows, torch.zeros_like(target["lengths"]), target["lengths"])
+        masked[name] = entry
+    return masked
+
+
+def check_labels_found(corpus: CorpusLabels, has_asr: bool, has_stores: bool, cut_paths: Sequence[str]) -> None:
+    """Refuse a run with nothing to learn from: no cut has a label for any task, and no store gives KD targets."""
+    if has_stores or corpus.num_with_events or corpus.num_with_speaker or (has_asr and corpus.num_with_text):
+        return
+    asr = "" if has_asr else " (transcripts count only with --tokenizer)"
+    raise ConfigError(f"the cuts of {list(cut_paths)} must carry labels to fine-tune on: transcripts, event "
+                      f"labels or speakers{asr}, or --store must give KD targets. Got none in {corpus.num_cuts} cuts.")
