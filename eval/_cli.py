@@ -95,6 +95,57 @@ def kd_command(out: str | None, plots: str | None, as_json: bool, **fields: Any)
     _evaluate(fields, out, plots, as_json)
 
 
+@eval_.command("student")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Fine-tuned checkpoint (or average); a stage-1 one gives mAP and EER only.")
+@click.option("--test-set", "test_sets", multiple=True, required=True,
+              help="CutSet manifest of a test set, 'PATH' or 'NAME=PATH' (repeatable).")
+@click.option("--store", "stores", multiple=True, help="Teacher store: adds the KD L1 (repeatable; none needed).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["greedy", "beam", "ctc"]),
+              help="Decoding method (repeatable; default: greedy, beam and ctc, those the heads have).")
+@click.option("--beam", default=4, show_default=True, type=click.IntRange(min=1), help="Beam of modified beam search.")
+@click.option("--trials", type=click.Path(exists=True, dir_okay=False),
+              help="Cut-ID trials or a VoxCeleb1 list ('1 id/video/00001.wav id/video/00002.wav'), matched to "
+                   "each set's cuts; drawn from speakers when absent.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="Label list for event names (default: the one the student was fine-tuned with).")
+@click.option("--max-cuts", type=click.IntRange(min=1), help="Score only the first N cuts of each set.")
+@click.option("--num-target-trials", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Same-speaker trials to draw per set (without --trials).")
+@click.option("--num-nontarget-trials", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Different-speaker trials to draw per set (without --trials).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the trial drawing.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Cuts per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="torch device of the student.")
+@click.option("--frames-teacher", default="whisper", show_default=True,
+              help="Store teacher whose frames the KD L1 compares with (with --store).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write DET and per-class AP plots here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def student_command(out: str | None, plots: str | None, as_json: bool, **fields: Any) -> None:
+    """A fine-tuned student on any number of test sets: WER per decoding method, mAP, EER (no store needed).
+
+    \b
+    Example:
+      mt2kd eval student --checkpoint exp-ft/avg.pt --test-set clean=test-clean.jsonl.gz \\
+        --test-set other=test-other.jsonl.gz --test-set vox=vox1-O.jsonl.gz --trials veri_test2.txt
+    """
+    from mt2kd.eval._report import write_json, write_plots
+    from mt2kd.eval._student_eval import METHODS, StudentEvalConfig, evaluate_student, summary_table
+
+    fields = {**fields, "test_sets": tuple(fields["test_sets"]), "stores": tuple(fields["stores"]),
+              "methods": tuple(fields["methods"]) or METHODS}
+    evaluation = _guarded(lambda: evaluate_student(_guarded(lambda: StudentEvalConfig(**fields))))
+    if out:
+        write_json(evaluation.report, out)
+    click.echo(json.dumps(evaluation.report, indent=2, allow_nan=False) if as_json
+               else summary_table(evaluation.report))
+    if plots:
+        for path in write_plots(evaluation.tagging, evaluation.speaker, plots):
+            click.echo(f"wrote {path}", err=True)
+
+
 def _evaluate(fields: dict[str, Any], out: str | None, plots: str | None, as_json: bool) -> None:
     from mt2kd.eval._config import EvalConfig
     from mt2kd.eval._report import write_plots

@@ -102,6 +102,17 @@ def speakers(cuts: Sequence[Any]) -> dict[str, str]:
     return {cut_id: spk for cut_id, spk in found.items() if spk is not None}
 
 
+def audio_paths(cuts: Sequence[Any]) -> dict[str, str]:
+    """Cut ID -> the path of its audio file (the first file source of its recording), for cuts that have one."""
+    found = {}
+    for cut in cuts:
+        sources = getattr(getattr(cut, "recording", None), "sources", None) or []
+        paths = [s.source for s in sources if s.type == "file"]
+        if paths:
+            found[cut.id] = str(paths[0])
+    return found
+
+
 def has_events(cut: Any) -> bool:
     return cut_events(cut) is not None
 

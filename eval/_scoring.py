@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from mt2kd.eval._inputs import event_targets, has_events, sigmoid, speakers
+from mt2kd.eval._inputs import audio_paths, event_targets, has_events, sigmoid, speakers
 from mt2kd.eval._speaker import DetCurve, cosine_scores, det_curve, eer
 from mt2kd.eval._tagging import load_label_list, mean_average_precision
-from mt2kd.eval._trials import Trial, make_trials, read_trials
+from mt2kd.eval._trials import (Trial, is_voxceleb_list, make_trials, match_voxceleb_trials, read_trials,
+                                read_voxceleb_trials)
 from mt2kd.train._cut_ids import canonical_cut_id
 
 LABELS_FROM_EVENTS = "events"  # cut.custom["events"]
@@ -81,11 +82,14 @@ def _class_counts(num_outputs: int, label_index: dict[str, int] | None) -> dict[
 
 def build_trials(cuts: Sequence[Any], trials_file: str | None, num_target: int, num_nontarget: int,
                  seed: int) -> tuple[list[Trial], dict[str, Any]]:
-    """Trials from the file when given, else drawn from the supervisions' speakers."""
-    if trials_file:
+    """Trials from the file when given (cut-ID trials, or a VoxCeleb1 list), else drawn from the speakers."""
+    if trials_file and is_voxceleb_list(trials_file):
+        trials, num_unmatched = match_voxceleb_trials(read_voxceleb_trials(trials_file), audio_paths(cuts))
+        info: dict[str, Any] = {"source": "voxceleb_list", "trials_file": str(Path(trials_file)),
+                                "num_trials_unmatched": num_unmatched}
+    elif trials_file:
         trials, num_same_cut = _canonical_trials(read_trials(trials_file), {cut.id for cut in cuts})
-        info: dict[str, Any] = {"source": "file", "trials_file": str(Path(trials_file)),
-                                "num_trials_same_cut_dropped": num_same_cut}
+        info = {"source": "file", "trials_file": str(Path(trials_file)), "num_trials_same_cut_dropped": num_same_cut}
     else:
         speaker_of = speakers(cuts)
         trials = make_trials(speaker_of, num_target, num_nontarget, seed)

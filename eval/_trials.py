@@ -3,7 +3,10 @@
 A trial pairs two cuts; it is a target trial when both cuts have the same
 speaker. Pairs are unordered (cosine scoring is symmetric), written with the
 smaller cut ID first, and never repeated. The file format follows Kaldi's
-``trials`` files: one ``enroll test target|nontarget`` line per trial.
+``trials`` files: one ``enroll test target|nontarget`` line per trial. The
+published VoxCeleb1 lists (``1 id10270/x6uYqmx31kE/00001.wav
+id10270/8jEAjG6SegY/00008.wav``) are read as distributed and matched to cuts
+by the last three parts of their recording's path (extension ignored).
 """
 
 from __future__ import annotations
@@ -141,3 +144,64 @@ def read_trials(path: str | Path) -> list[Trial]:
                 f"{path}:{num_line}: expected 'enroll test target|nontarget'. Got {line.strip()!r}.")
         trials.append((fields[0], fields[1], _LABELS[fields[2]]))
     return trials
+
+
+# ---- the published VoxCeleb1 lists: '1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav' ----------
+VOXCELEB_LABELS = {"1": True, "0": False}
+
+
+def is_voxceleb_list(path: str | Path) -> bool:
+    """True when the first non-empty line reads ``1|0 path path`` (VoxCeleb1's veri_test.txt and its variants)."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if fields:
+            return len(fields) == 3 and fields[0] in VOXCELEB_LABELS
+    return False
+
+
+def read_voxceleb_trials(path: str | Path) -> list[tuple[str, str, bool]]:
+    """(enroll path, test path, is_target) per line of a VoxCeleb1 list, paths as written.
+
+    Examples
+    --------
+    >>> read_voxceleb_trials("veri_test2.txt")[:1]  # doctest: +SKIP
+    [('id10270/x6uYqmx31kE/00001.wav', 'id10270/8jEAjG6SegY/00008.wav', True)]
+    """
+    path = Path(path)
+    trials = []
+    for num_line, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[0] not in VOXCELEB_LABELS:
+            raise ValidationError(f"{path}:{num_line}: expected '1|0 enroll.wav test.wav' (a VoxCeleb1 list). "
+                                  f"Got {line.strip()!r}.")
+        trials.append((fields[1], fields[2], VOXCELEB_LABELS[fields[0]]))
+    return trials
+
+
+def utterance_key(audio_path: str) -> str:
+    """``speaker/video/utterance`` of an audio path, without extension: how a list entry names a recording.
+
+    Examples
+    --------
+    >>> utterance_key("/data/voxceleb1/test/wav/id10270/x6uYqmx31kE/00001.flac")
+    'id10270/x6uYqmx31kE/00001'
+    """
+    parts = Path(audio_path).with_suffix("").parts
+    return "/".join(parts[-3:])
+
+
+def match_voxceleb_trials(entries: list[tuple[str, str, bool]],
+                          audio_of: Mapping[str, str]) -> tuple[list[Trial], int]:
+    """Trials on cut IDs from list entries on recording paths; and how many entries name a recording no cut has.
+
+    ``audio_of`` maps cut ID -> the path of its audio (its recording's source).
+    """
+    cut_of = {utterance_key(path): cut_id for cut_id, path in audio_of.items()}
+    trials: list[Trial] = []
+    for enroll, test, is_target in entries:
+        a, b = cut_of.get(utterance_key(enroll)), cut_of.get(utterance_key(test))
+        if a is not None and b is not None:
+            trials.append((a, b, is_target))
+    return trials, len(entries) - len(trials)

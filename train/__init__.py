@@ -1,4 +1,4 @@
-"""Stage-1 student training from a teacher store: loader, student, KD losses, trainer.
+"""Student training: stage-1 KD from a teacher store, stage-2 multi-task fine-tuning.
 
 Public face used by evaluation and workflows:
 
@@ -8,6 +8,10 @@ Public face used by evaluation and workflows:
 - :func:`average_checkpoints` - the mean weights of several checkpoints;
 - :func:`align_frames` - the one rule aligning student and teacher frames;
 - :class:`TrainConfig` and :func:`train` - one stage-1 KD run;
+- :class:`FinetuneConfig`, :func:`finetune` and :func:`load_finetuned` - stage-2
+  multi-task fine-tuning and the model it leaves (see docs/finetuning.md);
+- :func:`cut_events` / :func:`cut_speaker` / :func:`load_label_list` /
+  :func:`events_to_multi_hot` / :func:`speaker_list` - what a cut is labelled with;
 - :class:`Tokenizer` / :func:`train_bpe` / :func:`cut_text` - the BPE vocabulary
   of the ASR heads (blank id 0) and the transcript of a cut;
 - :class:`AsrConfig` / :class:`AsrHeads` / :func:`transducer_memory_bytes` -
@@ -37,6 +41,9 @@ _WHERE = {
     "AsrConfig": "_asr",
     "AsrHeads": "_asr",
     "transducer_memory_bytes": "_asr",
+    "FinetuneConfig": "_finetune_config",
+    "finetune": "_finetune",
+    "load_finetuned": "_finetune_model",
     "cut_events": "_labels",
     "cut_speaker": "_labels",
     "events_to_multi_hot": "_labels",

@@ -23,35 +23,22 @@ from typing import Any
 import torch
 
 from mt2kd.errors import CheckpointError, ConfigError
-from mt2kd.train._asr import AsrConfig, AsrHeads
 from mt2kd.train._checkpoint import read_checkpoint_of_kind, student_weights
 from mt2kd.train._config import StudentConfig
 from mt2kd.train._data import LazyStores
 from mt2kd.train._finetune_config import FinetuneConfig
 from mt2kd.train._finetune_data import (FBANK_RATE, FinetuneDataset, LabelSpec, check_labels_found,
                                         crop_speaker_cuts, scan_labels)
-from mt2kd.train._finetune_model import FinetuneModel, parameter_groups, set_trainable
+from mt2kd.train._finetune_model import build_model, parameter_groups, set_trainable
 from mt2kd.train._loader import check_manifests, check_target_coverage, make_sampler, open_corpora_counted
 from mt2kd.train._losses import LossWeights, kd_losses
-from mt2kd.train._model import Student
 from mt2kd.train._runner import Runner, eden_factor, start, to_device
-from mt2kd.train._task_heads import SpeakerClassifier
 from mt2kd.train._tokenizer import Tokenizer
 from mt2kd.train._zipformer import set_training_step
 
 log = logging.getLogger(__name__)
 
 TASK_LOSSES = ("asr", "tagging", "speaker")  # the supervised terms, each weighted by <name>_weight
-
-
-def build_model(student_config: StudentConfig, asr_config: AsrConfig | None, num_speakers: int,
-                cfg: FinetuneConfig) -> FinetuneModel:
-    """The stage-2 model for these sizes (random weights; load a checkpoint or --init into it)."""
-    student = Student(student_config)
-    asr = AsrHeads(asr_config, student_config.model_dim) if asr_config is not None else None
-    speaker = (SpeakerClassifier(student_config.embedding_dim, num_speakers, cfg.speaker_loss, cfg.aam_margin,
-                                 cfg.aam_scale) if num_speakers else None)
-    return FinetuneModel(student, asr, speaker)
 
 
 class FinetuneTrainer(Runner):
@@ -62,6 +49,9 @@ class FinetuneTrainer(Runner):
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         super().__init__(cfg)
+        if cfg.batches != "mixed":
+            raise ConfigError(f"batches must be 'mixed' for now (one sampler muxing every corpus). Got "
+                              f"{cfg.batches!r}: alternating single-task batches are not available yet.")
         check_manifests(cfg.cuts)
         init = read_checkpoint_of_kind(cfg.init, "kd", "--init") if cfg.init else None
         self.tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None

@@ -16,14 +16,21 @@ optimiser update and no weight decay: it stays bitwise what it was.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from mt2kd.errors import CheckpointError
+from mt2kd.train._asr import AsrConfig, AsrHeads
+from mt2kd.train._checkpoint import checkpoint_kind, read_checkpoint, student_weights
+from mt2kd.train._config import StudentConfig
 from mt2kd.train._model import Student, StudentOutput
 from mt2kd.train._task_heads import SpeakerClassifier, tagging_loss, zero_of
+from mt2kd.train._tokenizer import Tokenizer
 
 HEAD_MODULES = ("asr_head", "at_head", "sv_pool", "sv_head")  # Student submodules that are heads, not encoder
 SV_HEAD_MODULES = ("sv_pool", "sv_head")  # M_SV
@@ -38,7 +45,7 @@ class FinetuneModel(nn.Module):
     none).
     """
 
-    def __init__(self, student: Student, asr: nn.Module | None = None,
+    def __init__(self, student: Student, asr: AsrHeads | None = None,
                  speaker: SpeakerClassifier | None = None) -> None:
         super().__init__()
         self.student = student
@@ -62,12 +69,67 @@ class FinetuneModel(nn.Module):
         assert self.asr is not None
         rows = [i for i, t in enumerate(tokens) if t]
         encoder_out = out.hidden_states[-1]
-        if not rows:
-            return {name: zero_of(self.asr, encoder_out) for name in self.asr.loss_names}
+        if not rows:  # the names the heads would give, each 0: every step logs the same losses
+            cfg = self.asr.config
+            names = [n for n, on in (("transducer", cfg.use_transducer), ("ctc", cfg.use_ctc)) if on] + ["asr"]
+            return {name: zero_of(self.asr, encoder_out) for name in names}
         index = torch.tensor(rows, device=encoder_out.device)
         kept = [tokens[i] for i in rows]
         losses = self.asr.loss(encoder_out[index], out.num_frames[index], kept)
         return {name: value + zero_of(self.asr, encoder_out) for name, value in losses.items()}
+
+
+def build_model(student_config: StudentConfig, asr_config: AsrConfig | None, num_speakers: int,
+                cfg: Any) -> FinetuneModel:
+    """The stage-2 model for these sizes, random weights (``cfg``: a FinetuneConfig, for the speaker loss)."""
+    student = Student(student_config)
+    asr = AsrHeads(asr_config, student_config.model_dim) if asr_config is not None else None
+    speaker = (SpeakerClassifier(student_config.embedding_dim, num_speakers, cfg.speaker_loss, cfg.aam_margin,
+                                 cfg.aam_scale) if num_speakers else None)
+    return FinetuneModel(student, asr, speaker)
+
+
+@dataclasses.dataclass
+class Finetuned:
+    """A student loaded for use: the model (eval mode, CPU) and what its checkpoint carries."""
+
+    model: FinetuneModel  # student (+ ASR heads and speaker layer when fine-tuned)
+    student_config: StudentConfig
+    tokenizer: Tokenizer | None  # None: no ASR heads (a stage-1 checkpoint, or fine-tuned without transcripts)
+    speakers: list[str]  # classes of the speaker layer
+    label_file: str  # the label list the run named events with ("" : indices)
+    kind: str  # "kd" or "finetune"
+    step: int  # the training step it was saved at
+
+
+def load_finetuned(path: str | Path) -> Finetuned:
+    """A fine-tuned checkpoint (or a stage-1 one: student only) as a model ready to evaluate.
+
+    Examples
+    --------
+    >>> student = load_finetuned("exp-ft/avg.pt")  # doctest: +SKIP
+    >>> student.tokenizer.vocab_size, len(student.speakers)  # doctest: +SKIP
+    (500, 1211)
+    """
+    from mt2kd.train._finetune_config import FinetuneConfig
+
+    data = read_checkpoint(path)
+    student_config = StudentConfig.from_dict(data["student_config"])
+    kind = checkpoint_kind(data)
+    tokenizer = Tokenizer.from_bytes(data["tokenizer"]) if data.get("tokenizer") else None
+    asr = AsrConfig.from_dict(data["asr_config"]) if data.get("asr_config") else None
+    speakers = list(data.get("speakers") or [])
+    cfg = FinetuneConfig.from_dict(data["train_config"]) if kind == "finetune" else FinetuneConfig()
+    model = build_model(student_config, asr, len(speakers), cfg)
+    try:
+        if kind == "finetune":
+            model.load_state_dict(data["model"])
+        else:
+            model.student.load_state_dict(student_weights(data))
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {str(path)!r} must match its configs. Got: {e}") from e
+    return Finetuned(model.eval(), student_config, tokenizer, speakers, str(data.get("label_file") or ""), kind,
+                     int(data.get("step", 0)))
 
 
 def _named_children(student: Student, names: tuple[str, ...]) -> Iterator[nn.Module]:

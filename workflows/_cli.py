@@ -64,7 +64,8 @@ def _print_summary(results: dict[str, Any], config: Any, title: str) -> None:
 def demo(out: str, workers: int) -> None:
     """The whole chain on the bundled demo corpus with tiny RANDOM teachers, in well under a minute on a CPU.
 
-    prepare -> extract -> verify -> stage-1 KD (30 steps, tiny student) -> eval (KD L1, mAP, EER).
+    prepare -> extract -> verify -> stage-1 KD (30 steps, tiny student) -> stage-2 fine-tuning (30 steps:
+    BPE, transducer + CTC, tagging, speakers) -> eval (KD L1, mAP, EER; the fine-tuned student's WER, mAP, EER).
 
     Example: mt2kd demo --out demo-out
     """
@@ -85,9 +86,10 @@ def demo(out: str, workers: int) -> None:
 
 @click.command()
 @click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="workflow config (.yaml/.json): extract, tiny_teachers, verify, train, eval, report")
+              help="workflow config (.yaml/.json): extract, tiny_teachers, verify, train, eval, report, finetune, "
+                   "bpe_vocab_size, eval_student, student_report")
 def run(config_file: str) -> None:
-    """Run the chain of one config: prepare -> extract -> verify -> train -> eval (the sections it has).
+    """Run the chain of one config: prepare -> extract -> verify -> train -> finetune -> eval (the sections it has).
 
     Example: mt2kd run --config run.yaml
     """

@@ -10,7 +10,7 @@ from typing import Any
 
 from mt2kd.errors import ValidationError
 from mt2kd.workflows._config import WorkflowConfig
-from mt2kd.workflows._stages import eval_stage, train_stage
+from mt2kd.workflows._stages import eval_stage, eval_student_stage, finetune_stage, train_stage
 
 Echo = Callable[[str], None]
 
@@ -55,10 +55,12 @@ def verify(config: WorkflowConfig, echo: Echo) -> list[str]:
 
 
 def run_workflow(config: WorkflowConfig, echo: Echo | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run prepare -> extract -> verify -> train -> eval (the sections the config has); returns each result.
+    """Run prepare -> extract -> verify -> train -> finetune -> eval (the sections it has); returns each result.
 
-    ``results["train"]`` is a :class:`TrainSummary`, ``results["eval"]`` the
-    evaluation report (also written to ``config.report`` when set).
+    ``results["train"]`` and ``results["finetune"]`` are :class:`TrainSummary`
+    objects, ``results["eval"]`` the evaluation report (also written to
+    ``config.report`` when set), ``results["eval_student"]`` the fine-tuned
+    student's report (``config.student_report``).
 
     Examples
     --------
@@ -79,8 +81,12 @@ def run_workflow(config: WorkflowConfig, echo: Echo | None = None, progress: boo
                                   f"Got {len(results['verify'])} problems.")
     if config.train is not None:
         results["train"] = train_stage(config.train, say)
+    if config.finetune is not None:
+        results["finetune"] = finetune_stage(config.finetune, config.bpe_vocab_size, say)
     if config.eval is not None:
         results["eval"] = eval_stage(config.eval, config.report, say)
+    if config.eval_student is not None:
+        results["eval_student"] = eval_student_stage(config.eval_student, config.student_report, say)
     return results
 
 

@@ -41,6 +41,19 @@ def test_explicit_values_win_over_the_chain() -> None:
     assert no_train is not None and no_train.checkpoint is None  # no train section: nothing to default to
 
 
+def test_finetune_and_eval_student_sections_follow_the_chain() -> None:
+    config = _config(train={"exp_dir": "exp1", "num_steps": 40},
+                     finetune={"exp_dir": "ft", "num_steps": 7, "asr": {"joiner_dim": 64}}, eval_student={})
+    tuned, scored = config.finetune, config.eval_student
+    assert tuned is not None and scored is not None
+    assert tuned.cuts == ("a.jsonl.gz", "b.jsonl.gz") and tuned.stores == ("labels.zarr",)
+    assert tuned.init == str(Path("exp1") / "checkpoint-00000040.pt")  # train's last checkpoint
+    assert tuned.tokenizer == str(Path("ft") / "bpe") and tuned.asr.joiner_dim == 64
+    assert scored.checkpoint == str(Path("ft") / "checkpoint-00000007.pt")
+    assert scored.test_sets == ("a.jsonl.gz", "b.jsonl.gz")
+    assert WorkflowConfig.from_dict(config.to_dict()) == config
+
+
 def test_round_trip_through_json(tmp_path: Path) -> None:
     config = demo_config(tmp_path / "out")
     path = tmp_path / "run.json"
@@ -58,7 +71,7 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
     ({"train": {"cuts": "a.jsonl.gz"}}, "train.cuts must be a list of strings. Got 'a.jsonl.gz'."),
     ({"train": {"repeats": [1, "2"]}}, "train.repeats must be a list of integers. Got [1, '2']."),
     ({"train": {"num_steps": 0}}, "in the 'train' section: num_steps must be > 0. Got 0."),
-    ({"train": {"student": "huge"}}, "in the 'train' section: student must be one of ['paper', 'tiny']. Got 'huge'."),
+    ({"train": {"student": "huge"}}, "in the 'train' section: student must be one of ['paper', 'tiny', 'zipformer-m', 'zipformer-tiny']. Got 'huge'."),
     ({"train": {"steps": 10}}, "the 'train' section must hold TrainConfig fields only"),
     ({"train": ["exp"]}, "the 'train' section must be a mapping of TrainConfig fields. Got list"),
     ({"eval": {"max_cuts": -1}}, "in the 'eval' section: max_cuts must be > 0 or None. Got -1."),
@@ -69,7 +82,12 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
     ({"extract": {**EXTRACT, "shard_hours": "big"}}, "extract.shard_hours must be a number. Got 'big'."),
     ({"extract": {**EXTRACT, "overwrite": "no"}}, "extract.overwrite must be true or false. Got 'no'."),
     ({"report": "r.json"}, "report needs an 'eval' section"),
-    ({"finetune": {}}, "stage-2 fine-tuning is not part of mt2kd yet"),
+    ({"stage2": {}}, "stage-2 fine-tuning is the 'finetune' section (FinetuneConfig fields). Got a 'stage2'"),
+    ({"finetune": {"freeze_sv": "yes"}}, "finetune.freeze_sv must be true or false. Got 'yes'."),
+    ({"finetune": {"asr": {"joiner_dim": "big"}}}, "asr.joiner_dim must be an integer. Got 'big'."),
+    ({"finetune": {"speaker_loss": "arc"}}, "speaker_loss must be one of ['ce', 'aam']. Got 'arc'."),
+    ({"eval_student": {}}, "the 'eval_student' section needs a checkpoint"),
+    ({"student_report": "s.json"}, "student_report needs an 'eval_student' section"),
     ({"stages": []}, "unknown workflow config fields ['stages']"),
 ])
 def test_bad_sections_fail_naming_the_field(sections: dict[str, Any], message: str) -> None:

@@ -17,7 +17,7 @@ from mt2kd.cli import main
 from mt2kd.store import TeacherStore
 from mt2kd.store._cli import load_durations
 from mt2kd.workflows._config import WorkflowConfig
-from mt2kd.workflows._demo import DEMO_DIR, DEMO_MANIFESTS, DEMO_TRAIN_STEPS
+from mt2kd.workflows._demo import DEMO_DIR, DEMO_FINETUNE_STEPS, DEMO_MANIFESTS, DEMO_TRAIN_STEPS
 
 
 def demo_cut_ids() -> set[str]:
@@ -47,7 +47,9 @@ def test_demo_runs_extract_train_eval_says_random_and_resumes(tmp_path: Path) ->
     assert "RANDOM-weight" in result.output and "say nothing about the quality" in result.output
     assert "verify : OK" in result.output and "Teacher" in result.output  # the store info is shown
     assert f"train  : {DEMO_TRAIN_STEPS} steps" in result.output
-    for key in ("KD L1  : student", "mAP    : student", "EER    : student", "WER    : not measured"):
+    assert f"stage 2: {DEMO_FINETUNE_STEPS} steps (transducer" in result.output
+    for key in ("KD L1  : student", "mAP    : student", "EER    : student", "WER    : fine-tuned student on speech",
+                "mAP    : fine-tuned student on events", "EER    : fine-tuned student on speech", "tiny"):
         assert key in result.output, key
     # everything lives under OUT
     from lhotse import CutSet
@@ -70,12 +72,23 @@ def test_demo_runs_extract_train_eval_says_random_and_resumes(tmp_path: Path) ->
     assert _finite(teachers["ecapa"]["eer"]["eer"])
     # the summary prints the report's own numbers
     assert f"KD L1  : student {student['kd_l1']['l1']:.3f}" in result.output
+    # stage 2: the fine-tuned student's own WER (24 transcribed utterances), mAP (20 clips), EER (4 speakers)
+    tuned = json.loads((out / "student_report.json").read_text())
+    speech, events = tuned["test_sets"]["speech"], tuned["test_sets"]["events"]
+    assert tuned["model"]["kind"] == "finetune" and tuned["model"]["step"] == DEMO_FINETUNE_STEPS
+    assert set(speech["wer"]) == {"greedy", "beam", "ctc"} and speech["wer"]["beam"]["num_cuts"] == 24
+    assert all(_finite(speech["wer"][m]["rate"]) for m in speech["wer"])
+    assert events["map"]["num_cuts"] == 20 and _finite(events["map"]["map"])
+    assert speech["eer"]["num_target_trials"] == 4 * 15 and _finite(speech["eer"]["eer"])
+    assert f"greedy {100 * speech['wer']['greedy']['rate']:.1f}%" in result.output
 
     again = runner.invoke(main, ["demo", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "0 shards written, 3 already committed" in again.output
     assert f"already at step {DEMO_TRAIN_STEPS}" in again.output  # resumed at the end: nothing retrained
+    assert f"already at step {DEMO_FINETUNE_STEPS}" in again.output
     assert json.loads((out / "report.json").read_text())["student"] == student
+    assert json.loads((out / "student_report.json").read_text())["test_sets"] == tuned["test_sets"]
 
 
 def test_run_config_yaml_trains_and_evaluates_what_it_extracted(tmp_path: Path) -> None:
