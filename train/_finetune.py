@@ -29,9 +29,10 @@ from mt2kd.train._data import LazyStores
 from mt2kd.train._finetune_config import FinetuneConfig
 from mt2kd.train._finetune_data import (FBANK_RATE, FinetuneDataset, LabelSpec, check_labels_found,
                                         crop_speaker_cuts, scan_labels)
-from mt2kd.train._finetune_model import build_model, parameter_groups, set_trainable
+from mt2kd.train._finetune_model import build_model, first_head, parameter_groups, set_trainable
 from mt2kd.train._loader import check_manifests, check_target_coverage, make_sampler, open_corpora_counted
-from mt2kd.train._losses import LossWeights, kd_losses
+from mt2kd.train._losses import ResolvedTarget, kd_losses, resolve_targets
+from mt2kd.train._targets import paper_targets
 from mt2kd.train._runner import Runner, eden_factor, start, to_device
 from mt2kd.train._tokenizer import Tokenizer
 from mt2kd.train._zipformer import set_training_step
@@ -56,12 +57,13 @@ class FinetuneTrainer(Runner):
         init = read_checkpoint_of_kind(cfg.init, "kd", "--init") if cfg.init else None
         self.tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
         self.student_config = self._student_config(init)
-        self._check_stores()
-        corpus = scan_labels(cfg.cuts, self.student_config.num_classes, cfg.labels)
+        self.kd_targets = self._kd_targets()
+        num_classes = first_head(self.student_config, "mean").dim
+        corpus = scan_labels(cfg.cuts, num_classes, cfg.labels)
         check_labels_found(corpus, self.tokenizer is not None, bool(cfg.stores), cfg.cuts)
         if self.rank == 0:
             log.info("fine-tuning on %s", corpus.line())
-        self.labels = LabelSpec(self.student_config.num_classes, corpus.speakers, cfg.labels)
+        self.labels = LabelSpec(num_classes, corpus.speakers, cfg.labels)
         self.asr_config = (dataclasses.replace(cfg.asr, vocab_size=self.tokenizer.vocab_size)
                            if self.tokenizer is not None else None)
         torch.manual_seed(cfg.seed)
@@ -78,7 +80,6 @@ class FinetuneTrainer(Runner):
         self.sampler = make_sampler(corpora, cfg.max_duration, shuffle=cfg.shuffle, num_buckets=cfg.num_buckets,
                                     buffer_size=cfg.buffer_size, seed=cfg.seed, world_size=self.world_size,
                                     rank=self.rank, num_cuts=num_cuts)
-        self.kd_weights = LossWeights(*cfg.kd_weights, cfg.whisper_teacher, cfg.beats_teacher, cfg.ecapa_teacher)
         self.encoder_trains: bool | None = None  # the phase the parameters are set for (None: not yet)
         self.ddp_model = self.model
         self.enter_phase()
@@ -95,16 +96,31 @@ class FinetuneTrainer(Runner):
                                                     student=self.cfg.student))
         return config
 
-    def _check_stores(self) -> None:
+    def _kd_targets(self) -> list[ResolvedTarget]:
+        """Stage 1's paper terms with this run's weights, on the student's own heads of the same names.
+
+        A head the student lacks (a stage-1 run with other targets), or a
+        teacher the stores lack, has no term here (said in the log); a
+        stored teacher whose width does not fit its head is refused.
+        """
         if not self.cfg.stores:
-            return
+            return []
         store = LazyStores(self.cfg.stores).get()
         check_target_coverage(self.cfg.cuts, store)
-        spec = store.specs.get(self.cfg.beats_teacher)
-        if spec is not None and spec.dim != self.student_config.num_classes:
-            raise ConfigError(f"the {self.cfg.beats_teacher!r} teacher in the stores must have the student's "
-                              f"num_classes={self.student_config.num_classes} outputs for the tagging KD term. "
-                              f"Got {spec.dim}.")
+        cfg, heads = self.cfg, {h.name: h for h in self.student_config.resolved_heads()}
+        wanted = paper_targets((cfg.whisper_teacher, cfg.whisper_weight), (cfg.beats_teacher, cfg.beats_weight),
+                               (cfg.ecapa_teacher, cfg.ecapa_weight), self.student_config.sv_block)
+        kept = [t for t in wanted if t.weight > 0 and t.name in heads and t.teacher in store.specs]
+        for t in wanted:
+            if t.weight > 0 and t not in kept and self.rank == 0:
+                log.warning("KD term %r left out: the student has no head %r or the stores no teacher %r",
+                            t.name, t.name, t.teacher)
+        resolved = resolve_targets(kept, store.specs)
+        for r in resolved:
+            if r.head.dim != heads[r.name].dim:
+                raise ConfigError(f"KD term {r.name!r}: teacher {r.target.teacher!r} in the stores must fit the "
+                                  f"student's {r.name!r} head ({heads[r.name].dim} wide). Got {r.head.dim}.")
+        return [dataclasses.replace(r, head=heads[r.name]) for r in resolved]
 
     def _load_init(self, init: dict[str, Any]) -> None:
         try:
@@ -149,8 +165,8 @@ class FinetuneTrainer(Runner):
     def make_loader(self) -> Any:
         from torch.utils.data import DataLoader
 
-        teachers = [self.cfg.whisper_teacher, self.cfg.beats_teacher, self.cfg.ecapa_teacher]
-        dataset = FinetuneDataset(self.cfg.stores, teachers, self.labels)
+        teachers = list(dict.fromkeys(t.target.teacher for t in self.kd_targets))
+        dataset = FinetuneDataset(self.cfg.stores if teachers else (), teachers, self.labels)
         return DataLoader(dataset, sampler=self.sampler, batch_size=None, num_workers=self.cfg.num_workers,
                           persistent_workers=self.cfg.num_workers > 0, generator=torch.Generator())
 
@@ -166,8 +182,8 @@ class FinetuneTrainer(Runner):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out, losses = self.ddp_model(batch["fbank"], batch["num_frames"], labels)
         total = sum(getattr(self.cfg, f"{name}_weight") * losses[name] for name in TASK_LOSSES if name in losses)
-        if self.cfg.stores:
-            kd = kd_losses(out, batch["targets"], self.kd_weights)
+        if self.kd_targets:
+            kd = kd_losses(out, batch["targets"], self.kd_targets)
             total = total + kd.pop("total")
             losses.update(kd)
         losses["total"] = total  # type: ignore[assignment]

@@ -105,11 +105,6 @@ class FinetuneConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0. Got {getattr(self, name)!r}.")
 
-    @property
-    def kd_weights(self) -> tuple[float, float, float]:
-        """(whisper, beats, ecapa) auxiliary KD weights."""
-        return self.whisper_weight, self.beats_weight, self.ecapa_weight
-
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 

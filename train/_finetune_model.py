@@ -5,10 +5,11 @@ Which parameters train when (the schedule of docs/finetuning.md):
 - the *encoder* (front-end and every block; the Zipformer's embed and
   stacks) is frozen for the first ``freeze_encoder_steps``, then trains at
   ``encoder_lr_scale`` of the base LR;
-- with ``freeze_sv`` the *speaker branch* (front-end, the blocks up to
-  ``sv_block``, and M_SV) stays frozen throughout;
-- the heads (M_ASR, M_AT, the ASR heads, the speaker layer) train from step 0
-  at the base LR.
+- with ``freeze_sv`` the *speaker branch* (front-end, the blocks up to the
+  block M_SV reads, and M_SV: the student's first ``attentive`` head) stays
+  frozen throughout;
+- the heads (the student's KD heads M_ASR, M_AT, M_SV, the ASR heads, the
+  speaker layer) train from step 0 at the base LR.
 
 A frozen parameter has ``requires_grad`` False, so it gets no gradient, no
 optimiser update and no weight decay: it stays bitwise what it was.
@@ -17,7 +18,6 @@ optimiser update and no weight decay: it stays bitwise what it was.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,22 @@ from torch import nn
 from mt2kd.errors import CheckpointError
 from mt2kd.train._asr import AsrConfig, AsrHeads
 from mt2kd.train._checkpoint import checkpoint_kind, read_checkpoint, student_weights
-from mt2kd.train._config import StudentConfig
+from mt2kd.train._config import HeadConfig, StudentConfig
+from mt2kd.train._heads import head_block
 from mt2kd.train._model import Student, StudentOutput
 from mt2kd.train._task_heads import SpeakerClassifier, tagging_loss, zero_of
 from mt2kd.train._tokenizer import Tokenizer
 
-HEAD_MODULES = ("asr_head", "at_head", "sv_pool", "sv_head")  # Student submodules that are heads, not encoder
-SV_HEAD_MODULES = ("sv_pool", "sv_head")  # M_SV
+HEAD_MODULES = ("heads",)  # Student submodules that are heads, not encoder (one head per KD target)
+
+
+def first_head(student_config: StudentConfig, kind: str) -> HeadConfig:
+    """The student's first head of ``kind`` ("mean": M_AT, "attentive": M_SV), as ``StudentOutput`` reads it."""
+    for head in student_config.resolved_heads():
+        if head.kind == kind:
+            return head
+    raise CheckpointError(f"the student must have a {kind!r} head to fine-tune. Got heads "
+                          f"{[h.name for h in student_config.resolved_heads()]}.")
 
 
 class FinetuneModel(nn.Module):
@@ -84,8 +93,9 @@ def build_model(student_config: StudentConfig, asr_config: AsrConfig | None, num
     """The stage-2 model for these sizes, random weights (``cfg``: a FinetuneConfig, for the speaker loss)."""
     student = Student(student_config)
     asr = AsrHeads(asr_config, student_config.model_dim) if asr_config is not None else None
-    speaker = (SpeakerClassifier(student_config.embedding_dim, num_speakers, cfg.speaker_loss, cfg.aam_margin,
-                                 cfg.aam_scale) if num_speakers else None)
+    embedding_dim = first_head(student_config, "attentive").dim
+    speaker = (SpeakerClassifier(embedding_dim, num_speakers, cfg.speaker_loss, cfg.aam_margin, cfg.aam_scale)
+               if num_speakers else None)
     return FinetuneModel(student, asr, speaker)
 
 
@@ -132,27 +142,21 @@ def load_finetuned(path: str | Path) -> Finetuned:
                      int(data.get("step", 0)))
 
 
-def _named_children(student: Student, names: tuple[str, ...]) -> Iterator[nn.Module]:
-    for name in names:
-        module = getattr(student, name, None)
-        if module is not None:
-            yield module
-
-
 def encoder_modules(student: Student) -> list[nn.Module]:
     """The student's encoder: everything but its heads."""
     return [module for name, module in student.named_children() if name not in HEAD_MODULES]
 
 
 def sv_branch_modules(student: Student) -> list[nn.Module]:
-    """What ``freeze_sv`` freezes: the front-end, the blocks (or stacks) up to ``sv_block``, and M_SV."""
-    depth = student.config.sv_block
+    """What ``freeze_sv`` freezes: the front-end, the blocks (or stacks) up to the one M_SV reads, and M_SV."""
+    sv = first_head(student.config, "attentive")
+    depth = head_block(sv, student.config.num_outputs) + 1
     if student.config.zipformer is not None:
         encoder = student.zipformer
         lower: list[nn.Module] = [encoder.embed, *encoder.stacks[:depth]]
     else:
         lower = [student.frontend, *student.blocks[:depth]]
-    return lower + list(_named_children(student, SV_HEAD_MODULES))
+    return [*lower, student.heads[sv.name]]
 
 
 def parameters_of(modules: list[nn.Module]) -> list[nn.Parameter]:

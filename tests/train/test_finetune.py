@@ -67,7 +67,7 @@ def test_encoder_stays_bitwise_frozen_then_trains_and_the_heads_train_throughout
     last = _weights(steps[-1])
     assert all(not torch.equal(init[k], last[k]) for k in encoder if k.endswith("weight"))
     first = _weights(steps[0])
-    assert not torch.equal(init["at_head.weight"], first["at_head.weight"])  # heads train from step 1
+    assert not torch.equal(init["heads.beats.linear.weight"], first["heads.beats.linear.weight"])  # from step 1
     assert not torch.equal(read_checkpoint(steps[0])["model"]["asr.ctc_head.weight"],
                            read_checkpoint(steps[-1])["model"]["asr.ctc_head.weight"])
 
@@ -76,7 +76,7 @@ def test_freeze_sv_keeps_the_speaker_branch_bitwise_and_the_rest_trains(tmp_path
     finetune(_config(stage1, tmp_path / "ft", freeze_sv=True, freeze_encoder_steps=1, num_steps=3))
     init = read_checkpoint(stage1["init"])["model"]
     sv_block = read_checkpoint(stage1["init"])["student_config"]["sv_block"]
-    branch = [k for k in init if k.startswith(("frontend.", "sv_pool.", "sv_head."))
+    branch = [k for k in init if k.startswith(("frontend.", "heads.ecapa."))
               or any(k.startswith(f"blocks.{i}.") for i in range(sv_block))]
     assert branch and all(_same(init, _weights(p), branch) for p in list_checkpoints(tmp_path / "ft"))
     last = _weights(list_checkpoints(tmp_path / "ft")[-1])
@@ -149,6 +149,13 @@ def test_from_scratch_without_store_or_tokenizer_trains_tagging_and_speaker(tmp_
     history = finetune(_config(stage1, tmp_path / "ft", init="", stores=(), tokenizer="", student="tiny",
                                num_steps=2, speaker_loss="aam"))
     assert set(history[0]) == {"tagging", "speaker", "total", "grad_norm", "lr", "encoder_lr"}
+
+
+def test_kd_terms_are_stage1_targets_on_the_students_own_heads(tmp_path, stage1) -> None:
+    history = finetune(_config(stage1, tmp_path / "ft", num_steps=1, whisper_weight=0.5, ecapa_weight=0.0))
+    assert {"whisper", "beats"} <= set(history[0]) and "ecapa" not in set(history[0])
+    parts = 0.5 * history[0]["whisper"] + history[0]["beats"] + history[0]["asr"] + history[0]["tagging"]
+    assert history[0]["total"] == pytest.approx(parts + history[0]["speaker"], rel=1e-5)
 
 
 def test_cli_runs_finetune_with_nested_asr_flags(tmp_path, stage1) -> None:
