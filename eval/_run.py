@@ -65,6 +65,7 @@ def evaluate(config: EvalConfig) -> Evaluation:
         tagging["student"] = score_tagging(student.at_logits, targets)
         speaker["student"] = score_speakers(student.sv_embeddings, targets)
         report["student"] = {"kd_l1": student.kd_l1_summary(config.frames_teacher),
+                             "targets": student.target_scores.summary(),
                              "map": tagging["student"].summary, "eer": speaker["student"].summary,
                              "model": student.info}
     # full per-class lists go last: the table leaves them out, the JSON keeps them for analysis

@@ -36,6 +36,7 @@ class StudentResults:
     failures: dict[str, str] = dataclasses.field(default_factory=dict)  # cut ID -> why it was skipped
     num_classes: int = 0  # AT head width
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # checkpoint and model facts
+    target_scores: Any = None  # mt2kd.train.TargetScores: each KD target's own loss over the cuts
 
     def kd_l1_summary(self, teacher: str) -> dict[str, Any]:
         mean = self.l1_sum / self.num_l1_values if self.num_l1_values else None
@@ -59,8 +60,11 @@ def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentR
     _check_heads(config, student_config, spec_dims(store))
     model = model.to(config.device).eval()
     has_frames = config.frames_teacher in spec_dims(store)
-    results = StudentResults(num_classes=int(getattr(student_config, "num_classes", 0) or 0),
-                             info=_model_info(config, model, student_config))
+    from mt2kd.train import TargetScores
+
+    results = StudentResults(num_classes=int(_head_width(student_config, "mean") or 0),
+                             info=_model_info(config, model, student_config),
+                             target_scores=TargetScores(config.checkpoint, store.specs))
     progress = tqdm(total=sum(cut.duration for cut in cuts) / 3600.0, unit="h", desc="student",
                     bar_format="{desc}: {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]",
                     disable=None)  # None: shown on a terminal only
@@ -68,7 +72,8 @@ def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentR
         batch = cuts[start:start + config.batch_size]
         fbanks = _features(batch, results.failures)
         if fbanks:
-            _score_batch(model, fbanks, config, store if has_frames else None, results)
+            out = _score_batch(model, fbanks, config, store if has_frames else None, results)
+            results.target_scores.add(out, [cut for cut in batch if cut.id in fbanks], store)
         progress.update(sum(cut.duration for cut in batch) / 3600.0)
     progress.close()
     return results
@@ -93,15 +98,20 @@ def check_device(device: str) -> torch.device:
 
 def _check_heads(config: EvalConfig, student_config: Any, dims: dict[str, int]) -> None:
     """Refuse a student whose heads cannot be compared with the store, before any audio is read."""
-    pairs = [(config.tagging_teacher, "num_classes"), (config.frames_teacher, "teacher_frame_dim")]
-    for teacher, field in pairs:
-        width = getattr(student_config, field, None)
+    pairs = [(config.tagging_teacher, "num_classes", "mean"), (config.frames_teacher, "teacher_frame_dim", "frames")]
+    for teacher, field, kind in pairs:
+        width = _head_width(student_config, kind)
         if teacher in dims and width is not None and width != dims[teacher]:
             raise ConfigError(
                 f"student {field} must equal the {teacher!r} teacher's dim {dims[teacher]} in the stores "
                 f"{list(config.stores)}. Got {width} in the checkpoint {config.checkpoint}: evaluate with the "
                 f"stores the student was trained from, or name another teacher of the stores with "
                 f"--{'frames' if field == 'teacher_frame_dim' else 'tagging'}-teacher.")
+
+
+def _head_width(student_config: Any, kind: str) -> int | None:
+    """Width of the student's first head of ``kind`` (M_AT: ``mean``, M_ASR: ``frames``), None without one."""
+    return student_config.head_width(kind)
 
 
 def _model_info(config: EvalConfig, model: torch.nn.Module, student_config: Any) -> dict[str, Any]:
@@ -132,18 +142,23 @@ def _features(batch: Sequence[Any], failures: dict[str, str]) -> dict[str, torch
 
 @torch.no_grad()
 def _score_batch(model: torch.nn.Module, fbanks: dict[str, torch.Tensor], config: EvalConfig,
-                 store: Any, results: StudentResults) -> None:
+                 store: Any, results: StudentResults) -> Any:
     cut_ids = list(fbanks)
     num_frames = torch.tensor([fbanks[c].shape[0] for c in cut_ids])
     padded = torch.nn.utils.rnn.pad_sequence([fbanks[c] for c in cut_ids], batch_first=True)
     out = model(padded.to(config.device), num_frames.to(config.device))
-    at_logits = out.at_logits.float().cpu().numpy()
-    sv = out.sv_embedding.float().cpu().numpy()
-    for row, cut_id in enumerate(cut_ids):
-        results.at_logits[cut_id] = at_logits[row].astype(np.float64)
-        results.sv_embeddings[cut_id] = sv[row].astype(np.float64)
-    if store is not None:
+    kinds = set(out.head_kinds.values())  # a student trained on other targets may lack M_AT or M_SV
+    if "mean" in kinds:
+        at_logits = out.at_logits.float().cpu().numpy()
+        for row, cut_id in enumerate(cut_ids):
+            results.at_logits[cut_id] = at_logits[row].astype(np.float64)
+    if "attentive" in kinds:
+        sv = out.sv_embedding.float().cpu().numpy()
+        for row, cut_id in enumerate(cut_ids):
+            results.sv_embeddings[cut_id] = sv[row].astype(np.float64)
+    if store is not None and "frames" in kinds:
         _add_frame_l1(out, cut_ids, store, config.frames_teacher, results)
+    return out
 
 
 def _add_frame_l1(out: Any, cut_ids: list[str], store: Any, teacher: str, results: StudentResults) -> None:

@@ -131,6 +131,10 @@ class StudentConfig:
                 HeadConfig("beats", "mean", self.num_classes),
                 HeadConfig("ecapa", "attentive", self.embedding_dim, block=self.sv_block))
 
+    def head_width(self, kind: str) -> int | None:
+        """Output width of the first head of ``kind`` (``frames``: M_ASR, ``mean``: M_AT), None if it has none."""
+        return next((h.dim for h in self.resolved_heads() if h.kind == kind), None)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         if self.heads:

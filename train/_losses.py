@@ -249,21 +249,29 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
 
 def target_loss(out: StudentOutput, target: ResolvedTarget, batch: dict[str, torch.Tensor] | None) -> torch.Tensor:
     """One target's term on a batch (0 when no cut of the batch has the target)."""
+    return target_loss_and_count(out, target, batch)[0]
+
+
+def target_loss_and_count(out: StudentOutput, target: ResolvedTarget, batch: dict[str, torch.Tensor] | None
+                          ) -> tuple[torch.Tensor, int]:
+    """One target's term and how many items it averages (valid aligned frames, or cuts with the target)."""
     student = out.outputs[target.name]
     fn = LOSSES[target.target.loss].fn
     if not target.per_frame:
         if batch is None or not bool(batch["present"].any()):
-            return _zero(student)
-        return fn(student, batch["values"].to(student.device), batch["present"].to(student.device))
+            return _zero(student), 0
+        present = batch["present"].to(student.device)
+        return fn(student, batch["values"].to(student.device), present), int(present.sum())
     if batch is None:
-        return _zero(student)
+        return _zero(student), 0
     lengths = batch["lengths"] * batch["present"].to(batch["lengths"].dtype)
     values = batch["values"] if target.layer is None else one_layer(batch["values"], target.layer)
     values, lengths = to_student_rate(values, lengths, target.group, target.target.frame_rate)
     s, t, mask = align_frames(student, out.num_frames, values.to(student.device), lengths)
-    if int(mask.sum()) == 0:
-        return _zero(student)
-    return fn(s, t, mask)
+    count = int(mask.sum())
+    if count == 0:
+        return _zero(student), 0
+    return fn(s, t, mask), count
 
 
 def kd_losses(out: StudentOutput, targets: dict[str, dict[str, torch.Tensor]],

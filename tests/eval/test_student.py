@@ -69,6 +69,37 @@ def test_student_report(checkpoint, corpus, store, tmp_path):
     assert sorted(p.name for p in plots.iterdir()) == ["det.png", "per_class_ap.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.iterdir())
     assert "student.kd_l1.l1" in result.output
+    # every KD target with its own loss: the paper's three for a checkpoint without a train config
+    targets = student["targets"]
+    assert [(name, t["loss"]) for name, t in targets.items()] == [("whisper", "l1"), ("beats", "bce"), ("ecapa", "cos")]
+    assert targets["whisper"]["value"] == pytest.approx(student["kd_l1"]["l1"], rel=1e-5)
+    assert targets["beats"]["value"] > 0 and 0 <= targets["ecapa"]["value"] <= 2
+    assert targets["ecapa"]["num_items"] == len(corpus.cut_ids) and targets["ecapa"]["block"] == 2
+    assert "student.targets.ecapa.value" in result.output
+
+
+def test_each_configured_target_is_scored_with_its_own_loss(corpus, store, tmp_path):
+    from mt2kd.train import KDTarget, Student, StudentConfig, TrainConfig
+    from mt2kd.train._checkpoint import save_checkpoint
+    from mt2kd.train._config import HeadConfig
+
+    targets = (KDTarget("whisper", block=1, loss="l1_logsigmoid_cos", name="early"),
+               KDTarget("whisper", loss="mse", name="late"), KDTarget("ecapa", head="attentive", loss="cos"))
+    heads = (HeadConfig("early", "frames", corpus.frames_dim, 1), HeadConfig("late", "frames", corpus.frames_dim),
+             HeadConfig("ecapa", "attentive", corpus.embedding_dim))
+    config = dataclasses.replace(StudentConfig.preset("tiny"), heads=heads)
+    torch.manual_seed(1)
+    train_config = TrainConfig(cuts=(str(corpus.manifest),), stores=(str(store),), targets=targets)
+    path = save_checkpoint({"step": 0, "student_config": config.to_dict(), "train_config": train_config.to_dict(),
+                            "model": Student(config).state_dict()}, tmp_path / "exp", keep_last=1)
+    report = evaluate(EvalConfig(cuts=(str(corpus.manifest),), stores=(str(store),), checkpoint=str(path),
+                                 labels=str(corpus.labels_file))).report
+    scored = report["student"]["targets"]
+    assert [(name, t["loss"], t["block"]) for name, t in scored.items()] == [
+        ("early", "l1_logsigmoid_cos", 1), ("late", "mse", -1), ("ecapa", "cos", -1)]
+    assert all(t["value"] is not None and t["value"] > 0 for t in scored.values())
+    assert scored["early"]["num_items"] == scored["late"]["num_items"] > 0
+    assert report["student"]["map"]["map"] is None  # no mean-pooling head: nothing to tag with
 
 
 def test_a_student_is_scored_on_cuts_no_store_holds(checkpoint, corpus, make_store, tmp_path, caplog):
