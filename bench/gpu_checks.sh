@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one go: the extraction bench at the released sizes (random
 # weights; batches of 300 s, as a GPU wants them), the `gpu` tests (the SSL teachers' batch invariance
-# and bf16 among them), then the teachers bench (every teacher, SSL ones at torchaudio's large sizes). Each
+# and bf16 among them), the teachers bench (every teacher, SSL ones at torchaudio's large sizes), then
+# the decoding bench (paper-size student, greedy vs modified beam search vs CTC greedy). Each
 # step's output is kept in OUT (default gpu-checks/) and a failing step does not stop the next one.
 #
 #   bash bench/gpu_checks.sh [OUT]        # PYTHON=... picks the interpreter (default python3)
@@ -34,4 +35,5 @@ step extract-bench "$py" bench/extract_bench.py --size large --device cuda --rep
     --shard-hours 0.25 --workers 1,2 --decode-threads 6
 step tests "$py" -m pytest -m gpu -q -p no:cacheprovider tests
 step teachers-bench "$py" bench/teachers_bench.py --device cuda  # whisper, beats, ecapa, hubert, wavlm, wav2vec2, whisper-text
+step decode-bench "$py" bench/decode_bench.py --device cuda
 exit $status
