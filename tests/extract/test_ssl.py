@@ -184,3 +184,21 @@ def test_on_cuda_batches_equal_alone_and_bf16_is_close(checkpoints: dict[str, Pa
     half = teacher(checkpoints[name], name, layers="0,-1", precision="bf16").to("cuda").extract(waves)
     for h, f in zip(half, cpu):
         assert float(np.abs(h - f).max()) < 0.1 * float(np.abs(f).max())
+
+
+@pytest.mark.slow
+def test_a_bare_bundle_state_dict_loads_with_arch(tmp_path: Path) -> None:
+    """torchaudio's HUBERT_BASE file layout: the state dict alone; its config comes from the bundle."""
+    import torchaudio.pipelines
+    from torchaudio.models import wav2vec2_model
+
+    params = {k: v for k, v in torchaudio.pipelines.HUBERT_BASE._params.items() if k != "aux_num_out"}
+    torch.manual_seed(0)
+    model = wav2vec2_model(**params, aux_num_out=None).eval()
+    torch.save(model.state_dict(), tmp_path / "hubert_fairseq_base_ls960.pth")
+    t = teacher(tmp_path / "hubert_fairseq_base_ls960.pth", "hubert", arch="HUBERT_BASE", layers="8", rate=50)
+    wave = audio(0.9, seed=7)
+    with torch.inference_mode():
+        want = model.extract_features(torch.from_numpy(wave)[None])[0][8][0].numpy()
+    assert float(np.abs(t.extract([wave])[0] - want).max()) < FIDELITY_TOL
+    assert t.spec.dim == 768 and t.normalize is False  # HUBERT_BASE does not normalise its waveforms

@@ -79,3 +79,21 @@ def test_verify_finds_a_text_that_is_not_utf8(tmp_path: Path) -> None:
     problems = TeacherStore.open(url).verify()
     found = [p for p in problems if p.kind == "text"]
     assert len(found) == 1 and "cut 'a', teacher 't'" in found[0].message
+
+
+def test_store_show_prints_the_text(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mt2kd.cli import main
+
+    url = str(tmp_path / "s.zarr")
+    store = TeacherStore.create(url, [TEXT])
+    with store.shard_writer(0) as writer:
+        writer.put("a", {"whisper-text": "héllo"})
+    shown = CliRunner().invoke(main, ["store", "show", url, "a"])
+    assert shown.exit_code == 0, shown.output
+    assert "Text" in shown.output and "'héllo'" in shown.output and "Bytes" in shown.output
+    facts = json.loads(CliRunner().invoke(main, ["store", "show", url, "a", "--json"]).output)
+    assert facts["teachers"]["whisper-text"]["text"] == "héllo"
