@@ -304,6 +304,8 @@ class TeacherDiff:
             self.max_abs = max(self.max_abs, float(abs_diff.max()))
         self.sum_abs += float(abs_diff.sum())
         self.num_values += abs_diff.size
+        if not a64.size:  # an empty text: nothing to compare, and no row to reshape into
+            return
         rows_a, rows_b = a64.reshape(-1, a64.shape[-1]), b64.reshape(-1, b64.shape[-1])
         self.sum_cos += float(row_cosines(rows_a, rows_b).sum())
         self.num_rows += rows_a.shape[0]

@@ -97,3 +97,18 @@ def test_store_show_prints_the_text(tmp_path: Path) -> None:
     assert "Text" in shown.output and "'héllo'" in shown.output and "Bytes" in shown.output
     facts = json.loads(CliRunner().invoke(main, ["store", "show", url, "a", "--json"]).output)
     assert facts["teachers"]["whisper-text"]["text"] == "héllo"
+
+
+def test_store_diff_of_text_teachers_names_texts_that_differ(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mt2kd.cli import main
+
+    for name, texts in (("a", {"x": "", "y": "same", "z": "one"}), ("b", {"x": "", "y": "same", "z": "three"})):
+        store = TeacherStore.create(str(tmp_path / name), [TEXT])
+        with store.shard_writer(0) as writer:
+            for cut_id, text in texts.items():
+                writer.put(cut_id, {"whisper-text": text})
+    result = CliRunner().invoke(main, ["store", "diff", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 0 and "Cuts compared     : 2" in result.output, result.output
+    assert "z: [3] vs [5]" in result.output
