@@ -68,6 +68,38 @@ def _missing_files(data: dict[str, Any]) -> list[str]:
             for s in audio_sources(data) if s.get("type") == "file" and not os.path.exists(s["source"])]
 
 
+def recordings(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The recording dicts of a cut dict: its own, or every track's of a MixedCut (nested)."""
+    if isinstance(data.get("recording"), dict):
+        yield data["recording"]
+    for track in data.get("tracks", []):
+        yield from recordings(track.get("cut", {}))
+
+
+def rate_mismatch(data: dict[str, Any]) -> str | None:
+    """The failure reason when a file's sampling rate is not what its recording declares, else None.
+
+    lhotse trusts the manifest's rate: a 8 kHz file declared as 16 kHz
+    reached the teachers at twice the speed. Only the file's header is read;
+    a file soundfile cannot read is left to the decoder.
+    """
+    import soundfile
+
+    for recording in recordings(data):
+        declared = recording.get("sampling_rate")
+        for source in recording.get("sources", []):
+            if source.get("type") != "file":
+                continue
+            try:
+                actual = soundfile.info(source["source"]).samplerate
+            except Exception:  # noqa: BLE001 - not a format soundfile reads: lhotse decodes it (or fails) as before
+                continue
+            if actual != declared:
+                return (f"sampling rate mismatch: the manifest says {declared} Hz for recording "
+                        f"{recording.get('id')!r}, but {source['source']} is {actual} Hz")
+    return None
+
+
 def _for_lhotse(data: dict[str, Any]) -> dict[str, Any]:
     """A copy lhotse may take apart (it pops keys from the dict it is given), less the plan's own keys."""
     fresh = copy.deepcopy(data)
@@ -86,6 +118,9 @@ def load_cut_audio(data: dict[str, Any]) -> CutAudio | CutFailure:
         return CutFailure(cut_id, f"missing audio file: {missing[0]}")
     if duration <= 0:
         return CutFailure(cut_id, f"zero-length cut: duration must be > 0 s. Got {duration} s")
+    mismatch = rate_mismatch(data)
+    if mismatch is not None:
+        return CutFailure(cut_id, mismatch)
     try:
         # lhotse pops keys from the dict it is given: a retried task must find its cuts intact
         cut = deserialize_item(_for_lhotse(data)).resample(SAMPLE_RATE)

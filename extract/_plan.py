@@ -173,6 +173,8 @@ def _cut_dict(line: str, where: str) -> dict[str, Any]:
         got = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"{where} must be a cut with an 'id' and a 'type' such as 'MonoCut' (is this a CutSet "
                           f"manifest, not recordings or supervisions?). Got {got}.")
+    if not data["id"]:  # the store keys every output by it: found only after the teachers ran, otherwise
+        raise ConfigError(f"{where} must have a non-empty cut 'id'. Got ''.")
     if "duration" not in data:  # a MixedCut: its duration follows from its tracks, as lhotse computes it
         from lhotse.serialization import deserialize_item
 
@@ -186,7 +188,33 @@ def _cut_dict(line: str, where: str) -> dict[str, Any]:
     if not math.isfinite(data["duration"]) or data["duration"] < 0:
         raise ConfigError(f"{where}: cut {data['id']!r} must have a finite duration >= 0 in seconds. "
                           f"Got {data['duration']!r}.")
+    check_span(data, where)
     return data
+
+
+END_TOLERANCE = 0.025  # s a cut may reach past its recording's end (lhotse's own tolerance for rounding)
+
+
+def check_span(data: dict[str, Any], where: str) -> None:
+    """A cut (and each track's cut of a MixedCut) must lie within its recording: start >= 0, end <= its duration.
+
+    A negative start read [0, duration] of the recording, not what the cut
+    says, and a cut past the end read less audio than its duration.
+    """
+    recording = data.get("recording")
+    if isinstance(recording, dict) and "start" in data:
+        start, duration, cut_id = data["start"], data.get("duration"), data.get("id")
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start) or start < 0:
+            raise ConfigError(f"{where}: cut {cut_id!r} must start at a finite time >= 0 s in its recording. "
+                              f"Got start {start!r}.")
+        length = recording.get("duration")
+        if isinstance(length, (int, float)) and isinstance(duration, (int, float)) \
+                and start + duration > length + END_TOLERANCE:
+            raise ConfigError(f"{where}: cut {cut_id!r} must end within its recording {recording.get('id')!r} of "
+                              f"{length:g} s. Got start {start:g} s + duration {duration:g} s = {start + duration:g} s.")
+    for track in data.get("tracks") or []:
+        if isinstance(track, dict) and isinstance(track.get("cut"), dict):
+            check_span(track["cut"], where)
 
 
 class PlanCancelled(Exception):
@@ -234,6 +262,7 @@ def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Even
     seen: dict[str, str] = {}
     cuts: list[tuple[float, str, str]] = []  # (duration, ID, compact JSON): no dict of every cut held at once
     for manifest in manifests:
+        before = len(cuts)
         for data in iter_cut_dicts(manifest):
             if stop is not None and stop.is_set():
                 raise PlanCancelled(f"planning stopped while reading {manifest}")
@@ -243,6 +272,8 @@ def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Even
                 raise DuplicateCutError(f"cut IDs must be unique across inputs. Got {cut_id!r} {where}.")
             seen[cut_id] = manifest
             cuts.append((float(data["duration"]), cut_id, compact_json(audio_only(data))))
+        if len(cuts) == before:  # else the run made an empty store, which verified OK
+            raise ConfigError(f"--cuts {manifest} must hold at least one cut. Got an empty manifest.")
     cuts.sort(key=lambda c: duration_order(c[0], c[1]))
     groups = equal_shards([max(0.0, duration) for duration, _, _ in cuts], shard_hours * SECONDS_PER_HOUR)
     shards = tuple(ShardTask(i, tuple(cuts[j][1] for j in group), tuple(cuts[j][0] for j in group),

@@ -24,6 +24,7 @@ BAD_CASES = {
     "truncated": "audio could not be decoded",
     "zero-length": "zero-length cut",
     "nan-samples": "non-finite samples",
+    "rate-mismatch": "sampling rate mismatch",
 }
 
 
@@ -79,4 +80,5 @@ def make_bad_corpus(folder: Path) -> Path:
     nan[100:200] = np.nan
     sf.write(folder / "nan.wav", nan, SAMPLE_RATE, subtype="FLOAT")
     cuts.append(cut("nan-samples", folder / "nan.wav", SAMPLE_RATE, nan.size))
+    cuts.append(cut("rate-mismatch", folder / "rate-8k.wav", SAMPLE_RATE, int(1.5 * SAMPLE_RATE)))  # says 16 kHz
     return write_manifest(cuts, folder / "bad_cuts.jsonl.gz")

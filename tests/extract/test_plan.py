@@ -472,3 +472,39 @@ def test_a_bad_manifest_shows_while_the_workers_are_still_queued(tmp_path: Path,
         assert not queued.done()  # the error did not wait for the workers
     finally:
         timer.cancel()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"start": -1.0}, r"line 2: cut '{id}' must start at a finite time >= 0 s in its recording. Got start -1.0."),
+    ({"start": 0.5}, r"line 2: cut '{id}' must end within its recording '.*' of [\d.]+ s. Got start 0.5 s \+ "
+                     r"duration [\d.]+ s = [\d.]+ s."),
+    ({"duration": 99.0}, r"line 2: cut '{id}' must end within its recording '.*' of [\d.]+ s. Got start 0 s \+ "
+                         r"duration 99 s = 99 s."),
+    ({"id": ""}, r"line 2 must have a non-empty cut 'id'. Got ''."),
+], ids=["negative-start", "start-past-the-end", "duration-past-the-end", "empty-id"])
+def test_a_cut_outside_its_recording_or_without_an_id_stops_the_plan_naming_manifest_line_and_cut(
+        change: dict[str, object], message: str, tmp_path: Path) -> None:
+    """Before: a start of -1 s read [0, 2 s]; an empty ID failed the run after the teachers ran."""
+    import json
+
+    from mt2kd.extract._plan import iter_cut_dicts
+
+    cuts = [c for c in list(iter_cut_dicts(SPEECH))[:3] if c.get("type") == "MonoCut"]
+    cuts[1]["start"] = 0.0
+    cuts[1]["duration"] = cuts[1]["recording"]["duration"]  # the whole recording: within it, just
+    manifest = tmp_path / "odd.jsonl"
+    manifest.write_text("".join(json.dumps(c) + "\n" for c in cuts))
+    make_plan([str(manifest)], 1.0)  # as it is, the plan takes it
+    pattern = message.format(id=cuts[1]["id"])
+    cuts[1].update(change)
+    manifest.write_text("".join(json.dumps(c) + "\n" for c in cuts))
+    with pytest.raises(ConfigError, match=pattern):
+        make_plan([str(manifest)], 1.0)
+
+
+def test_an_empty_manifest_is_an_error_naming_it(tmp_path: Path) -> None:
+    """Before: exit 0 and an empty store that verified OK."""
+    empty = write_manifest([], tmp_path / "empty_cuts.jsonl.gz")
+    with pytest.raises(ConfigError, match=r"--cuts .*empty_cuts.jsonl.gz must hold at least one cut. Got an empty "
+                                          r"manifest."):
+        make_plan([str(SPEECH), str(empty)], 1.0)
