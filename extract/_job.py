@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mt2kd.errors import FingerprintMismatchError, ShardLockedError, TooManyFailuresError
+from mt2kd.errors import FingerprintMismatchError, TooManyFailuresError
 from mt2kd.extract._config import ExtractConfig
 from mt2kd.extract._plan import Plan, ShardTask, check_manifests, make_plan
 from mt2kd.extract._progress import ExtractSummary, Progress, failures_hint
@@ -259,6 +259,8 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 todo, retry = shards_to_run(store, plan, config.retry_failed)
                 announce_resume(say, store, plan, retry, config.retry_failed)
                 results = run_tasks(client, resources, config, plan, todo, progress, retry) if todo else []
+                results = finish_locked(results, store, plan, say,
+                                        lambda again: run_tasks(client, resources, config, plan, again, progress, retry))
         except FailureLimitReached as e:
             stop.set()
             raise too_many_failures(e) from None
@@ -268,10 +270,6 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 say(interrupted_text(config.store))
             raise
     summary = plan_summary(config, plan, random)
-    locked = [r for r in results if r.status == LOCKED]
-    if locked:
-        raise ShardLockedError(f"{len(locked)} shard(s) were being written by another extraction process and were "
-                               f"left to it; rerun this command once it has finished. First: {locked[0].message}")
     store.refresh()  # the index as the workers left it: what the store holds now
     return ExtractSummary(**summary, num_shards_skipped=len(plan.shards) - len(todo),
                           num_shards_written=sum(r.status != ALREADY_COMMITTED for r in results),
@@ -281,6 +279,36 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                           first_batch_wait=sum(r.waits.first_batch for r in results),
                           write_wait=sum(r.waits.write for r in results), num_shards_retried=len(retry),
                           num_failures_in_store=num_failed_cuts(store))
+
+
+LOCKED_POLL_SECONDS = 2.0  # how often a run looks whether another run still holds shards it wants
+
+
+def finish_locked(results: list[ShardResult], store: TeacherStore, plan: Plan, say: Callable[[str], None],
+                  run: Callable[[list[ShardTask]], list[ShardResult]]) -> list[ShardResult]:
+    """Wait for the shards another live run holds (the same command started twice); write those it let go.
+
+    A shard the other run commits counts as committed by it; one whose lock
+    is released uncommitted (that run failed or was stopped) or went stale
+    (it died) is written by this run, with ``run``.
+    """
+    from mt2kd.store._format import shard_name
+
+    while True:
+        locked = {r.shard_id: r for r in results if r.status == LOCKED}
+        if not locked:
+            return results
+        names = {shard_name(i) for i in locked}
+        first = next(iter(locked.values())).message
+        say(f"{len(locked)} shard(s) are being written by another extraction process ({first}); waiting until it "
+            f"commits them or lets them go.")
+        while any(w["alive"] and w["shard"] in names for w in store.writers()):
+            time.sleep(LOCKED_POLL_SECONDS)
+        store.refresh()
+        again = [s for s in plan.shards if s.shard_id in locked and not store.is_committed(s.shard_id)]
+        theirs = [ShardResult(i, ALREADY_COMMITTED, 0, (), r.audio_seconds, "committed by another process")
+                  for i, r in locked.items() if store.is_committed(i)]
+        results = [r for r in results if r.status != LOCKED] + theirs + (run(again) if again else [])
 
 
 def interrupted_text(store_url: str) -> str:

@@ -276,6 +276,12 @@ class TeacherStore:
             raise ConfigError(f"teachers must be among {list(self._specs)}. Got {unknown}.")
         return chosen
 
+    def writers(self) -> list[dict[str, Any]]:
+        """The shard locks held now: ``{"shard", "host", "pid", "beat_age_s", "alive"}`` each, by shard name."""
+        from mt2kd.store._verify import writers
+
+        return writers(self)
+
     def info(self) -> dict[str, Any]:
         """Facts about the store for people and ``mt2kd store info``."""
         from mt2kd.store._verify import store_info

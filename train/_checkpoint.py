@@ -13,8 +13,10 @@ checkpoints without the key are stage 1) or ``"finetune"`` (stage 2).
 
 from __future__ import annotations
 
+import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +48,44 @@ def save_checkpoint(state: dict[str, Any], exp_dir: str | Path, keep_last: int) 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"format": FORMAT, **state}, tmp)
+    _fsync(tmp)  # on disk before it replaces anything: a crash never leaves a torn checkpoint under the name
     tmp.replace(path)
+    _fsync(path.parent)
     for old in list_checkpoints(exp_dir)[:-keep_last]:
         old.unlink()
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_latest_checkpoint(exp_dir: str | Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``exp_dir`` that reads, with its path; None when there is none.
+
+    A newer one that does not read (empty or cut short: a disk that filled
+    up, a copy that broke) is passed over with a ``warn`` naming it and the
+    one used instead; when none reads, the newest one's error is raised.
+    """
+    found = list_checkpoints(exp_dir)
+    broken: list[tuple[Path, CheckpointError]] = []
+    for path in reversed(found):
+        try:
+            data = read_checkpoint(path)
+        except CheckpointError as e:
+            broken.append((path, e))
+            continue
+        for bad, error in broken:
+            warn(f"checkpoint {str(bad)!r} cannot be read ({error}); resuming from the previous good one, "
+                 f"{str(path)!r}")
+        return path, data
+    if broken:
+        raise broken[0][1]
+    return None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

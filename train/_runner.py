@@ -26,7 +26,12 @@ from typing import Any
 import torch
 
 from mt2kd.errors import CheckpointError, ConfigError
-from mt2kd.train._checkpoint import capture_rng, list_checkpoints, read_checkpoint, restore_rng, save_checkpoint
+from mt2kd.train._checkpoint import (
+    capture_rng,
+    read_latest_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from mt2kd.train._loader import restore_sampler, sampler_state
 from mt2kd.train._progress import Progress
 
@@ -183,20 +188,20 @@ class Runner:
         with the sampler's next epoch from its start (logged as a warning:
         that resume is not exact).
         """
-        found = list_checkpoints(self.cfg.exp_dir)
-        if not found:
+        latest = read_latest_checkpoint(self.cfg.exp_dir, log.warning if self.rank == 0 else log.debug)
+        if latest is None:
             return False
-        data = read_checkpoint(found[-1])
-        self.check_kind(found[-1], data)
-        self._check_student(found[-1], data)
-        self.load_model_state(found[-1], data)
+        path, data = latest
+        self.check_kind(path, data)
+        self._check_student(path, data)
+        self.load_model_state(path, data)
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self._apply_optimiser_settings()
         rng = data["rng"] if isinstance(data["rng"], list) else [data["rng"]]  # a dict: one rank's, older runs
         restore_rng(rng[self.rank % len(rng)])
         self.step, self.batches_in_epoch = int(data["step"]), int(data["batches_in_epoch"])
-        self._restore_position(found[-1], data)
+        self._restore_position(path, data)
         return True
 
     def check_kind(self, path: Path, data: dict[str, Any]) -> None:

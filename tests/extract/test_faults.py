@@ -43,3 +43,49 @@ def test_a_file_size_limit_during_extraction_ends_in_one_line_naming_the_file(tm
                         r"large \[errno EFBIG\]; nothing of this shard was committed.*", last), done.stderr
     opened = TeacherStore.open(store)
     assert len(opened.shards) == 0 and opened.leftovers() == [] and os.listdir(store / "locks") == []
+
+
+@pytest.mark.slow
+def test_a_run_waits_for_the_shard_another_live_run_holds_and_ends_with_the_store_complete(tmp_path: Path) -> None:
+    """The same command twice at once: the run that met the other's lock stopped with ShardLockedError."""
+    import contextlib
+    import threading
+    import time
+
+    from mt2kd.extract import ExtractConfig, TeacherConfig, extract, make_tiny_checkpoints
+    from mt2kd.extract._plan import make_plan
+    from mt2kd.store._index import commit_path
+
+    beats = make_tiny_checkpoints(tmp_path / "teachers", names=("beats",))["beats"]
+    cuts = (str(DEMO / "speech_cuts.jsonl.gz"),)
+    config = ExtractConfig(cuts=cuts, store=str(tmp_path / "store"), teachers=(TeacherConfig("beats", str(beats)),),
+                           workers=1, shard_hours=0.005)
+    extract(config, progress=False)
+    plan = make_plan(cuts, config.shard_hours)
+    for other_commits in (True, False):  # the other run commits the shard, or fails and lets it go
+        store = TeacherStore.open(config.store, "a")
+        record = store.shards["000001"]
+        outputs = dict(zip(record.cut_ids, store.get_many(record.cut_ids)))
+        store.loc.remove(commit_path("000001"))  # shard 1 is the other run's, still being written
+        holding = threading.Event()
+        writing = TeacherStore.open(config.store, "a").shard_writer(1)
+
+        def other_run() -> None:
+            with contextlib.suppress(RuntimeError), writing as writer:
+                holding.set()
+                time.sleep(4.0)  # this run meets the lock meanwhile
+                for cut_id, arrays in outputs.items():
+                    writer.put(cut_id, arrays)
+                if not other_commits:
+                    raise RuntimeError("the other run failed")
+
+        thread = threading.Thread(target=other_run)
+        thread.start()
+        holding.wait(30)
+        messages: list[str] = []
+        summary = extract(config, echo=messages.append, progress=False)
+        thread.join()
+        assert any("1 shard(s) are being written by another extraction process" in m for m in messages), messages
+        done = TeacherStore.open(config.store)
+        assert done.verify(complete=True) == [] and len(done) == plan.num_cuts
+        assert summary.num_shards_written == (0 if other_commits else 1)  # else this run wrote it itself
