@@ -259,8 +259,8 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
                 todo, retry = shards_to_run(store, plan, config.retry_failed)
                 announce_resume(say, store, plan, retry, config.retry_failed)
                 results = run_tasks(client, resources, config, plan, todo, progress, retry) if todo else []
-                results = finish_locked(results, store, plan, say,
-                                        lambda again: run_tasks(client, resources, config, plan, again, progress, retry))
+                results = finish_locked(results, store, plan, say, lambda again: run_tasks(
+                    client, resources, config, plan, again, progress, retry))
         except FailureLimitReached as e:
             stop.set()
             raise too_many_failures(e) from None

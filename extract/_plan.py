@@ -211,7 +211,8 @@ def check_span(data: dict[str, Any], where: str) -> None:
         if isinstance(length, (int, float)) and isinstance(duration, (int, float)) \
                 and start + duration > length + END_TOLERANCE:
             raise ConfigError(f"{where}: cut {cut_id!r} must end within its recording {recording.get('id')!r} of "
-                              f"{length:g} s. Got start {start:g} s + duration {duration:g} s = {start + duration:g} s.")
+                              f"{length:g} s. Got start {start:g} s + duration {duration:g} s = "
+                              f"{start + duration:g} s.")
     for track in data.get("tracks") or []:
         if isinstance(track, dict) and isinstance(track.get("cut"), dict):
             check_span(track["cut"], where)

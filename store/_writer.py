@@ -134,7 +134,7 @@ class ShardWriter:
                  load_index: Callable[[], StoreIndex], on_commit: Callable[[ShardRecord], None],
                  owner: str = "", token: str = "") -> None:
         self.loc, self.specs, self.name, self.replace, self.owner = loc, dict(specs), name, replace, owner
-        self.token = token  # the store's token: the commit record carries it, and the commit checks it is still the store's
+        self.token = token  # the store's token: its commit records carry it, and each commit checks it is still it
         self._load_index, self._on_commit = load_index, on_commit
         self.attempt = uuid.uuid4().hex[:12]
         self.cut_ids: list[str] = []

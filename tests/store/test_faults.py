@@ -168,8 +168,9 @@ def test_a_write_refused_for_room_ends_in_one_line_naming_the_file_and_commits_n
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert re.fullmatch(r"StoreWriteError: .*store.zarr/shards/000001\.[0-9a-f]{12}/whisper/data/c/0/0: the file "
-                        r"system refused to write chunk \d+ of the data of teacher 'whisper' after [\d,]+ bytes: File too "
-                        r"large \[errno EFBIG\]; nothing of this shard was committed.*\n", done.stderr), done.stderr
+                        r"system refused to write chunk \d+ of the data of teacher 'whisper' after [\d,]+ bytes: "
+                        r"File too large \[errno EFBIG\]; nothing of this shard was committed.*\n", done.stderr), \
+        done.stderr
     reopened = TeacherStore.open(tmp_path / "store.zarr")
     assert reopened.cut_ids() == ["a"] and reopened.verify() == [] and reopened.leftovers() == []
     assert os.listdir(tmp_path / "store.zarr" / "locks") == []
