@@ -156,11 +156,18 @@ class FinetuneTrainer(Runner):
         trains = self.step >= self.cfg.freeze_encoder_steps
         if trains == self.encoder_trains:
             return
-        set_trainable(self.model, trains, self.cfg.freeze_sv)
+        set_trainable(self.model, trains, self.cfg.freeze_sv, self._used_heads())
         self.encoder_trains = trains
         self.ddp_model = self.wrap_ddp()  # DDP registers the parameters that need gradients when it is built
         if self.rank == 0 and self.step:
             log.info("step %d: the encoder trains from now on at lr x %g", self.step, self.cfg.encoder_lr_scale)
+
+    def _used_heads(self) -> set[str]:
+        """The student heads some loss of this run reads: the KD terms', M_AT (tagging), M_SV (speaker layer)."""
+        used = {t.name for t in self.kd_targets} | {first_head(self.student_config, "mean").name}
+        if self.model.speaker is not None:
+            used.add(first_head(self.student_config, "attentive").name)
+        return used
 
     def make_loader(self) -> Any:
         from torch.utils.data import DataLoader

@@ -179,13 +179,20 @@ def parameter_groups(model: FinetuneModel) -> tuple[list[nn.Parameter], list[nn.
     return encoder, heads, parameters_of(sv_branch_modules(model.student))
 
 
-def set_trainable(model: FinetuneModel, train_encoder: bool, freeze_sv: bool) -> None:
-    """``requires_grad`` of every parameter for this phase of the schedule."""
+def set_trainable(model: FinetuneModel, train_encoder: bool, freeze_sv: bool, used_heads: set[str]) -> None:
+    """``requires_grad`` of every parameter for this phase of the schedule.
+
+    A student head no loss of the run reads (M_ASR when the whisper KD term
+    is off) is frozen too: it would get no gradient, which DDP refuses.
+    """
     encoder, heads, sv_branch = parameter_groups(model)
     for p in encoder:
         p.requires_grad_(train_encoder)
     for p in heads:
         p.requires_grad_(True)
+    for name, head in model.student.heads.items():
+        if name not in used_heads:
+            head.requires_grad_(False)
     if freeze_sv:
         for p in sv_branch:
             p.requires_grad_(False)

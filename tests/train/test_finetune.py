@@ -168,3 +168,27 @@ def test_cli_runs_finetune_with_nested_asr_flags(tmp_path, stage1) -> None:
     data = read_checkpoint(list_checkpoints(tmp_path / "ft")[-1])
     assert data["asr_config"]["joiner_dim"] == 8 and data["asr_config"]["use_ctc"] is False
     assert not any(k.startswith("asr.ctc_head") for k in data["model"])
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_finetune_across_the_unfreezing(tmp_path, stage1) -> None:
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "mt2kd", "train", "finetune", "--cuts", stage1["manifest"], "--store", stage1["store"],
+               "--init", stage1["init"], "--tokenizer", stage1["tokenizer"], "--asr-decoder-dim", "8",
+               "--asr-joiner-dim", "8", "--exp-dir", str(tmp_path / "ft"), "--max-duration", "1.5",
+               "--num-buckets", "2", "--buffer-size", "100", "--num-workers", "0", "--num-steps", "4",
+               "--freeze-encoder-steps", "2", "--checkpoint-every", "2", "--log-every", "2", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first, last = (read_checkpoint(p) for p in list_checkpoints(tmp_path / "ft"))
+    assert last["sampler"]["world_size"] == 2 and len(last["rng"]) == 2
+    init = read_checkpoint(stage1["init"])["model"]
+    upper = [k for k in init if k.startswith("blocks.3.")]
+    assert all(torch.equal(init[k], first["model"][f"student.{k}"]) for k in upper)  # frozen for 2 steps
+    assert any(not torch.equal(init[k], last["model"][f"student.{k}"]) for k in upper)  # then trained
+    assert torch.equal(init["heads.whisper.linear.weight"], last["model"]["student.heads.whisper.linear.weight"])
