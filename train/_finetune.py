@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from mt2kd.errors import CheckpointError, ConfigError
+from mt2kd.train._alternate import AlternatingSampler
 from mt2kd.train._checkpoint import read_checkpoint_of_kind, student_weights
 from mt2kd.train._config import StudentConfig
 from mt2kd.train._data import LazyStores
@@ -50,9 +51,6 @@ class FinetuneTrainer(Runner):
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         super().__init__(cfg)
-        if cfg.batches != "mixed":
-            raise ConfigError(f"batches must be 'mixed' for now (one sampler muxing every corpus). Got "
-                              f"{cfg.batches!r}: alternating single-task batches are not available yet.")
         check_manifests(cfg.cuts)
         init = read_checkpoint_of_kind(cfg.init, "kd", "--init") if cfg.init else None
         self.tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
@@ -76,13 +74,30 @@ class FinetuneTrainer(Runner):
                                            weight_decay=cfg.weight_decay)
         factor = lambda s: eden_factor(s, cfg.warmup_steps, cfg.lr_steps)  # noqa: E731
         self.scheduler = self.make_scheduler([factor, factor])
-        corpora, num_cuts = open_corpora_counted(cfg.cuts, cfg.repeats, seed=cfg.seed)
-        self.sampler = make_sampler(corpora, cfg.max_duration, shuffle=cfg.shuffle, num_buckets=cfg.num_buckets,
-                                    buffer_size=cfg.buffer_size, seed=cfg.seed, world_size=self.world_size,
-                                    rank=self.rank, num_cuts=num_cuts)
+        self.sampler = self._make_sampler()
         self.encoder_trains: bool | None = None  # the phase the parameters are set for (None: not yet)
         self.ddp_model = self.model
         self.enter_phase()
+
+    def _make_sampler(self) -> Any:
+        """One bucketing sampler over the muxed corpora, or (``batches=alternate``) one per corpus in turn."""
+        cfg = self.cfg
+
+        def sampler_of(paths: tuple[str, ...], repeats: tuple[int, ...]) -> Any:
+            corpora, num_cuts = open_corpora_counted(paths, repeats, seed=cfg.seed)
+            return make_sampler(corpora, cfg.max_duration, shuffle=cfg.shuffle, num_buckets=cfg.num_buckets,
+                                buffer_size=cfg.buffer_size, seed=cfg.seed, world_size=self.world_size,
+                                rank=self.rank, num_cuts=num_cuts)
+
+        if cfg.batches == "mixed":
+            return sampler_of(cfg.cuts, cfg.repeats)
+        repeats = cfg.repeats or (1,) * len(cfg.cuts)
+        return AlternatingSampler([sampler_of((path,), (times,)) for path, times in zip(cfg.cuts, repeats)])
+
+    def sampler_snapshot(self) -> dict[str, Any]:
+        if isinstance(self.sampler, AlternatingSampler):
+            return self.sampler.state_dict(self.batches_in_epoch)
+        return super().sampler_snapshot()
 
     def _student_config(self, init: dict[str, Any] | None) -> StudentConfig:
         if init is not None:

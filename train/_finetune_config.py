@@ -59,7 +59,7 @@ class FinetuneConfig:
     freeze_encoder_steps: int = 12_000  # steps at the start during which only the heads train
     encoder_lr_scale: float = 0.2  # encoder LR as a fraction of lr once it trains (the paper: 1/5)
     freeze_sv: bool = True  # keep the front-end, the blocks up to sv_block and M_SV frozen throughout
-    batches: str = "mixed"  # "mixed": cuts of every task in a batch; "alternate": one corpus per batch in turn
+    batches: str = "mixed"  # "mixed": corpora muxed in every batch; "alternate": one manifest per batch, in turn
     max_duration: float = 600.0  # s of audio per batch (per GPU); see docs/finetuning.md for memory
     num_buckets: int = 30  # duration buckets of the DynamicBucketingSampler
     buffer_size: int = 10_000  # cuts held by the bucketing sampler

@@ -43,7 +43,7 @@ MAX_DROP_WARNINGS = 5  # unreadable cuts warned about one by one; the rest are c
 _SHAPE_FREE_FIELDS = ("dropout",)
 
 # fields whose change invalidates the saved sampler position (the batches would be other batches)
-SAMPLER_FIELDS = ("cuts", "repeats", "max_duration", "num_buckets", "buffer_size", "shuffle", "seed")
+SAMPLER_FIELDS = ("cuts", "repeats", "max_duration", "num_buckets", "buffer_size", "shuffle", "seed", "batches")
 
 
 def eden_factor(step: int, warmup_steps: int, lr_steps: float) -> float:
@@ -145,6 +145,10 @@ class Runner:
         """The base learning rate of each optimiser group under this run's config."""
         return [self.cfg.lr] * len(self.optimizer.param_groups)
 
+    def sampler_snapshot(self) -> dict[str, Any]:
+        """The sampler's state as of the last batch consumed (workers may have drawn more)."""
+        return sampler_state(self.sampler, self.batches_in_epoch)
+
     def load_model_state(self, path: Path, data: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(data["model"])
@@ -173,7 +177,7 @@ class Runner:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": sampler_state(self.sampler, self.batches_in_epoch),
+            "sampler": self.sampler_snapshot(),
             "rng": rng,  # one entry per rank: each draws its own dropout masks
             **self.extra_state(),
         }

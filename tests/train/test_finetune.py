@@ -192,3 +192,26 @@ def test_torchrun_two_gloo_ranks_finetune_across_the_unfreezing(tmp_path, stage1
     assert all(torch.equal(init[k], first["model"][f"student.{k}"]) for k in upper)  # frozen for 2 steps
     assert any(not torch.equal(init[k], last["model"][f"student.{k}"]) for k in upper)  # then trained
     assert torch.equal(init["heads.whisper.linear.weight"], last["model"]["student.heads.whisper.linear.weight"])
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 2 workers on a 2-core box
+def test_alternate_batches_take_one_corpus_in_turn_and_resume_exactly(tmp_path, stage1, make_cuts) -> None:
+    second = make_cuts("ev", [0.7, 0.9, 1.1, 1.3], seed=1)
+    for cut in second:  # a tagging-only corpus: events, no transcript, no speaker
+        cut.supervisions = []
+    manifest = tmp_path / "events.jsonl.gz"
+    second.to_file(manifest)
+    cuts = (stage1["manifest"], str(manifest))
+    fields = dict(cuts=cuts, stores=(), batches="alternate", num_workers=2, max_duration=2.0)
+    torch.use_deterministic_algorithms(True)
+    try:
+        straight = finetune(_config(stage1, tmp_path / "a", num_steps=6, **fields))
+        first = finetune(_config(stage1, tmp_path / "b", num_steps=3, **fields))
+        second_half = finetune(_config(stage1, tmp_path / "b", num_steps=6, **fields))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [h["total"] for h in straight] == [h["total"] for h in first + second_half]
+    # one corpus per batch in turn: speech batches carry an ASR loss, event batches none
+    assert [h["asr"] > 0 for h in straight[:4]] == [True, False, True, False]
+    order = read_checkpoint(list_checkpoints(tmp_path / "a")[-1])["sampler"]["order"]
+    assert order[:4] == [0, 1, 0, 1]
