@@ -110,6 +110,8 @@ def evaluate_student(config: StudentEvalConfig) -> StudentEvaluation:
     student = load_finetuned(config.checkpoint)
     methods, skipped = _methods(student, config.methods)
     store = open_store_view(config.stores) if config.stores else None
+    if store is not None:
+        _check_frames_head(config, student, store)
     report: dict[str, Any] = {"config": config.to_dict(), "model": _model_info(config, student),
                               "methods_skipped": skipped, "test_sets": {}}
     tagging, speaker = {}, {}
@@ -118,6 +120,18 @@ def evaluate_student(config: StudentEvalConfig) -> StudentEvaluation:
         report["test_sets"][name] = entry
     report["per_class_ap"] = {n: s.per_class_ap for n, s in tagging.items() if s.per_class_ap is not None}
     return StudentEvaluation(json_ready(report), tagging, speaker)
+
+
+def _check_frames_head(config: StudentEvalConfig, student: Any, store: Any) -> None:
+    """Refuse a store whose frames teacher the student's frames head (M_ASR) cannot be compared with."""
+    spec = store.specs.get(config.frames_teacher)
+    heads = [h for h in student.student_config.resolved_heads() if h.kind == "frames"]
+    if spec is None or not heads:
+        return
+    if heads[0].dim != spec.dim:
+        raise ConfigError(f"the student's frames head must be as wide as the {config.frames_teacher!r} teacher "
+                          f"({spec.dim}) in the stores {list(config.stores)} for the KD L1. Got {heads[0].dim} in "
+                          f"{config.checkpoint}: name another teacher with --frames-teacher, or leave out --store.")
 
 
 def _methods(student: Any, wanted: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:

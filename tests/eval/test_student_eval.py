@@ -43,7 +43,8 @@ def checkpoint(corpus, tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=30)
-    student = dataclasses.replace(StudentConfig.preset("tiny"), num_classes=len(corpus.labels), sv_block=2)
+    student = dataclasses.replace(StudentConfig.preset("tiny"), num_classes=len(corpus.labels), sv_block=2,
+                                  teacher_frame_dim=corpus.frames_dim, embedding_dim=corpus.embedding_dim)
     asr = AsrConfig(vocab_size=tokenizer.vocab_size, decoder_dim=8, joiner_dim=8)
     cfg = FinetuneConfig(cuts=(str(corpus.manifest),), labels=str(corpus.labels_file), asr=asr)
     model = build_model(student, asr, 4, cfg)
@@ -64,6 +65,18 @@ def test_each_set_gets_wer_per_method_map_and_eer(checkpoint, transcribed, corpu
         assert entry["map"]["num_cuts"] == 12 and entry["map"]["map"] is not None
         assert entry["eer"]["eer"] is not None and entry["trials"]["num_speakers"] == 4
     json.dumps(report, allow_nan=False)
+
+
+def test_a_store_adds_the_kd_l1_and_a_mismatched_one_is_refused(checkpoint, corpus, store, tmp_path) -> None:
+    report = evaluate_student(StudentEvalConfig(str(checkpoint), (str(corpus.manifest),), stores=(str(store),),
+                                                methods=("ctc",))).report
+    kd = report["test_sets"]["cuts"]["kd_l1"]
+    assert kd["num_cuts"] == 12 and kd["l1"] is not None and kd["l1"] > 0
+    from mt2kd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="frames head must be as wide as the 'beats' teacher"):
+        evaluate_student(StudentEvalConfig(str(checkpoint), (str(corpus.manifest),), stores=(str(store),),
+                                           frames_teacher="beats"))
 
 
 def test_batched_hypotheses_are_those_of_each_cut_decoded_alone(checkpoint, transcribed) -> None:
