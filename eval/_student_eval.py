@@ -6,85 +6,98 @@ VoxCeleb1 trial file, or trials drawn from the set's speakers), and with a
 store the KD L1 to the frames teacher. A score a set cannot give (no
 transcripts, no labels, one speaker) is None with its reason. The report is
 JSON; :func:`summary_table` is one aligned row per test set.
+
+The pass over a test set: cuts go through the encoder in padded batches under ``torch.no_grad``; the
+ASR heads decode each batch with every requested method (batched, see
+``_decode.py``), and the tokenizer that travelled in the checkpoint turns
+tokens into text. Tag logits and speaker embeddings are kept per cut; with a
+store, the frame L1 to the frames teacher is summed as ``eval kd`` sums it.
+A cut whose audio cannot be read is skipped and recorded with its reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+import torch
 
 from mt2kd.errors import ConfigError
 from mt2kd.eval._asr import wer
+from mt2kd.eval._config import METHODS, StudentEvalConfig
+from mt2kd.eval._decode import decode
 from mt2kd.eval._inputs import has_events, load_cuts, open_store_view
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
+from mt2kd.eval._student import StudentResults, _add_frame_l1, _features
 from mt2kd.eval._trials import Trial
 
-METHODS = ("greedy", "beam", "ctc")
+TRANSDUCER_METHODS = ("greedy", "beam")  # need the transducer; "ctc" needs the CTC head
 
 
-@dataclasses.dataclass(frozen=True)
-class StudentEvalConfig:
-    """What ``mt2kd eval student`` scores; each field is its flag (``--test-set`` for test_sets).
+@dataclasses.dataclass
+class PassResults(StudentResults):
+    """:class:`StudentResults` (logits, embeddings, L1 sums, failures) plus each method's transcripts."""
+
+    hypotheses: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # method -> cut ID -> text
+
+
+def usable_methods(heads: Any, methods: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The requested methods these ASR heads can run, and why each other one is left out."""
+    if heads is None:
+        return [], {m: "the checkpoint has no ASR heads (a stage-1 student, or fine-tuned without --tokenizer)"
+                    for m in methods}
+    usable, skipped = [], {}
+    for method in methods:
+        needs_transducer = method in TRANSDUCER_METHODS
+        present = heads.joiner is not None if needs_transducer else heads.ctc_head is not None
+        if present:
+            usable.append(method)
+        else:
+            skipped[method] = f"the ASR heads have no {'transducer' if needs_transducer else 'CTC head'}"
+    return usable, skipped
+
+
+def run_pass(student: Any, cuts: Sequence[Any], methods: Sequence[str], beam: int, batch_size: int,
+             device: str, store: Any = None, frames_teacher: str = "whisper") -> PassResults:
+    """Outputs of ``student`` (a :func:`mt2kd.train.load_finetuned` result) for every readable cut.
 
     Examples
     --------
-    >>> StudentEvalConfig("avg.pt", ("clean=test-clean.jsonl.gz",)).set_names()
-    ['clean']
+    >>> res = run_pass(load_finetuned("avg.pt"), cuts, ["greedy"], 4, 8, "cpu")  # doctest: +SKIP
+    >>> res.hypotheses["greedy"]["utt-1"]  # doctest: +SKIP
+    'hello world'
     """
+    model = student.model.to(device).eval()
+    results = PassResults(num_classes=student.student_config.num_classes)
+    results.hypotheses = {method: {} for method in methods}
+    for start in range(0, len(cuts), batch_size):
+        fbanks = _features(cuts[start:start + batch_size], results.failures)
+        if fbanks:
+            out = _run_batch(model, student.tokenizer, fbanks, methods, beam, device, results)
+            if store is not None:
+                _add_frame_l1(out, list(fbanks), store, frames_teacher, results)
+    return results
 
-    checkpoint: str  # a fine-tuned checkpoint (or a stage-1 one: mAP and EER only)
-    test_sets: tuple[str, ...]  # CutSet manifests, each "PATH" or "NAME=PATH" (name: the file name by default)
-    stores: tuple[str, ...] = ()  # teacher stores: adds the KD L1 to the frames teacher (none needed)
-    methods: tuple[str, ...] = METHODS  # decoding methods: transducer greedy and beam, CTC greedy
-    beam: int = 4  # hypotheses kept by modified beam search
-    trials: str | None = None  # cut-ID trials or a VoxCeleb1 list, applied to every set whose cuts it names
-    labels: str | None = None  # label list for event names (default: the one the student was trained with)
-    max_cuts: int | None = None  # score only the first N cuts of each set
-    num_target_trials: int = 1000  # same-speaker trials drawn per set without --trials
-    num_nontarget_trials: int = 1000  # different-speaker trials drawn per set without --trials
-    seed: int = 0  # seed of the trial drawing
-    batch_size: int = 8  # cuts per forward pass
-    device: str = "cpu"  # torch device of the student
-    frames_teacher: str = "whisper"  # store teacher of the KD L1
 
-    def __post_init__(self) -> None:
-        if not self.test_sets:
-            raise ConfigError("test_sets must name at least one manifest (--test-set). Got none.")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ConfigError(f"methods must be among {list(METHODS)}. Got {unknown}.")
-        for name in ("beam", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1. Got {getattr(self, name)}.")
-        names = self.set_names()
-        if len(set(names)) != len(names):
-            raise ConfigError(f"test sets must have distinct names (use NAME=PATH). Got {names}.")
-
-    def sets(self) -> list[tuple[str, str]]:
-        """(name, manifest path) of each test set."""
-        found = []
-        for spec in self.test_sets:
-            name, sep, path = spec.partition("=")
-            if not sep:
-                path, name = spec, Path(spec).name.split(".")[0]
-            found.append((name, path))
-        return found
-
-    def set_names(self) -> list[str]:
-        return [name for name, _ in self.sets()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StudentEvalConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown StudentEvalConfig fields {unknown}; expected a subset of {sorted(known)}.")
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+@torch.no_grad()
+def _run_batch(model: Any, tokenizer: Any, fbanks: dict[str, torch.Tensor], methods: Sequence[str], beam: int,
+               device: str, results: PassResults) -> Any:
+    """Run one batch, keep its outputs in ``results``; returns the student output (for the frame L1)."""
+    cut_ids = list(fbanks)
+    num_frames = torch.tensor([fbanks[c].shape[0] for c in cut_ids])
+    padded = torch.nn.utils.rnn.pad_sequence([fbanks[c] for c in cut_ids], batch_first=True)
+    out = model.student(padded.to(device), num_frames.to(device))
+    at_logits, sv = out.at_logits.float().cpu().numpy(), out.sv_embedding.float().cpu().numpy()
+    for row, cut_id in enumerate(cut_ids):
+        results.at_logits[cut_id] = at_logits[row].astype(np.float64)
+        results.sv_embeddings[cut_id] = sv[row].astype(np.float64)
+    for method in methods:
+        decoded = decode(model.asr, out.hidden_states[-1], out.num_frames, method=method, beam=beam)
+        for cut_id, text in zip(cut_ids, tokenizer.decode(decoded.tokens)):
+            results.hypotheses[method][cut_id] = text
+    return out
 
 
 @dataclasses.dataclass
@@ -135,8 +148,6 @@ def _check_frames_head(config: StudentEvalConfig, student: Any, store: Any) -> N
 
 
 def _methods(student: Any, wanted: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    from mt2kd.eval._student_pass import usable_methods
-
     if student.tokenizer is None:
         return usable_methods(None, wanted)
     return usable_methods(student.model.asr, wanted)
@@ -151,8 +162,6 @@ def _model_info(config: StudentEvalConfig, student: Any) -> dict[str, Any]:
 
 def _score_set(config: StudentEvalConfig, student: Any, methods: list[str], path: str,
                store: Any) -> tuple[dict[str, Any], Scores, Scores]:
-    from mt2kd.eval._student_pass import run_pass
-
     cuts = load_cuts([path], config.max_cuts)
     if not cuts:
         raise ConfigError(f"test set {path!r} must hold at least one cut. Got none.")
@@ -175,8 +184,6 @@ def _targets(config: StudentEvalConfig, student: Any, cuts: list[Any]) -> Target
     if any(has_events(cut) for cut in cuts):
         label_ids, labels, label_info = build_labels(cuts, student.student_config.num_classes, label_file, {}, 0.5)
     else:  # no event labels: no mAP (a student is not scored against its own teacher's pseudo-labels here)
-        import numpy as np
-
         label_ids, labels = [], np.zeros((0, student.student_config.num_classes), dtype=bool)
         label_info = {"source": None, "num_cuts_labelled": 0, "reason": "no cut of the set has event labels"}
     trials, trial_info = build_trials(cuts, config.trials, config.num_target_trials, config.num_nontarget_trials,

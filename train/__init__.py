@@ -40,7 +40,7 @@ _WHERE = {
     "Tokenizer": "_tokenizer",
     "train_bpe": "_tokenizer",
     "cut_text": "_tokenizer",
-    "AsrConfig": "_asr",
+    "AsrConfig": "_asr_config",
     "AsrHeads": "_asr",
     "transducer_memory_bytes": "_asr",
     "FinetuneConfig": "_finetune_config",

@@ -16,7 +16,7 @@ from typing import Any
 
 from mt2kd._typed import read_mapping, typed_values
 from mt2kd.errors import ConfigError
-from mt2kd.train._asr import AsrConfig
+from mt2kd.train._asr_config import AsrConfig
 from mt2kd.train._config import STUDENT_PRESETS, _from_dict
 
 SPEAKER_LOSSES = ("ce", "aam")

@@ -15,7 +15,7 @@ from typing import Any
 
 from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._student_eval import StudentEvalConfig
+from mt2kd.eval._config import StudentEvalConfig
 from mt2kd.extract import ExtractConfig
 from mt2kd.train._config import TrainConfig, checkpoint_path
 from mt2kd.train._finetune_config import FinetuneConfig

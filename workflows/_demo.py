@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._student_eval import StudentEvalConfig
+from mt2kd.eval._config import StudentEvalConfig
 from mt2kd.extract import ExtractConfig
-from mt2kd.train._asr import AsrConfig
+from mt2kd.train._asr_config import AsrConfig
 from mt2kd.train._config import TrainConfig, checkpoint_path
 from mt2kd.train._finetune_config import FinetuneConfig
 from mt2kd.workflows._config import TOKENIZER_DIR, WorkflowConfig

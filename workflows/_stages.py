@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._student_eval import StudentEvalConfig
+from mt2kd.eval._config import StudentEvalConfig
 from mt2kd.train._config import TrainConfig
 from mt2kd.train._finetune_config import FinetuneConfig
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from mt2kd.cli import main
 from mt2kd.eval._decode import decode
 from mt2kd.eval._scoring import build_trials
-from mt2kd.eval._student_eval import StudentEvalConfig, evaluate_student
+from mt2kd.eval._config import StudentEvalConfig
+from mt2kd.eval._student_eval import evaluate_student
 from mt2kd.eval._trials import is_voxceleb_list, match_voxceleb_trials, read_voxceleb_trials, utterance_key
 
 VOX_SAMPLE = Path(__file__).parent / "data" / "voxceleb1_trials_sample.txt"  # lines as VoxCeleb1 publishes them
@@ -83,7 +84,7 @@ def test_batched_hypotheses_are_those_of_each_cut_decoded_alone(checkpoint, tran
     from lhotse import CutSet
 
     from mt2kd.eval._student import load_waveform
-    from mt2kd.eval._student_pass import run_pass
+    from mt2kd.eval._student_eval import run_pass
     from mt2kd.train import compute_fbank, load_finetuned
 
     student = load_finetuned(checkpoint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from mt2kd.train._task_heads import SpeakerClassifier, aam_logits, tagging_loss
+from mt2kd.train._finetune_model import SpeakerClassifier, aam_logits, tagging_loss
 
 
 def test_aam_logits_match_hand_computed_values() -> None:
