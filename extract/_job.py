@@ -48,8 +48,8 @@ def teacher_specs(config: ExtractConfig) -> dict[str, TeacherSpec]:
 
     specs = {}
     for teacher in config.teachers:  # the options win over --precision, as in the workers (load_teachers)
-        specs[teacher.name] = load_teacher(teacher.name, teacher.checkpoint,
-                                           **{"precision": config.precision, **teacher.options}).spec
+        spec = load_teacher(teacher.name, teacher.checkpoint, **{"precision": config.precision, **teacher.options}).spec
+        specs[spec.name] = spec
     return specs
 
 
@@ -87,15 +87,23 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
         else:
             say(f"--overwrite: deleting the store {old.url} ({len(old.shards)} committed shards, {len(old):,} "
                 f"cuts) and starting it again.")
-        return TeacherStore.create(config.store, list(specs.values()), attrs=attrs, overwrite=True)
+        return with_quantizers(TeacherStore.create(config.store, list(specs.values()), attrs=attrs, overwrite=True))
     try:
         store = TeacherStore.open(config.store, "a")
     except StoreNotFoundError:
         try:
-            return TeacherStore.create(config.store, list(specs.values()), attrs=attrs)
+            return with_quantizers(TeacherStore.create(config.store, list(specs.values()), attrs=attrs))
         except StoreError as refused:  # another process started on the same new store a moment before us?
             store = _open_when_made(config.store, refused)
     check_resumable(store, specs, attrs["plan"]["fingerprint"], config)
+    return store
+
+
+def with_quantizers(store: TeacherStore) -> TeacherStore:
+    """A new store with the quantiser of each codes teacher (``mvq=``) saved in it, so its codes decode."""
+    from mt2kd.extract._codes import save_quantizers
+
+    save_quantizers(store, list(store.specs.values()))
     return store
 
 

@@ -42,12 +42,13 @@ def plugin_name(token: str) -> str:
 
 def load_teachers(configs: Sequence[TeacherConfig], precision: str, device: str) -> dict[str, Teacher]:
     """Load each configured teacher (``precision`` unless its options name one) onto ``device``."""
-    from mt2kd.extract._teacher import load_teacher
+    from mt2kd.extract._teacher import load_teacher, store_name
 
     teachers = {}
     for config in configs:
         options = {"precision": precision, **config.options}
-        teachers[config.name] = load_teacher(config.name, config.checkpoint, **options).to(device)
+        teachers[store_name(config.name, config.options)] = load_teacher(config.name, config.checkpoint,
+                                                                         **options).to(device)
     return teachers
 
 
@@ -154,8 +155,9 @@ class TeacherPlugin(WorkerPlugin):
         teachers: dict[str, Teacher] = {}
         for config in self.configs:
             try:
-                teachers.update(load_teachers([config], self.precision, device))
-                warm_up({config.name: teachers[config.name]})
+                loaded = load_teachers([config], self.precision, device)
+                teachers.update(loaded)
+                warm_up(loaded)
             except Exception as e:
                 self.load_failure = load_failure(config, worker_name, e)  # its text only: the traceback holds
                 raise  # the failed load's frames (and tensors)

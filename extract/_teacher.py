@@ -20,6 +20,7 @@ from mt2kd.store import TeacherSpec
 SAMPLE_RATE = 16_000  # Hz; every teacher takes 16 kHz mono float32
 FORMAT_VERSION = 1  # bump when a teacher's output for the same weights changes
 PRECISIONS = ("fp32", "bf16", "fp16")
+CODES_SUFFIX = "_mvq"  # a teacher run with mvq=QUANTIZER stores codes as "<name>_mvq" (extract/_codes.py)
 
 
 class Teacher(abc.ABC):
@@ -138,8 +139,19 @@ def load_teacher(name: str, checkpoint: str | Path, **options: Any) -> Teacher:
     check_teacher_name(name)
     _import_builtin_teacher(name)
     check_checkpoint(name, checkpoint)
+    quantizer = options.pop("mvq", None)  # any frames teacher: store MVQ codes of its frames (extract/_codes.py)
     check_options(name, _REGISTRY[name], options)
-    return _REGISTRY[name](checkpoint, **options)
+    teacher = _REGISTRY[name](checkpoint, **options)
+    if quantizer is None:
+        return teacher
+    from mt2kd.extract._codes import CodesTeacher
+
+    return CodesTeacher(teacher, str(quantizer))
+
+
+def store_name(name: str, options: dict[str, Any]) -> str:
+    """The store teacher name of teacher ``name`` loaded with ``options``: ``whisper_mvq`` with an ``mvq`` option."""
+    return f"{name}{CODES_SUFFIX}" if options.get("mvq") is not None else name
 
 
 _SIMPLE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}

@@ -51,6 +51,10 @@ _WHERE = {
     "events_to_multi_hot": "_labels",
     "load_label_list": "_labels",
     "speaker_list": "_labels",
+    "MvqHead": "_mvq",
+    "mvq_loss": "_mvq",
+    "mvq_cross_entropy": "_mvq",
+    "expected_frames": "_mvq",
 }
 
 __all__ = sorted(_WHERE)
