@@ -11,7 +11,10 @@ the target ``[B]`` for a clip teacher) and returns a mean over what counts:
   log sigmoid of the cosine similarity, per frame, mean over frames;
 - ``bce``: BCE between student logits and sigmoid(teacher logits), mean over
   classes, then over cuts (or frames);
-- ``cos``: 1 - cosine similarity, mean over cuts (or frames).
+- ``cos``: 1 - cosine similarity, mean over cuts (or frames);
+- ``mvq``: cross-entropy of 256-way classifiers (one per codebook, a head of
+  ``num_codebooks x 256``) against a codes teacher's MVQ codes, mean over
+  valid frames and codebooks (``train/_mvq.py``).
 
 The paper's terms: whisper ``l1``, beats ``bce``, ecapa ``cos``. A term none
 of the batch's cuts has is exactly 0 (still tied to the graph, so DDP sees a
@@ -33,6 +36,7 @@ from mt2kd.errors import ConfigError
 from mt2kd.train._config import HeadConfig
 from mt2kd.train._heads import HEADS
 from mt2kd.train._model import StudentOutput
+from mt2kd.train._mvq import mvq_cross_entropy, mvq_head_dim
 from mt2kd.train._targets import STUDENT_FRAME_RATE, KDTarget
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,7 @@ LOSSES: dict[str, LossKind] = {
     "l1_logsigmoid_cos": LossKind(l1_logsigmoid_cos_loss),
     "bce": LossKind(bce_loss),
     "cos": LossKind(cos_loss),
+    "mvq": LossKind(mvq_cross_entropy, head_dim=mvq_head_dim),
 }
 
 

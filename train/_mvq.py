@@ -18,8 +18,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mt2kd.train._losses import align_frames
-
 CODEBOOK_SIZE = 256  # one byte per codebook
 
 
@@ -41,6 +39,11 @@ class MvqHead(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         logits = self.proj(frames)
         return logits.view(*frames.shape[:-1], self.num_codebooks, self.codebook_size)
+
+
+def mvq_head_dim(num_codebooks: int) -> int:
+    """Logits a frame for codes of ``num_codebooks`` codebooks: 256 each."""
+    return num_codebooks * CODEBOOK_SIZE
 
 
 def mvq_cross_entropy(student: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,6 +71,8 @@ def mvq_loss(logits: torch.Tensor, num_frames: torch.Tensor, target: dict[str, t
     ``target`` is ``{"values" [B, Tt, N] uint8, "lengths", "present"}``;
     frames are aligned by :func:`align_frames`. 0 when no cut has codes.
     """
+    from mt2kd.train._losses import align_frames  # _losses registers this module's loss: import it late
+
     if target is None:
         return logits.sum() * 0.0
     lengths = target["lengths"] * target["present"].to(target["lengths"].dtype)

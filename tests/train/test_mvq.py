@@ -75,8 +75,7 @@ def test_a_student_trained_from_codes_learns_the_float_frames(tmp_path: Path) ->
 def test_mvq_is_a_kd_target_of_the_trainer(tmp_path: Path, make_cuts, fill_store) -> None:
     """``--target teacher=whisper_mvq,loss=mvq``: a frames head of num_codebooks x 256 logits, its loss falls."""
     from mt2kd.store import QuantizeConfig, quantize
-    from mt2kd.train import TrainConfig
-    from mt2kd.train._targets import KDTarget
+    from mt2kd.train import KDTarget, TrainConfig
     from mt2kd.train._trainer import train
 
     cuts = make_cuts("utt", [0.6, 0.8, 1.0, 1.2, 1.4, 1.6])

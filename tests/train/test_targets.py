@@ -80,7 +80,7 @@ def test_head_sizes_come_from_the_specs_and_the_frame_rate_relation() -> None:
     (KDTarget("nope"), r"target 'nope': teacher must be one of the stores' teachers \['beats', 'ecapa'"),
     (KDTarget("beats"), r"target 'beats': a 'frames' head needs a 'frames' teacher. Got teacher 'beats' of kind"),
     (KDTarget("whisper", head="attentive"), r"a 'attentive' head needs a 'clip' teacher"),
-    (KDTarget("whisper", loss="huber"), r"loss must be one of \['bce', 'cos', 'l1', 'l1_logsigmoid_cos', 'mse'\]"),
+    (KDTarget("whisper", loss="huber"), r"loss must be one of \['bce', 'cos', 'l1', 'l1_logsigmoid_cos', 'mse', 'mvq'\]"),
     (KDTarget("whisper", head="conv"), r"head must be one of \['attentive', 'frames', 'mean'\]"),
 ])
 def test_a_target_the_stores_cannot_serve_is_named(target: KDTarget, message: str) -> None:
