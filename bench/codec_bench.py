@@ -21,7 +21,7 @@ cuts (``workflows/demo``); the teacher is a tiny random-weight whisper
 (128-D frames at 25 Hz): the numbers compare codecs on one small corpus,
 they are not real whisper-large frames.
 
-Usage: ``python bench/codec_bench.py [--steps 300] [--codebooks 4,8,16] [--seed 0]``.
+Usage: ``python bench/codec_bench.py [--steps 30] [--codebooks 4,8,16] [--seed 0]``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ TEACHER = "whisper"
 class Settings:
     """One bench run."""
 
-    steps: int = 300  # optimiser steps per student
+    steps: int = 30  # optimiser steps per student
     batch_cuts: int = 6  # cuts per training batch
     heldout_cuts: int = 8  # cuts never trained on, scored by L1 to the float32 frames
     lr: float = 3e-3  # AdamW learning rate of the student
