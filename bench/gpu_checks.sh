@@ -2,7 +2,8 @@
 # Everything that needs a CUDA GPU, in one go: the extraction bench at the released sizes (random
 # weights; batches of 300 s, as a GPU wants them), the `gpu` tests (the SSL teachers' batch invariance
 # and bf16 among them), the teachers bench (every teacher, SSL ones at torchaudio's large sizes), then
-# the decoding bench (paper-size student, greedy vs modified beam search vs CTC greedy). Each
+# the decoding bench (paper-size student, greedy vs modified beam search vs CTC greedy), then the student
+# bench (Zipformer vs Conformer training step at 1000 s batches). Each
 # step's output is kept in OUT (default gpu-checks/) and a failing step does not stop the next one.
 #
 #   bash bench/gpu_checks.sh [OUT]        # PYTHON=... picks the interpreter (default python3)
@@ -36,4 +37,5 @@ step extract-bench "$py" bench/extract_bench.py --size large --device cuda --rep
 step tests "$py" -m pytest -m gpu -q -p no:cacheprovider tests
 step teachers-bench "$py" bench/teachers_bench.py --device cuda  # whisper, beats, ecapa, hubert, wavlm, wav2vec2, whisper-text
 step decode-bench "$py" bench/decode_bench.py --device cuda
+step student-bench "$py" bench/student_bench.py --device cuda
 exit $status

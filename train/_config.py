@@ -193,7 +193,7 @@ class TrainConfig:
     stores: tuple[str, ...] = ()  # teacher stores, opened as one view
     exp_dir: str = "exp"  # checkpoints, TensorBoard logs and the resolved config go here
     repeats: tuple[int, ...] = ()  # per-corpus repeat count (empty: 1 for every corpus)
-    student: str = "paper"  # StudentConfig preset name
+    student: str = "paper"  # StudentConfig preset: paper/tiny (Conformer), zipformer-m/zipformer-tiny
     max_duration: float = 1000.0  # s of audio per batch (per GPU)
     num_buckets: int = 30  # duration buckets of the DynamicBucketingSampler
     buffer_size: int = 10_000  # cuts held by the bucketing sampler
@@ -218,6 +218,11 @@ class TrainConfig:
     log_every: int = 50  # steps between progress lines and TensorBoard scalars
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    optimizer: str = "adamw"  # "adamw" (lr, weight_decay, grad_clip) or "scaled_adam" (ScaledAdam + Eden)
+    scaled_adam_lr: float = 0.045  # ScaledAdam: Eden's base LR (the Zipformer paper's)
+    lr_epochs: float = 3.5  # ScaledAdam: Eden's epoch decay, lr ~ ((e^2 + E^2) / E^2)^-0.25 (e: sampler epoch)
+    clipping_scale: float = 2.0  # ScaledAdam: clip the scale-aware gradient norm at this x its recent median
+    sv_block: int = 0  # block (Conformer) or stack (Zipformer) feeding M_SV, 1-based; 0: the preset's (3)
 
     def __post_init__(self) -> None:
         if self.repeats and len(self.repeats) != len(self.cuts):
@@ -238,6 +243,13 @@ class TrainConfig:
                      "ecapa_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0. Got {getattr(self, name)!r}.")
+        if self.optimizer not in ("adamw", "scaled_adam"):
+            raise ConfigError(f"optimizer must be one of ['adamw', 'scaled_adam']. Got {self.optimizer!r}.")
+        for name in ("scaled_adam_lr", "lr_epochs", "clipping_scale"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0. Got {getattr(self, name)!r}.")
+        if self.sv_block < 0:
+            raise ConfigError(f"sv_block must be >= 0 (0: the preset's). Got {self.sv_block}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be one of ['auto', 'cpu', 'cuda']. Got {self.device!r}.")
         targets = tuple(KDTarget.from_dict(t, f"targets[{i}]: ") if isinstance(t, dict) else t

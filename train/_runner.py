@@ -141,6 +141,10 @@ class Runner:
         """Stage-specific checkpoint entries (plain values and tensors only)."""
         return {}
 
+    def max_grad_norm(self) -> float:
+        """The global gradient-norm clip before each optimiser step (inf: none)."""
+        return float(self.cfg.grad_clip)
+
     def base_lrs(self) -> list[float]:
         """The base learning rate of each optimiser group under this run's config."""
         return [self.cfg.lr] * len(self.optimizer.param_groups)
@@ -288,7 +292,7 @@ class Runner:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm())
         self.optimizer.step()
         self.scheduler.step()
         return {"grad_norm": float(grad_norm), "lr": float(self.scheduler.get_last_lr()[-1])}  # the heads' group

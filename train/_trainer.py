@@ -18,7 +18,9 @@ from mt2kd.train._data import LazyStores
 from mt2kd.train._loader import check_manifests, check_target_coverage, make_loader, make_sampler, open_corpora_counted
 from mt2kd.train._losses import ResolvedTarget, kd_losses, resolve_targets
 from mt2kd.train._model import Student
+from mt2kd.train._optim import base_lr, lr_factor, make_optimizer, max_grad_norm
 from mt2kd.train._runner import Runner, eden_factor, start, to_device
+from mt2kd.train._zipformer import set_training_step
 
 __all__ = ["Trainer", "eden_factor", "student_config_for", "train"]
 
@@ -37,6 +39,8 @@ def student_config_for(cfg: TrainConfig) -> StudentConfig:
 def resolved_student(cfg: TrainConfig) -> tuple[StudentConfig, list[ResolvedTarget]]:
     """The student config of this run and its KD targets checked against the stores."""
     preset = StudentConfig.preset(cfg.student)
+    if cfg.sv_block:  # the block (Conformer) or stack (Zipformer) M_SV reads, when the run names one
+        preset = dataclasses.replace(preset, sv_block=cfg.sv_block)
     specs = LazyStores(cfg.stores).get().specs
     fallback = None if cfg.targets else {"whisper": preset.teacher_frame_dim, "beats": preset.num_classes,
                                          "ecapa": preset.embedding_dim}
@@ -83,15 +87,28 @@ class Trainer(Runner):
         _warn_random_teachers(store, self.rank)
         torch.manual_seed(cfg.seed)
         self.model = Student(self.student_config).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = self.make_scheduler([lambda s: eden_factor(s, cfg.warmup_steps, cfg.lr_steps)])
         corpora, num_cuts = open_corpora_counted(cfg.cuts, cfg.repeats, seed=cfg.seed)
         self.sampler = make_sampler(
             corpora, cfg.max_duration, shuffle=cfg.shuffle, num_buckets=cfg.num_buckets,
             buffer_size=cfg.buffer_size, seed=cfg.seed, world_size=self.world_size, rank=self.rank,
             num_cuts=num_cuts,
         )
+        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        # made once the sampler exists: Eden's epoch term reads the sampler's epoch
+        self.scheduler = self.make_scheduler([lambda s: lr_factor(cfg, s, self.sampler.epoch)])
         self.ddp_model = self.wrap_ddp()
+
+    def base_lrs(self) -> list[float]:
+        return [base_lr(self.cfg)] * len(self.optimizer.param_groups)
+
+    def max_grad_norm(self) -> float:
+        return max_grad_norm(self.cfg)
+
+    def resume(self) -> bool:
+        resumed = super().resume()
+        if resumed:  # again, now that the sampler is back at its saved epoch (Eden decays in epochs too)
+            self._apply_optimiser_settings()
+        return resumed
 
     def make_loader(self) -> Any:
         teachers = list(dict.fromkeys(t.target.teacher for t in self.targets))
@@ -100,6 +117,7 @@ class Trainer(Runner):
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         batch = to_device(batch, self.device)
         self.ddp_model.train()
+        set_training_step(self.model, self.step)  # the Zipformer's scheduled rates
         use_bf16 = self.cfg.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = self.ddp_model(batch["fbank"], batch["num_frames"])
