@@ -5,7 +5,8 @@ the anchor; ``zipformer-m``, the 66 M Zipformer), with the MT2KD heads, and
 trained for one step each on the same batch: LibriSpeech-like cut durations
 (see ``_common.py``), a run of neighbouring durations as a bucketing sampler
 would batch them, filling ``--batch-seconds`` of audio; random 80-bin fbank
-at 100 Hz. Time is the best of ``--repeat`` timed steps after a warm-up,
+at 100 Hz. Time is the best of ``--repeat`` timed steps after a warm-up (the
+students take turns, so a busy spell of a shared machine hits both),
 scaled to 1000 s of audio; memory is the peak during the step beyond what
 the model and its gradients already held (CUDA: ``max_memory_allocated``;
 CPU: the peak resident set size, each model in a fresh process).
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,8 +71,16 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(preset: str, durations: list[float], device: str, repeat: int, seed: int) -> Row:
-    """One training step of ``preset`` on the batch, ``repeat`` times after a warm-up."""
+def _batch(durations: list[float], device: str) -> tuple[Any, Any]:
+    import torch
+
+    lengths = torch.tensor([int(d * FBANK_RATE) for d in durations], device=device)
+    generator = torch.Generator().manual_seed(0)
+    fbank = torch.randn(len(durations), int(lengths.max()), 80, generator=generator).to(device) + 15
+    return fbank, lengths
+
+
+def _student(preset: str, device: str, seed: int) -> Any:
     import torch
 
     from mt2kd.train import Student, StudentConfig
@@ -80,51 +89,85 @@ def measure(preset: str, durations: list[float], device: str, repeat: int, seed:
     torch.manual_seed(seed)
     model = Student(StudentConfig.preset(preset)).to(device).train()
     set_training_step(model, 100_000)  # past every schedule: the rates of a long run
-    lengths = torch.tensor([int(d * FBANK_RATE) for d in durations], device=device)
-    fbank = torch.randn(len(durations), int(lengths.max()), 80, device=device) + 15
-    use_bf16 = device.startswith("cuda")
+    return model
 
-    def step() -> None:
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(fbank, lengths)
-            loss = out.frames.float().abs().mean() + out.at_logits.float().mean() + out.sv_embedding.float().mean()
-        loss.backward()
-        if use_bf16:
-            torch.cuda.synchronize()
 
-    step()  # warm-up; gradients now exist, so the baseline below holds them
+def train_step(model: Any, fbank: Any, lengths: Any) -> None:
+    """Forward (all three heads) and backward, in bf16 autocast on CUDA."""
+    import torch
+
+    on_cuda = fbank.device.type == "cuda"
+    with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=on_cuda):
+        out = model(fbank, lengths)
+        loss = out.frames.float().abs().mean() + out.at_logits.float().mean() + out.sv_embedding.float().mean()
+    loss.backward()
+    if on_cuda:
+        torch.cuda.synchronize()
+
+
+def peak_memory(preset: str, durations: list[float], device: str, seed: int) -> int:
+    """Bytes one step needs beyond the model and its gradients (run it in a fresh process on CPU)."""
+    import torch
+
+    model = _student(preset, device, seed)
+    fbank, lengths = _batch(durations, device)
+    train_step(model, fbank, lengths)  # gradients now exist, so the baseline below holds them
     model.zero_grad(set_to_none=False)
-    if use_bf16:
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:  # what is resident now (activations freed); the peak so far is the warm-up step's
-        base = _rss_bytes()
-    times = []
+        train_step(model, fbank, lengths)
+        return int(torch.cuda.max_memory_allocated() - base)
+    base = _rss_bytes()  # activations freed; the peak so far is the first step's, as high as the next one's
+    train_step(model, fbank, lengths)
+    return _peak_rss_bytes() - base
+
+
+def _peak_memory_in_child(preset: str, durations: list[float], seed: int) -> int:
+    """:func:`peak_memory` on CPU in a fresh process of this script, so the peak RSS is this preset's alone."""
+    # big blocks always mmapped, so freed activations leave the resident set and the baseline is honest
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    args = [sys.executable, __file__, "--peak-memory-of", preset, "--seed", str(seed),
+            "--durations", ",".join(repr(d) for d in durations)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring the memory of {preset} failed: {done.stderr[-2000:]}")
+    return int(done.stdout.split()[-1])
+
+
+def step_times(presets: tuple[str, ...], durations: list[float], device: str, repeat: int,
+               seed: int) -> dict[str, float]:
+    """Best step time of each preset; the presets take turns, so a busy spell of the machine hits them alike."""
+    models = {p: _student(p, device, seed) for p in presets}
+    fbank, lengths = _batch(durations, device)
+    best = {p: float("inf") for p in presets}
+    for model in models.values():
+        train_step(model, fbank, lengths)  # warm-up
     for _ in range(repeat):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if use_bf16 else _peak_rss_bytes()
-    return Row(preset, sum(p.numel() for p in model.parameters()), sum(durations), min(times), peak - base)
-
-
-def _measure_in_child(args: tuple[Any, ...]) -> Row:
-    return measure(*args)
+        for preset, model in models.items():
+            start = time.perf_counter()
+            train_step(model, fbank, lengths)
+            best[preset] = min(best[preset], time.perf_counter() - start)
+    return best
 
 
 def run(presets: tuple[str, ...], batch_s: float, device: str, repeat: int, seed: int) -> list[Row]:
-    """Every preset on the same batch; on CPU each in a fresh process so peak RSS is its own."""
+    """Every preset on the same batch: times taking turns, memory each on its own (CPU: in a fresh process)."""
     durations = make_batch(batch_s, seed)
     if device.startswith("cuda"):
-        return [measure(p, durations, device, repeat, seed) for p in presets]
-    # big blocks always mmapped, so freed activations leave the resident set and the baseline is honest
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    context = multiprocessing.get_context("spawn")
-    rows = []
-    for preset in presets:
-        with context.Pool(1) as pool:
-            rows.append(pool.apply(_measure_in_child, ((preset, durations, device, repeat, seed),)))
-    return rows
+        memory = {p: peak_memory(p, durations, device, seed) for p in presets}
+    else:
+        memory = {p: _peak_memory_in_child(p, durations, seed) for p in presets}
+    times = step_times(presets, durations, device, repeat, seed)
+    sizes = {p: _parameters(p) for p in presets}
+    return [Row(p, sizes[p], sum(durations), times[p], memory[p]) for p in presets]
+
+
+def _parameters(preset: str) -> int:
+    from mt2kd.train import StudentConfig
+    from mt2kd.train._model import count_parameters
+
+    return count_parameters(StudentConfig.preset(preset))
 
 
 def table(rows: list[Row]) -> str:
@@ -149,7 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed steps; the best counts")
     parser.add_argument("--quick", action="store_true", help="tiny presets (smoke test)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # internal: one preset's memory, on CPU
+    parser.add_argument("--durations", help=argparse.SUPPRESS)  # internal: its batch, comma-separated
     args = parser.parse_args(argv)
+    if args.peak_memory_of:
+        durations = [float(d) for d in args.durations.split(",")]
+        print(peak_memory(args.peak_memory_of, durations, "cpu", args.seed))
+        return
     batch_s = args.batch_seconds or (REFERENCE_AUDIO_S if args.device.startswith("cuda") else 30.0)
     presets = QUICK_PRESETS if args.quick else PRESETS
     rows = run(presets, batch_s, args.device, args.repeat, args.seed)

@@ -15,8 +15,8 @@ def test_batch_is_neighbouring_durations_filling_the_audio() -> None:
 def test_one_step_of_each_tiny_student_in_a_table() -> None:
     bench = load_bench("student_bench")
     durations = bench.make_batch(4.0, seed=0)
-    rows = [bench.measure(p, durations, "cpu", 1, 0) for p in bench.QUICK_PRESETS]
+    rows = bench.run(bench.QUICK_PRESETS, 4.0, "cpu", 1, 0)
     assert [r.preset for r in rows] == ["tiny", "zipformer-tiny"]
-    assert all(r.step_s > 0 and r.parameters > 0 and r.audio_s == sum(durations) for r in rows)
+    assert all(r.step_s > 0 and r.peak_bytes > 0 and r.audio_s == sum(durations) for r in rows)
     text = bench.table(rows)
     assert text.splitlines()[2].split()[:2] == ["tiny", "0.2"] and "1.00x" in text.splitlines()[2]
