@@ -160,20 +160,18 @@ def _beam_step(heads: Any, enc_t: torch.Tensor, hyps: list[dict[tuple[int, ...],
     context_size = heads.transducer()[0].context_size
     seqs = [list(h) for h in hyps]
     width = max(len(s) for s in seqs)
-    contexts = torch.full((num_active, width, context_size), BLANK_ID, dtype=torch.int64)
-    scores = torch.full((num_active, width), -math.inf, dtype=torch.float64)
-    for a, seq in enumerate(seqs):
-        for k, tokens in enumerate(seq):
-            tail = tokens[-context_size:]
-            if tail:
-                contexts[a, k, context_size - len(tail):] = torch.tensor(tail)
-            scores[a, k] = hyps[a][tokens]
+    padding = [BLANK_ID] * context_size
+    # one row per (cut, hypothesis slot); empty slots get blank context and a -inf score
+    contexts = torch.tensor([[(padding + list(tokens[-context_size:]))[-context_size:] for tokens in seq]
+                             + [padding] * (width - len(seq)) for seq in seqs], dtype=torch.int64)
+    scores = torch.tensor([[hyps[a][tokens] for tokens in seq] + [-math.inf] * (width - len(seq))
+                           for a, seq in enumerate(seqs)], dtype=torch.float64)
     dec = _predict(heads, contexts.view(-1, context_size).to(device)).view(num_active, width, -1)
     log_probs = _log_probs(heads, enc_t[:, None], dec)  # [A, width, V]
     vocab = log_probs.shape[-1]
     candidates = (scores.to(device)[..., None] + log_probs.double()).view(num_active, -1)
     top_scores, top_index = candidates.topk(min(beam, candidates.shape[1]), dim=1)
-    return [_merge(seqs[a], top_scores[a].tolist(), top_index[a].tolist(), vocab) for a in range(num_active)]
+    return [_merge(seq, s, i, vocab) for seq, s, i in zip(seqs, top_scores.tolist(), top_index.tolist())]
 
 
 def _merge(seq: list[tuple[int, ...]], scores: list[float], indices: list[int],

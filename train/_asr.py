@@ -120,6 +120,8 @@ class AsrHeads(nn.Module):
                  token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         if encoder_out.dim() != 3 or encoder_out.shape[2] != self.encoder_dim:
             raise ValidationError(f"encoder_out must be [B, T, {self.encoder_dim}]. Got {tuple(encoder_out.shape)}.")
+        if encoder_out.shape[0] == 0:
+            raise ValidationError("the ASR loss needs at least one cut. Got an empty batch.")
         if len(token_ids) != encoder_out.shape[0] or encoder_lens.shape != (encoder_out.shape[0],):
             raise ValidationError(f"encoder_lens and token_ids must give one entry per cut ({encoder_out.shape[0]}). "
                                   f"Got {tuple(encoder_lens.shape)} and {len(token_ids)}.")

@@ -145,3 +145,14 @@ def test_decoding_leaves_train_mode_and_gradients_alone() -> None:
     out, lens = _encoder_out([4], seed=0)
     res = decode(heads, out.requires_grad_(), lens, method="beam")
     assert heads.training and not math.isnan(res.log_probs[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["greedy", "beam", "ctc"])
+def test_cuda_decodes_what_the_cpu_decodes(method: str) -> None:
+    heads = _heads(vocab_size=9, seed=7)
+    out, lens = _encoder_out([11, 6, 9], seed=7)
+    on_cpu = decode(heads, out, lens, method=method)
+    on_gpu = decode(heads.cuda(), out.cuda(), lens.cuda(), method=method)
+    assert on_gpu.tokens == on_cpu.tokens
+    assert on_gpu.log_probs == pytest.approx(on_cpu.log_probs, abs=1e-3)

@@ -94,6 +94,15 @@ def test_bad_token_ids_and_shapes_are_named() -> None:
         heads.loss(out, lens, TOKENS[:2])
     with pytest.raises(ValidationError, match=r"encoder_out must be \[B, T, 12\]"):
         heads.loss(out[..., :5], lens, TOKENS)
+    with pytest.raises(ValidationError, match="at least one cut"):
+        heads.loss(out[:0], lens[:0], [])
+
+
+def test_empty_transcripts_are_valid_targets() -> None:
+    heads = _heads()
+    out, lens = _batch([9, 4])
+    losses = heads.loss(out, lens, [[], [5]])  # a cut of silence: blanks only
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_config_round_trip_and_validation() -> None:
@@ -213,3 +222,16 @@ def test_ctc_overfits_a_few_utterances_and_greedy_decoding_transcribes_them(utte
     first, last = run.losses[0]["ctc"], run.losses[-1]["ctc"]
     assert last < first / 20, f"CTC loss {first:.1f} -> {last:.2f}"
     assert run.wers[-1][1] <= 0.1, f"CTC greedy WER per check: {run.wers}"
+
+
+@pytest.mark.gpu
+def test_transducer_loss_under_bf16_autocast_stays_float32_and_close() -> None:
+    heads = _heads().cuda()
+    out, lens = _batch([9, 4, 7])
+    out, lens = out.cuda(), lens.cuda()
+    exact = heads.loss(out, lens, TOKENS)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        mixed = heads.loss(out, lens, TOKENS)
+    assert mixed["transducer"].dtype == torch.float32
+    assert mixed["transducer"].item() == pytest.approx(exact["transducer"].item(), rel=1e-5)  # joiner in fp32
+    assert mixed["ctc"].item() == pytest.approx(exact["ctc"].item(), rel=2e-2)  # CTC head runs in bf16
