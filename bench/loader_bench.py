@@ -18,7 +18,14 @@ for its next batch. The table gives batches/s and data-wait per worker count,
 and the ratio of mt2kd to the authors' way at the same worker count (the
 anchor, measured in the same run).
 
-Run: ``python bench/loader_bench.py`` (about 1.2 h of audio) or ``--quick``.
+``--composed`` measures instead what composing stores per (cut, teacher)
+costs: the same targets read from one store holding all three teachers (the
+anchor) and from two stores, whisper and beats in one and ecapa in the other
+(a corpus that gained a teacher later), targets only and without a simulated
+step, best of ``--repeats`` passes each, alternating.
+
+Run: ``python bench/loader_bench.py`` (about 1.2 h of audio) or ``--quick``;
+``python bench/loader_bench.py --composed``.
 """
 
 from __future__ import annotations
@@ -94,6 +101,47 @@ def write_both(cuts, folder: Path, seed: int):
     return store_path, CutSet.from_cuts(with_custom)
 
 
+def write_split(cuts, folder: Path, seed: int) -> tuple[str, list[str]]:
+    """The same targets into one store of three teachers and into two stores (whisper + beats, ecapa)."""
+    from mt2kd.store import TeacherSpec, TeacherStore
+
+    specs = {"whisper": TeacherSpec("whisper", "frames", WHISPER_DIM, frame_rate=25.0, dtype="float16"),
+             "beats": TeacherSpec("beats", "clip", NUM_CLASSES), "ecapa": TeacherSpec("ecapa", "clip", EMBEDDING_DIM)}
+    layout = {"single": ["whisper", "beats", "ecapa"], "frames": ["whisper", "beats"], "speaker": ["ecapa"]}
+    stores = {name: TeacherStore.create(str(folder / f"{name}.zarr"), [specs[t] for t in teachers])
+              for name, teachers in layout.items()}
+    writers = {name: store.shard_writer(0) for name, store in stores.items()}
+    for writer in writers.values():
+        writer.__enter__()
+    rng = np.random.default_rng(seed)
+    for cut in cuts:
+        arrays = targets_of(cut, rng)
+        for name, teachers in layout.items():
+            writers[name].put(cut.id, {t: arrays[t] for t in teachers})
+    for writer in writers.values():
+        writer.__exit__(None, None, None)
+    return str(folder / "single.zarr"), [str(folder / "frames.zarr"), str(folder / "speaker.zarr")]
+
+
+def run_composed(cuts, folder: Path, args: argparse.Namespace, workers: list[int]) -> None:
+    """One store vs the same targets in two stores composed per (cut, teacher): batches/s and their ratio."""
+    single, split = write_split(cuts, folder, args.seed)
+    cuts = lazy(cuts, folder / "cuts.jsonl.gz")
+    print(f"{len(cuts)} cuts, max-duration {args.max_duration:.0f} s, targets only, no step, "
+          f"best of {args.repeats}")
+    print(f"{'workers':>7} | {'batches':>7} | {'one store b/s':>13} | {'two stores b/s':>14} | {'ratio':>5}")
+    for num_workers in workers:
+        best = {"one": 0.0, "two": 0.0}
+        num_batches = 0
+        for _ in range(args.repeats):  # alternating, so a busy spell of the machine hits both alike
+            for name, paths in (("one", [single]), ("two", split)):
+                rate, _, num_batches = measure(cuts, StoreTargetsDataset(paths), num_workers, args.max_duration, 0.0)
+                best[name] = max(best[name], rate)
+        print(f"{num_workers:>7} | {num_batches:>7} | {best['one']:>13.2f} | {best['two']:>14.2f} | "
+              f"{best['two'] / best['one']:>5.2f}")
+    print("ratio: two stores / one store at the same worker count (1.00: composing costs nothing)")
+
+
 def lazy(cuts, path: Path):
     """Manifests are read lazily in training, as the bucketing sampler expects."""
     from lhotse import CutSet
@@ -126,10 +174,10 @@ class CustomFieldDataset:
 class StoreTargetsDataset:
     """mt2kd's target join alone (no audio), to compare with ``CustomFieldDataset(with_audio=False)``."""
 
-    def __init__(self, store_path: str) -> None:
+    def __init__(self, store_paths: str | list[str]) -> None:
         from mt2kd.train._data import LazyStores
 
-        self.stores = LazyStores([store_path])
+        self.stores = LazyStores([store_paths] if isinstance(store_paths, str) else store_paths)
 
     def __getitem__(self, cuts):
         from mt2kd.train._data import fetch_targets
@@ -171,6 +219,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets-only", action="store_true",
                         help="skip audio and fbank in both loaders: time the target reads alone")
+    parser.add_argument("--composed", action="store_true",
+                        help="one store vs the same targets in two stores composed per (cut, teacher)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes per loader with --composed (best is kept)")
     args = parser.parse_args()
     hours, workers = (0.5, [0, 2]) if args.quick else (args.hours, args.workers)
 
@@ -187,6 +238,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cuts = make_cuts(folder, hours * 3600.0, args.seed)
+        if args.composed:
+            run_composed(cuts, folder, args, workers)
+            return
         store_path, custom_cuts = write_both(cuts, folder, args.seed)
         cuts, custom_cuts = lazy(cuts, folder / "cuts.jsonl.gz"), lazy(custom_cuts, folder / "custom.jsonl.gz")
         what = "targets only" if args.targets_only else "audio + fbank + targets"
