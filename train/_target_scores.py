@@ -10,6 +10,7 @@ not depend on the batch size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from mt2kd.train._config import StudentConfig, TrainConfig
 from mt2kd.train._data import fetch_targets
 from mt2kd.train._losses import ResolvedTarget, resolve_targets, target_loss_and_count
 from mt2kd.train._model import StudentOutput
+
+log = logging.getLogger(__name__)
 
 
 class TargetScores:
@@ -41,6 +44,12 @@ class TargetScores:
         self.all = targets
         served = [t for t in targets if t.teacher in specs]
         self.targets: list[ResolvedTarget] = resolve_targets(served, specs)
+        widths = {h.name: h.dim for h in student.resolved_heads()}
+        for target in [t for t in self.targets if widths.get(t.name, t.head.dim) != t.head.dim]:
+            log.warning("target %s: the student's head is %d wide, teacher %r of the stores gives %d: not scored "
+                        "(are these the stores it was trained from?)", target.name, widths[target.name],
+                        target.target.teacher, target.head.dim)
+            self.targets.remove(target)
         self.sums = {t.name: 0.0 for t in self.targets}
         self.counts = {t.name: 0 for t in self.targets}
 

@@ -33,7 +33,8 @@ def _split(full: Path, parts: dict[str, list[str]], folder: Path, fingerprints: 
 def _config(manifest: str, stores: list[str], exp_dir: Path, **overrides) -> TrainConfig:
     fields = dict(cuts=(manifest,), stores=tuple(stores), exp_dir=str(exp_dir), student="tiny",
                   max_duration=3.0, num_buckets=2, buffer_size=100, num_workers=0, lr=3e-3, warmup_steps=10,
-                  lr_steps=1000.0, log_every=20, checkpoint_every=1000, keep_last=1, seed=1)
+                  lr_steps=1000.0, log_every=20, checkpoint_every=1000, keep_last=1, seed=1,
+                  device="cpu")  # composed and single compared bit for bit: CPU float32, no autocast
     fields.update(overrides)
     return TrainConfig(**fields)
 

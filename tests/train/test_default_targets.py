@@ -1,8 +1,8 @@
 """The default KD targets train exactly as the three fixed heads did before targets were configurable.
 
 The expected values are the per-step losses of the trainer with fixed
-whisper/beats/ecapa heads (main at 08a4deb) on these tiny corpora and
-configs, written as float hex: the default target list (and the weight flags
+whisper/beats/ecapa heads (main at 08a4deb, this very test file run against
+it, one torch thread) on these tiny corpora and configs, written as float hex: the default target list (and the weight flags
 as shortcuts) must reproduce them bit for bit.
 """
 
@@ -22,9 +22,14 @@ GOLDEN = Path(__file__).with_name("default_targets_golden.json")
 
 @pytest.fixture
 def deterministic():
+    # one intra-op thread: the order of float sums inside a kernel follows the thread count, which other
+    # tests of the suite change (extraction workers run in-process), and bit-for-bit needs a fixed order
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     yield
     torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
 
 
 def _config(manifest: str, store: str, exp_dir: Path, **overrides) -> TrainConfig:
@@ -32,6 +37,7 @@ def _config(manifest: str, store: str, exp_dir: Path, **overrides) -> TrainConfi
         cuts=(manifest,), stores=(store,), exp_dir=str(exp_dir), student="tiny",
         max_duration=3.0, num_buckets=2, buffer_size=100, num_workers=0, lr=3e-3, warmup_steps=4,
         lr_steps=1000.0, log_every=20, checkpoint_every=1000, keep_last=1, num_steps=8, seed=3,
+        device="cpu",  # the expected values are CPU float32 ones (a GPU run uses bf16 autocast)
     )
     fields.update(overrides)
     return TrainConfig(**fields)
