@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from mt2kd.cuts import canonical_cut_id
 from mt2kd.errors import ValidationError
-from mt2kd.train._cut_ids import canonical_cut_id
 
 Unit = TypeVar("Unit")  # an output symbol: a token string or a token id
 

@@ -14,14 +14,17 @@ counted by the callers.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mt2kd.cuts import canonical_cut_id, check_manifests, manifest_error, open_manifest
 from mt2kd.errors import DuplicateCutError, MT2KDError
 from mt2kd.eval._tagging import events_to_multi_hot
 from mt2kd.train import cut_events, cut_speaker
-from mt2kd.train._cut_ids import canonical_cut_id
+
+if TYPE_CHECKING:
+    from mt2kd.store import ReadableStore
 
 READ_BATCH = 64  # cuts per get_many call: enough to coalesce reads, small enough for frame data
 
@@ -33,8 +36,7 @@ def load_cuts(paths: Sequence[str], max_cuts: int | None = None) -> list[Any]:
     --------
     >>> cuts = load_cuts(["dev.jsonl.gz"], max_cuts=100)  # doctest: +SKIP
     """
-    from mt2kd.train._manifests import manifest_error  # torch-free, as is open_manifest
-
+    check_manifests(paths)
     cuts: list[Any] = []
     source_of: dict[str, str] = {}
     for path in paths:
@@ -50,8 +52,6 @@ def load_cuts(paths: Sequence[str], max_cuts: int | None = None) -> list[Any]:
 
 def _read_cuts(path: str, cuts: list[Any], source_of: dict[str, str], max_cuts: int | None) -> bool:
     """Append the cuts of one manifest; False once ``max_cuts`` are read."""
-    from mt2kd.train._manifests import open_manifest  # extraction's rule for relative audio paths
-
     for cut in open_manifest(path):
         if max_cuts is not None and len(cuts) >= max_cuts:
             return False
@@ -63,7 +63,7 @@ def _read_cuts(path: str, cuts: list[Any], source_of: dict[str, str], max_cuts: 
     return True
 
 
-def merge_repeat_copies(cuts: Sequence[Any], store: Any) -> tuple[list[Any], dict[str, str]]:
+def merge_repeat_copies(cuts: Sequence[Any], store: ReadableStore) -> tuple[list[Any], dict[str, str]]:
     """Give each cut the ID its teacher outputs are stored under; keep one cut per ID.
 
     A manifest written after ``CutSet.repeat()`` names its copies
@@ -132,32 +132,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
 
 
-def open_store_view(paths: Sequence[str]) -> Any:
-    """Open one or several teacher stores as a single read-only view.
-
-    Examples
-    --------
-    >>> store = open_store_view(["train.zarr", "dev.zarr"])  # doctest: +SKIP
-    """
-    from mt2kd.store import TeacherStore, open_stores
-
-    if len(paths) == 1:
-        return TeacherStore.open(paths[0])
-    return open_stores(list(paths))
-
-
-def random_teacher_stores(store: Any) -> list[str]:
-    """URLs of the stores (of a view, or the one store) whose attrs say their teachers had random weights."""
-    stores = getattr(store, "stores", None) or [store]
-    return [str(s.url) for s in stores if getattr(s, "attrs", {}).get("random_teachers") is True]
-
-
-def spec_dims(store: Any) -> dict[str, int]:
+def spec_dims(store: ReadableStore) -> dict[str, int]:
     """Teacher name -> output dimension, from the store's specs."""
     return {name: int(spec.dim) for name, spec in store.specs.items()}
 
 
-def iter_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> Iterator[tuple[str, np.ndarray]]:
+def iter_outputs(store: ReadableStore, cut_ids: Sequence[str], teacher: str) -> Iterator[tuple[str, np.ndarray]]:
     """(cut ID, array) for each cut the store holds an output of ``teacher`` for, in order."""
     present = [cut_id for cut_id in cut_ids if cut_id in store]
     for start in range(0, len(present), READ_BATCH):
@@ -167,7 +147,7 @@ def iter_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> Iterator[t
                 yield cut_id, np.asarray(outputs[teacher])
 
 
-def clip_outputs(store: Any, cut_ids: Sequence[str], teacher: str) -> dict[str, np.ndarray]:
+def clip_outputs(store: ReadableStore, cut_ids: Sequence[str], teacher: str) -> dict[str, np.ndarray]:
     """Clip-level outputs (logits, embeddings) of one teacher, keyed by cut ID."""
     if teacher not in spec_dims(store):
         return {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,12 +14,13 @@ from mt2kd.eval._inputs import (
     clip_outputs,
     load_cuts,
     merge_repeat_copies,
-    open_store_view,
-    random_teacher_stores,
     spec_dims,
     speakers,
 )
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
+
+if TYPE_CHECKING:
+    from mt2kd.store import ReadableStore
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ def evaluate(config: EvalConfig) -> Evaluation:
     cuts = load_cuts(config.cuts, config.max_cuts)
     if not cuts:
         raise ConfigError(f"the manifests must hold at least one cut. Got none in {list(config.cuts)}.")
-    store = open_store_view(config.stores)
+    from mt2kd.store import open_view  # zarr loads only when a run starts
+
+    store = open_view(config.stores)
     cuts, merged = merge_repeat_copies(cuts, store)
     cut_ids = [cut.id for cut in cuts]
     _check_coverage(config, store, cut_ids)
@@ -74,7 +77,7 @@ def evaluate(config: EvalConfig) -> Evaluation:
     return Evaluation(report, tagging, speaker)
 
 
-def _check_coverage(config: EvalConfig, store: Any, cut_ids: list[str]) -> None:
+def _check_coverage(config: EvalConfig, store: ReadableStore, cut_ids: list[str]) -> None:
     """Refuse stores that hold none of the cuts (training's rule) when they are all there is to score.
 
     A student is scored on its own (mAP from event labels, EER from speaker
@@ -91,13 +94,13 @@ def _check_coverage(config: EvalConfig, store: Any, cut_ids: list[str]) -> None:
         )
 
 
-def _run_student(config: EvalConfig, cuts: list[Any], store: Any) -> Any:
+def _run_student(config: EvalConfig, cuts: list[Any], store: ReadableStore) -> Any:
     from mt2kd.eval._student import run_student  # torch is imported only when a student is evaluated
 
     return run_student(config, cuts, store)
 
 
-def _num_classes(config: EvalConfig, store: Any, student: Any) -> int | None:
+def _num_classes(config: EvalConfig, store: ReadableStore, student: Any) -> int | None:
     """Width of the tagging output; None when neither the store nor a student has one (mAP is skipped)."""
     dims = spec_dims(store)
     if config.tagging_teacher in dims:
@@ -116,7 +119,7 @@ def _targets(config: EvalConfig, cuts: list[Any], num_classes: int | None,
     return Targets(label_cut_ids, labels, label_info, trials, trial_info)
 
 
-def _report_head(config: EvalConfig, cuts: list[Any], store: Any, targets: Targets,
+def _report_head(config: EvalConfig, cuts: list[Any], store: ReadableStore, targets: Targets,
                  teacher_logits: dict, teacher_embeddings: dict) -> dict[str, Any]:
     cut_ids = [cut.id for cut in cuts]
     counts = {
@@ -129,7 +132,7 @@ def _report_head(config: EvalConfig, cuts: list[Any], store: Any, targets: Targe
         "hours": sum(cut.duration for cut in cuts) / 3600.0,
     }
     head: dict[str, Any] = {"random_teachers": False}
-    random = random_teacher_stores(store)
+    random = store.random_teacher_urls()
     if random:  # first in the table: every number below is of untrained teachers
         head = {"random_teachers": True,
                 "random_teachers_note": f"random teacher weights in {', '.join(random)}; their outputs are for "

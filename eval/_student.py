@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from mt2kd.cuts import SAMPLE_RATE
 from mt2kd.errors import ConfigError
 from mt2kd.eval._config import EvalConfig
 from mt2kd.eval._inputs import iter_outputs, spec_dims
 
-SAMPLE_RATE = 16_000  # Hz, the student's input rate
+if TYPE_CHECKING:
+    from mt2kd.store import ReadableStore
 
 
 @dataclasses.dataclass
@@ -44,7 +46,7 @@ class StudentResults:
                 "num_cuts_failed": len(self.failures), "failures": dict(self.failures)}
 
 
-def run_student(config: EvalConfig, cuts: Sequence[Any], store: Any) -> StudentResults:
+def run_student(config: EvalConfig, cuts: Sequence[Any], store: ReadableStore) -> StudentResults:
     """Student outputs for every readable cut, and its L1 against the frame teacher.
 
     Examples
@@ -142,7 +144,7 @@ def _features(batch: Sequence[Any], failures: dict[str, str]) -> dict[str, torch
 
 @torch.no_grad()
 def _score_batch(model: torch.nn.Module, fbanks: dict[str, torch.Tensor], config: EvalConfig,
-                 store: Any, results: StudentResults) -> Any:
+                 store: ReadableStore, results: StudentResults) -> Any:
     cut_ids = list(fbanks)
     num_frames = torch.tensor([fbanks[c].shape[0] for c in cut_ids])
     padded = torch.nn.utils.rnn.pad_sequence([fbanks[c] for c in cut_ids], batch_first=True)
@@ -161,9 +163,9 @@ def _score_batch(model: torch.nn.Module, fbanks: dict[str, torch.Tensor], config
     return out
 
 
-def _add_frame_l1(out: Any, cut_ids: list[str], store: Any, teacher: str, results: StudentResults) -> None:
+def _add_frame_l1(out: Any, cut_ids: list[str], store: ReadableStore, teacher: str, results: StudentResults) -> None:
     # training's own alignment rule (truncate to the shorter, mask the rest), so eval L1 means train L1
-    from mt2kd.train._losses import align_frames
+    from mt2kd.train import align_frames
 
     targets = dict(iter_outputs(store, cut_ids, teacher))
     rows = [row for row, cut_id in enumerate(cut_ids) if cut_id in targets]

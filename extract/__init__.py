@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from mt2kd.extract._teacher import SAMPLE_RATE, Teacher, load_teacher, register_teacher, teacher_names
+from mt2kd._exports import lazy_exports
+from mt2kd.cuts import SAMPLE_RATE
+from mt2kd.extract._teacher import Teacher, load_teacher, register_teacher, teacher_names
 
 if TYPE_CHECKING:
     from mt2kd.extract._config import ExtractConfig, TeacherConfig
     from mt2kd.extract._job import extract
     from mt2kd.extract._progress import ExtractSummary
-    from mt2kd.extract._tiny import checkpoint_is_random, make_tiny_checkpoints
+    from mt2kd.extract._tiny import TINY_NOTE_FILE, checkpoint_is_random, make_tiny_checkpoints
 
 __all__ = [
     "SAMPLE_RATE",
+    "TINY_NOTE_FILE",
     "ExtractConfig",
     "ExtractSummary",
     "Teacher",
@@ -29,17 +31,14 @@ __all__ = [
 
 # Resolved on first use so that importing mt2kd.extract stays light (the
 # teachers' modules import torch; the job's modules import dask and lhotse).
-_LAZY = {
-    "ExtractConfig": "mt2kd.extract._config",
-    "ExtractSummary": "mt2kd.extract._progress",
-    "TeacherConfig": "mt2kd.extract._config",
-    "extract": "mt2kd.extract._job",
-    "checkpoint_is_random": "mt2kd.extract._tiny",
-    "make_tiny_checkpoints": "mt2kd.extract._tiny",
+_WHERE = {
+    "ExtractConfig": "_config",
+    "ExtractSummary": "_progress",
+    "TINY_NOTE_FILE": "_tiny",
+    "TeacherConfig": "_config",
+    "extract": "_job",
+    "checkpoint_is_random": "_tiny",
+    "make_tiny_checkpoints": "_tiny",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mt2kd.extract' has no attribute {name!r}")
+if not TYPE_CHECKING:
+    __getattr__ = lazy_exports(__name__, _WHERE)

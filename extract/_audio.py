@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16_000  # Hz, what every teacher takes
-# key of a file source the plan found nowhere: where it looked first (a relative path: beside the manifest)
-TRIED_KEY = "mt2kd_tried_first"
+from mt2kd.cuts import SAMPLE_RATE, TRIED_KEY, audio_sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +51,6 @@ def audio_only(data: dict[str, Any]) -> dict[str, Any]:
         slim["tracks"] = [{**track, "cut": audio_only(track["cut"])} if "cut" in track else track
                           for track in slim["tracks"]]
     return slim
-
-
-def audio_sources(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The audio source dicts of a cut dict: its recording's, or every track's of a MixedCut (nested)."""
-    yield from data.get("recording", {}).get("sources", [])
-    for track in data.get("tracks", []):
-        yield from audio_sources(track.get("cut", {}))
 
 
 def _missing_files(data: dict[str, Any]) -> list[str]:

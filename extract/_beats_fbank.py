@@ -16,9 +16,9 @@ import math
 
 import torch
 
+from mt2kd.cuts import SAMPLE_RATE
 from mt2kd.errors import ValidationError
 
-SAMPLE_RATE = 16_000  # Hz; BEATs only takes 16 kHz audio
 FRAME_LENGTH = 400  # samples (25 ms at 16 kHz)
 FRAME_SHIFT = 160  # samples (10 ms at 16 kHz)
 NUM_FFT = 512  # FFT points: the frame length rounded up to a power of two

@@ -16,7 +16,8 @@ Examples
 
 from __future__ import annotations
 
-SAMPLE_RATE = 16_000  # Hz, teacher input audio
+from mt2kd.cuts import SAMPLE_RATE
+
 HOP_SAMPLES = 160  # samples per log-mel frame (10 ms)
 MEL_RATE = SAMPLE_RATE // HOP_SAMPLES  # Hz, log-mel frames per second (100)
 CONV_STRIDE = 2  # whisper's second convolution halves the frame rate

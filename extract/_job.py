@@ -13,12 +13,13 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mt2kd.cuts import check_manifests
 from mt2kd.errors import FingerprintMismatchError, TooManyFailuresError
 from mt2kd.extract._config import ExtractConfig
-from mt2kd.extract._plan import Plan, ShardTask, check_manifests, make_plan
+from mt2kd.extract._plan import Plan, ShardTask, make_plan
 from mt2kd.extract._progress import ExtractSummary, Progress, failures_hint
 from mt2kd.extract._shard import ALREADY_COMMITTED, LOCKED, ShardResult, ShardSettings
-from mt2kd.store import TeacherSpec
+from mt2kd.store import TeacherSpec, check_store_path, open_or_create, shard_name
 
 if TYPE_CHECKING:
     from mt2kd.store import TeacherStore
@@ -73,28 +74,10 @@ def prepare_store(config: ExtractConfig, plan: Plan, specs: Mapping[str, Teacher
 
     With ``overwrite`` an existing store is deleted and made again, whether or not it could be resumed.
     """
-    from mt2kd.errors import StoreError, StoreNotFoundError
-    from mt2kd.store import TeacherStore
-
     attrs = store_attrs(config, plan, specs, random)
-    if config.overwrite:
-        try:
-            old = TeacherStore.open(config.store)
-        except StoreNotFoundError:
-            pass  # nothing to delete
-        except StoreError as e:  # a store that no longer opens is what --overwrite is there to replace
-            say(f"--overwrite: deleting the store {config.store}, which does not open ({e}), and starting it again.")
-        else:
-            say(f"--overwrite: deleting the store {old.url} ({len(old.shards)} committed shards, {len(old):,} "
-                f"cuts) and starting it again.")
-        return with_quantizers(TeacherStore.create(config.store, list(specs.values()), attrs=attrs, overwrite=True))
-    try:
-        store = TeacherStore.open(config.store, "a")
-    except StoreNotFoundError:
-        try:
-            return with_quantizers(TeacherStore.create(config.store, list(specs.values()), attrs=attrs))
-        except StoreError as refused:  # another process started on the same new store a moment before us?
-            store = _open_when_made(config.store, refused)
+    store, made = open_or_create(config.store, list(specs.values()), attrs, overwrite=config.overwrite, say=say)
+    if made:
+        return with_quantizers(store)
     check_resumable(store, specs, attrs["plan"]["fingerprint"], config)
     return store
 
@@ -105,54 +88,6 @@ def with_quantizers(store: TeacherStore) -> TeacherStore:
 
     save_quantizers(store, list(store.specs.values()))
     return store
-
-
-STORE_MADE_SECONDS = 30.0  # how long a run waits for another process to finish making the same new store
-
-
-def _open_when_made(url: str, refused: Exception) -> TeacherStore:
-    """The store another process is making at ``url`` (its root metadata comes last), once it is made.
-
-    Raise ``refused`` (why this process could not make it) if ``url`` is not
-    a store being made, or not made within ``STORE_MADE_SECONDS``.
-    """
-    from mt2kd.errors import StoreError, StoreNotFoundError
-    from mt2kd.store import TeacherStore
-
-    deadline = time.monotonic() + STORE_MADE_SECONDS
-    while True:
-        try:
-            return TeacherStore.open(url, "a")
-        except StoreNotFoundError:
-            try:
-                check_store_path(url)  # only a store's own folders so far: another process is making it
-            except StoreError:
-                raise refused from None
-            if time.monotonic() > deadline:
-                raise refused from None
-            time.sleep(0.1)
-
-
-def check_store_path(url: str) -> None:
-    """``--store`` must name an mt2kd store or nothing yet (or an empty folder): checked before workers start."""
-    from mt2kd.errors import StoreError
-    from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR
-    from mt2kd.store._fs import TMP_PREFIX, open_location
-
-    loc = open_location(url)
-    if loc.exists(METADATA_FILE):
-        return  # a store, or something that claims to be one: opening it checks which
-    try:
-        entries = loc.listdir("")
-    except NotADirectoryError:
-        raise StoreError(f"--store must name an mt2kd store or a folder to make one in. Got {loc.url}, which is "
-                         f"a file.") from None
-    entries = [e for e in entries if not e.startswith(TMP_PREFIX)]  # the root document on its way to disk
-    if set(entries) - {COMMITS_DIR, LOCKS_DIR, SHARDS_DIR}:  # only these: a store being made (its root comes last)
-        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-        raise StoreError(f"--store must name an mt2kd store, or a new or empty folder. Got {loc.url}, a non-empty "
-                         f"folder without a store's {METADATA_FILE} (it holds {shown}); pass another path, or remove "
-                         f"the folder yourself if it is not needed (--overwrite deletes mt2kd stores only).")
 
 
 def check_resumable(store: TeacherStore, specs: Mapping[str, TeacherSpec], fingerprint: str,
@@ -225,15 +160,26 @@ def extract(config: ExtractConfig, echo: Callable[[str], None] | None = None, pr
     if random:
         say(RANDOM_NOTE)
     if config.dry_run:
-        plan = make_plan(config.cuts, config.shard_hours)
-        from mt2kd.extract._cluster import describe_workers
+        return dry_run(config, random, say, start)
+    return run_job(config, random, say, progress, start)
 
-        specs = teacher_specs(config)
-        random = random_teachers(random, specs, say)
-        lines = [*plan.describe(specs), ("Workers", describe_workers(config))]
-        say("\n".join(f"{k:<16}: {v}" for k, v in lines))
-        return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
-                              num_failures=0, seconds=time.monotonic() - start, dry_run=True)
+
+def dry_run(config: ExtractConfig, random: bool, say: Callable[[str], None], start: float) -> ExtractSummary:
+    """Print the plan (cuts, shards, bytes each teacher will write, workers) and write nothing."""
+    from mt2kd.extract._cluster import describe_workers
+
+    plan = make_plan(config.cuts, config.shard_hours)
+    specs = teacher_specs(config)
+    random = random_teachers(random, specs, say)
+    lines = [*plan.describe(specs), ("Workers", describe_workers(config))]
+    say("\n".join(f"{k:<16}: {v}" for k, v in lines))
+    return ExtractSummary(**plan_summary(config, plan, random), num_shards_skipped=0, num_shards_written=0,
+                          num_failures=0, seconds=time.monotonic() - start, dry_run=True)
+
+
+def run_job(config: ExtractConfig, random: bool, say: Callable[[str], None], progress: bool, start: float
+        ) -> ExtractSummary:
+    """The job itself: workers start while the plan is read, then one task per shard not yet committed."""
     check_manifests(config.cuts)
     check_store_path(config.store)
     if config.is_local:  # the workers will read the checkpoints here: a missing one fails now, not in each worker
@@ -341,8 +287,6 @@ def shards_to_run(store: TeacherStore, plan: Plan, retry_failed: bool) -> tuple[
 
     Returns them in plan order and the IDs of the committed ones among them (written again with ``replace``).
     """
-    from mt2kd.store._format import shard_name
-
     with_failures = {f["shard"] for f in store.failures()} if retry_failed else set()
     retry = frozenset(s.shard_id for s in plan.shards if shard_name(s.shard_id) in with_failures)
     todo = [s for s in plan.shards if s.shard_id in retry or not store.is_committed(s.shard_id)]

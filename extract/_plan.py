@@ -14,19 +14,16 @@ what lets a rerun skip the shards already committed.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import gzip
 import json
 import math
-import os
 import threading
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from mt2kd.cuts import check_manifests, iter_cut_dicts
 from mt2kd.errors import ConfigError, DuplicateCutError
-from mt2kd.extract._audio import TRIED_KEY, audio_only, audio_sources, duration_order
+from mt2kd.extract._audio import audio_only, duration_order
 from mt2kd.store import TeacherSpec
 
 SECONDS_PER_HOUR = 3600.0
@@ -132,118 +129,8 @@ def _human(num_bytes: float) -> str:
     return f"{num_bytes:,.1f} TiB"
 
 
-# ---------------------------------------------------------------- reading manifests
-
-
-def iter_cut_dicts(manifest: str) -> Iterator[dict[str, Any]]:
-    """Cut dicts of a manifest as lhotse wrote them, read line by line, with audio paths made absolute.
-
-    A relative recording path is looked up next to the manifest first (so a
-    corpus folder works from anywhere) and then in the working directory.
-    The lines are parsed as JSON, not built into lhotse cuts (4 us a cut
-    instead of 46 us); the workers' lhotse reads each cut when it decodes
-    it. A line that is not a cut stops the plan, naming the manifest and the
-    line.
-    """
-    check_manifests([manifest])
-    folder = os.path.dirname(os.path.abspath(manifest))
-    gzipped = manifest.endswith(".gz")
-    opener = gzip.open if gzipped else open
-    number = 0
-    try:
-        with opener(manifest, "rt", encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    data = _cut_dict(line, f"{manifest} line {number}")
-                    _absolute_sources(data, folder)
-                    yield data
-    except (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError) as e:
-        kind = "a gzipped (its name ends in .gz), UTF-8" if gzipped else "a UTF-8"
-        raise ConfigError(f"--cuts {manifest} must be {kind} CutSet manifest. Got {type(e).__name__} after line "
-                          f"{number}: {e}") from e
-
-
-def _cut_dict(line: str, where: str) -> dict[str, Any]:
-    try:
-        data = json.loads(line)
-    except ValueError as e:
-        raise ConfigError(f"{where} must be a JSON cut, as lhotse writes CutSets. Got: {e}") from e
-    kind = data.get("type") if isinstance(data, dict) else None
-    if not isinstance(kind, str) or not kind.endswith("Cut") or not isinstance(data.get("id"), str):
-        got = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise ConfigError(f"{where} must be a cut with an 'id' and a 'type' such as 'MonoCut' (is this a CutSet "
-                          f"manifest, not recordings or supervisions?). Got {got}.")
-    if not data["id"]:  # the store keys every output by it: found only after the teachers ran, otherwise
-        raise ConfigError(f"{where} must have a non-empty cut 'id'. Got ''.")
-    if "duration" not in data:  # a MixedCut: its duration follows from its tracks, as lhotse computes it
-        from lhotse.serialization import deserialize_item
-
-        try:
-            data["duration"] = deserialize_item(copy.deepcopy(data)).duration
-        except Exception as e:  # lhotse raises many types for a malformed cut
-            raise ConfigError(f"{where} must be a cut lhotse can read. Got {type(e).__name__}: {e}") from e
-    if isinstance(data["duration"], bool) or not isinstance(data["duration"], (int, float)):
-        raise ConfigError(f"{where}: cut {data['id']!r} must have a duration in seconds. Got {data['duration']!r}.")
-    # JSON lines may hold NaN and Infinity: NaN breaks the duration order, Infinity the shard split
-    if not math.isfinite(data["duration"]) or data["duration"] < 0:
-        raise ConfigError(f"{where}: cut {data['id']!r} must have a finite duration >= 0 in seconds. "
-                          f"Got {data['duration']!r}.")
-    check_span(data, where)
-    return data
-
-
-END_TOLERANCE = 0.025  # s a cut may reach past its recording's end (lhotse's own tolerance for rounding)
-
-
-def check_span(data: dict[str, Any], where: str) -> None:
-    """A cut (and each track's cut of a MixedCut) must lie within its recording: start >= 0, end <= its duration.
-
-    A negative start read [0, duration] of the recording, not what the cut
-    says, and a cut past the end read less audio than its duration.
-    """
-    recording = data.get("recording")
-    if isinstance(recording, dict) and "start" in data:
-        start, duration, cut_id = data["start"], data.get("duration"), data.get("id")
-        if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start) or start < 0:
-            raise ConfigError(f"{where}: cut {cut_id!r} must start at a finite time >= 0 s in its recording. "
-                              f"Got start {start!r}.")
-        length = recording.get("duration")
-        if isinstance(length, (int, float)) and isinstance(duration, (int, float)) \
-                and start + duration > length + END_TOLERANCE:
-            raise ConfigError(f"{where}: cut {cut_id!r} must end within its recording {recording.get('id')!r} of "
-                              f"{length:g} s. Got start {start:g} s + duration {duration:g} s = "
-                              f"{start + duration:g} s.")
-    for track in data.get("tracks") or []:
-        if isinstance(track, dict) and isinstance(track.get("cut"), dict):
-            check_span(track["cut"], where)
-
-
 class PlanCancelled(Exception):
     """Planning was stopped from outside (its result is no longer wanted)."""
-
-
-def check_manifests(manifests: Sequence[str]) -> None:
-    """Every manifest must exist before any is read, and be given once."""
-    given: dict[str, str] = {}  # real path -> as given
-    for manifest in manifests:
-        if not os.path.isfile(manifest):
-            raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {manifest!r}.")
-        real = os.path.realpath(manifest)
-        if real in given:
-            same = "" if given[real] == manifest else f" (as {given[real]!r} and {manifest!r})"
-            raise ConfigError(f"--cuts must give each manifest once. Got {real} twice{same}.")
-        given[real] = manifest
-
-
-def _absolute_sources(data: dict[str, Any], folder: str) -> None:
-    for source in audio_sources(data):
-        path = source.get("source")
-        if source.get("type") != "file" or not isinstance(path, str) or os.path.isabs(path) or "://" in path:
-            continue
-        beside = os.path.join(folder, path)
-        source["source"] = beside if os.path.exists(beside) else os.path.abspath(path)
-        if not os.path.exists(source["source"]):  # found nowhere: its failure names both places looked in
-            source[TRIED_KEY] = beside
 
 
 def make_plan(manifests: Sequence[str], shard_hours: float, stop: threading.Event | None = None) -> Plan:

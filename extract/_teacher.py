@@ -17,7 +17,6 @@ import numpy as np
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from mt2kd.store import TeacherSpec
 
-SAMPLE_RATE = 16_000  # Hz; every teacher takes 16 kHz mono float32
 FORMAT_VERSION = 1  # bump when a teacher's output for the same weights changes
 PRECISIONS = ("fp32", "bf16", "fp16")
 CODES_SUFFIX = "_mvq"  # a teacher run with mvq=QUANTIZER stores codes as "<name>_mvq" (extract/_codes.py)

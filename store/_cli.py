@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import numpy as np
 
+from mt2kd.cuts import load_durations
 from mt2kd.errors import MT2KDError
 from mt2kd.store._cli_text import (
     AUDIOSET_CLASSES,
@@ -24,11 +25,12 @@ from mt2kd.store._cli_text import (
     diff_lines,
     diff_stores,
     failed_cut_text,
-    has_random_teachers,
     failure_lines,
-    info_lines,
+    has_random_teachers,
+    info_facts,
+    info_text,
     kv_lines,
-    load_durations,
+    random_lines,
     read_cuts,
     shape_text,
     show_pairs,
@@ -39,8 +41,7 @@ from mt2kd.store._quantizer import codes_teachers
 if TYPE_CHECKING:
     from mt2kd.store import TeacherSpec, TeacherStore
 
-__all__ = ["store", "load_durations"]  # load_durations: workflows read manifests through it
-RANDOM_NOTE = "random teacher weights in {path}; its outputs are for tests and demos, not real labels"
+__all__ = ["store"]
 PLOT_PERCENTILE = 1.0  # %, heatmap colours span the 1st to 99th percentile of the values
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,14 +67,6 @@ def _open(path: str) -> TeacherStore:
     from mt2kd.store import TeacherStore
 
     return TeacherStore.open(path)
-
-
-def _random_lines(ts: TeacherStore, path: str) -> list[str]:
-    """The NOTE line of a store made with random-weight teachers (its --json says ``random_teachers``).
-
-    A ``key : value`` line, aligned with the output it heads: ``NOTE : random teacher weights ...``.
-    """
-    return kv_lines([("NOTE", RANDOM_NOTE.format(path=path))]) if has_random_teachers(ts) else []
 
 
 def _refuse_failed(ts: TeacherStore, cut_id: str) -> None:
@@ -118,13 +111,10 @@ def info(path: str, as_json: bool) -> None:
     Example: mt2kd store info runs/librispeech.zarr --json
     """
     ts = _open(path)
-    facts = ts.info()
-    for name, spec in ts.specs.items():  # the teacher options (whisper mode, layer) belong in the summary
-        facts["teachers"][name].setdefault("config", spec.config)
     if as_json:
-        _emit_json(facts)
+        _emit_json(info_facts(ts))
     else:
-        click.echo("\n".join([*_random_lines(ts, path), *info_lines(facts)]))
+        click.echo("\n".join(info_text(ts, path)))
 
 
 # ---------------------------------------------------------------- ls, show
@@ -146,7 +136,7 @@ def ls_(path: str, limit: int, as_json: bool) -> None:
         _emit_json({"store": path, "random_teachers": has_random_teachers(ts), "num_cuts": len(all_ids),
                     "cuts": cuts})
         return
-    for line in _random_lines(ts, path):
+    for line in random_lines(ts, path):
         click.echo(line)
     rows = [[c["cut_id"], *(f"{t}={shape_text(s)}" for t, s in c["shapes"].items())] for c in cuts]
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows), default=0))]
@@ -176,7 +166,7 @@ def show(path: str, cut_id: str, as_json: bool) -> None:
         _emit_json({"store": path, "random_teachers": has_random_teachers(ts), "cut_id": cut_id,
                     "teachers": teachers, "failures": failed})
         return
-    lines = [*_random_lines(ts, path), *kv_lines([("Cut", cut_id), ("Store", path)])]
+    lines = [*random_lines(ts, path), *kv_lines([("Cut", cut_id), ("Store", path)])]
     lines += kv_lines((f"Failed {f['teacher']}", f"{f['reason']} (shard {f['shard']})") for f in failed)
     for name, facts in teachers.items():
         lines += ["", *kv_lines([("Teacher", name)])]
@@ -217,7 +207,7 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
     if as_json:
         _emit_json(facts)
     else:
-        lines = _random_lines(ts, path)
+        lines = random_lines(ts, path)
         lines += kv_lines([("Store", path), ("Cuts in store", f"{len(ts):,}"),
                            ("Manifest", "-" if durations is None else f"{manifest} ({len(durations):,} cuts)"),
                            ("Recorded failures", f"{len(failures):,}")])
@@ -281,7 +271,7 @@ def plot(path: str, cut_id: str, output: str) -> None:
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
-    for line in _random_lines(ts, path):
+    for line in random_lines(ts, path):
         click.echo(line)
     click.echo(f"wrote {output}")
 
@@ -329,7 +319,7 @@ def diff(path_a: str, path_b: str, atol: float | None, as_json: bool) -> None:
     if as_json:
         _emit_json(facts)
     else:
-        click.echo("\n".join([*_random_lines(store_a, path_a), *_random_lines(store_b, path_b), *diff_lines(facts)]))
+        click.echo("\n".join([*random_lines(store_a, path_a), *random_lines(store_b, path_b), *diff_lines(facts)]))
     if atol is not None and any(d["max_abs_diff"] > atol or d["shape_mismatches"]
                                 for d in facts["teachers"].values()):
         raise SystemExit(1)

@@ -1,13 +1,12 @@
 """Text and facts behind ``mt2kd store``: aligned ``key : value`` lines, value summaries, store diffs.
 
 Everything here is plain functions of stores and dicts, so the commands in
-``_cli.py`` stay thin and these pieces can be tested and reused (workflows
-read manifests with :func:`load_durations`). Nothing imports torch.
+``_cli.py`` stay thin and these pieces can be tested and reused. Nothing
+imports torch.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ TOP_K = 10  # logits listed by `show` and drawn by `plot`
 READ_BATCH = 64  # cuts per get_many while scanning a whole store
 KEY_WIDTH = 20  # column of the ':' in key : value output
 FAILURES_SHOWN = 2 * TOP_K  # recorded failures listed one per line (--json lists all)
+RANDOM_NOTE = "random teacher weights in {path}; its outputs are for tests and demos, not real labels"
 
 
 # ---------------------------------------------------------------- key : value lines
@@ -31,6 +31,34 @@ FAILURES_SHOWN = 2 * TOP_K  # recorded failures listed one per line (--json list
 def has_random_teachers(ts: TeacherStore) -> bool:
     """Whether the store says its teachers had random weights (attrs ``random_teachers``): not real labels."""
     return ts.attrs.get("random_teachers") is True
+
+
+def random_lines(ts: TeacherStore, path: str) -> list[str]:
+    """The NOTE line of a store made with random-weight teachers (its --json says ``random_teachers``).
+
+    A ``key : value`` line, aligned with the output it heads: ``NOTE : random teacher weights ...``.
+    """
+    return kv_lines([("NOTE", RANDOM_NOTE.format(path=path))]) if has_random_teachers(ts) else []
+
+
+def info_facts(ts: TeacherStore) -> dict[str, Any]:
+    """What ``mt2kd store info --json`` prints: :meth:`TeacherStore.info` with each teacher's config."""
+    facts = ts.info()
+    for name, spec in ts.specs.items():  # the teacher options (whisper mode, layer) belong in the summary
+        facts["teachers"][name].setdefault("config", spec.config)
+    return facts
+
+
+def info_text(ts: TeacherStore, path: str | None = None) -> list[str]:
+    """The lines ``mt2kd store info`` prints for ``ts`` (``path``: how to name it, its URL by default).
+
+    Examples
+    --------
+    >>> print("\\n".join(info_text(TeacherStore.open("runs/demo.zarr"))))  # doctest: +SKIP
+    Type                : mt2kd.TeacherStore
+    ...
+    """
+    return [*random_lines(ts, path or ts.url), *info_lines(info_facts(ts))]
 
 
 def kv_lines(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
@@ -250,32 +278,6 @@ def _first_unreadable(ts: TeacherStore, cut_ids: Sequence[str], teachers: Sequen
             except (OSError, ValueError, RuntimeError) as e:
                 return cut_id, teacher, e
     return None, None, None
-
-
-def load_durations(manifest: str) -> dict[str, float]:
-    """Cut ID -> duration (s) of a lhotse CutSet manifest (``.jsonl`` or ``.jsonl.gz``).
-
-    Lines are parsed as plain JSON, which keeps torch (imported by lhotse) out
-    of ``verify``; a manifest with cuts that carry no ``duration`` field (mixed
-    cuts) is handed to lhotse instead.
-    """
-    durations: dict[str, float] = {}
-    opener = gzip.open if manifest.endswith(".gz") else open
-    with opener(manifest, "rt", encoding="utf-8") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            cut = json.loads(line)
-            if "duration" not in cut:
-                return _load_durations_with_lhotse(manifest)
-            durations[cut["id"]] = float(cut["duration"])
-    return durations
-
-
-def _load_durations_with_lhotse(manifest: str) -> dict[str, float]:
-    from lhotse import CutSet
-
-    return {cut.id: float(cut.duration) for cut in CutSet.from_jsonl_lazy(manifest)}
 
 
 # ---------------------------------------------------------------- diff

@@ -74,6 +74,9 @@ class MultiStore:
     def failures(self) -> list[dict[str, Any]]:
         return [{**f, "store": s.url} for s in self.stores for f in s.failures()]
 
+    def random_teacher_urls(self) -> list[str]:
+        return [url for s in self.stores for url in s.random_teacher_urls()]
+
     def get(self, cut_id: str) -> dict[str, np.ndarray]:
         return self.get_many([cut_id])[0]
 
@@ -193,3 +196,17 @@ def open_stores(paths: Iterable[str | os.PathLike[str] | TeacherStore]) -> Multi
     ['beats', 'ecapa', 'whisper']
     """
     return MultiStore([p if isinstance(p, TeacherStore) else TeacherStore.open(p) for p in paths])
+
+
+def open_view(paths: Sequence[str | os.PathLike[str]]) -> TeacherStore | MultiStore:
+    """What a reader reads from: the one store of ``paths``, or all of them as one :func:`open_stores` view.
+
+    Examples
+    --------
+    >>> store = open_view(["train.zarr"])  # doctest: +SKIP
+    >>> "cut-1" in store  # doctest: +SKIP
+    True
+    """
+    if len(paths) == 1:
+        return TeacherStore.open(paths[0])
+    return open_stores(paths)

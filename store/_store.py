@@ -189,6 +189,10 @@ class TeacherStore:
         """Every recorded failure: ``{"cut_id", "teacher", "reason", "shard"}``."""
         return self._index.failures()
 
+    def random_teacher_urls(self) -> list[str]:
+        """``[url]`` when the store's attrs say its teachers had random weights (``random_teachers``), else ``[]``."""
+        return [self.url] if self.attrs.get("random_teachers") is True else []
+
     def shapes(self, cut_id: str) -> dict[str, tuple[int, ...]]:
         """Shape of every stored teacher output of ``cut_id`` (as ``get`` would return), read from the index.
 

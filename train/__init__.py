@@ -6,6 +6,7 @@ Public face used by evaluation and workflows:
 - :class:`Student` / :class:`StudentOutput` / :class:`StudentConfig`;
 - :func:`load_student` - model and config from a checkpoint;
 - :func:`average_checkpoints` - the mean weights of several checkpoints;
+- :func:`list_checkpoints` / :func:`checkpoint_path` - a run's checkpoints and their names;
 - :func:`align_frames` - the one rule aligning student and teacher frames;
 - :class:`TrainConfig` and :func:`train` - one stage-1 KD run;
 - :class:`FinetuneConfig`, :func:`finetune` and :func:`load_finetuned` - stage-2
@@ -22,8 +23,17 @@ Names resolve on first use, so ``mt2kd train --help`` does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from mt2kd._exports import lazy_exports
+
+if TYPE_CHECKING:
+    from mt2kd.train._checkpoint import average_checkpoints, list_checkpoints, load_student
+    from mt2kd.train._config import StudentConfig, TrainConfig, checkpoint_path
+    from mt2kd.train._features import compute_fbank
+    from mt2kd.train._losses import align_frames
+    from mt2kd.train._model import Student, StudentOutput
+    from mt2kd.train._trainer import train
 
 _WHERE = {
     "Student": "_model",
@@ -31,7 +41,9 @@ _WHERE = {
     "StudentConfig": "_config",
     "TrainConfig": "_config",
     "KDTarget": "_targets",
+    "checkpoint_path": "_config",
     "average_checkpoints": "_checkpoint",
+    "list_checkpoints": "_checkpoint",
     "load_student": "_checkpoint",
     "compute_fbank": "_features",
     "align_frames": "_losses",
@@ -58,11 +70,5 @@ _WHERE = {
 }
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'mt2kd.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"mt2kd.train.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:
+    __getattr__ = lazy_exports(__name__, _WHERE)

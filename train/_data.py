@@ -21,79 +21,35 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mt2kd.train._cut_ids import stored_cut_id
-from mt2kd.train._features import SAMPLE_RATE, compute_fbank
+from mt2kd.cuts import SAMPLE_RATE, is_time_altered
+from mt2kd.cuts import target_source as stored_source
+from mt2kd.train._features import compute_fbank
+
+if TYPE_CHECKING:
+    from mt2kd.store import ReadableStore
 
 log = logging.getLogger(__name__)
 
-_TIME_ALTERING = ("speed", "tempo")  # lhotse transform names that change the time axis
 _warned_perturbed = False  # one warning per process, not one per cut
 _warned_length = False  # likewise for frame targets whose length does not fit the cut
 FRAME_TOLERANCE = 2.0  # frames; teacher front-ends round a cut's length to within a frame or so
 
 
-def _transform_name(transform: Any) -> str:
-    if isinstance(transform, dict):
-        return str(transform.get("name", ""))
-    return type(transform).__name__
-
-
-def is_time_altered(cut: Any) -> bool:
-    """True when the cut's audio, or that of any track of a MixedCut, is speed- or tempo-perturbed."""
-    if hasattr(cut, "tracks"):
-        return any(is_time_altered(track.cut) for track in cut.tracks)
-    recording = getattr(cut, "recording", None)
-    transforms = getattr(recording, "transforms", None) or []
-    return any(_transform_name(t).lower() in _TIME_ALTERING for t in transforms)
-
-
-def _first_track_cut(cut: Any) -> Any:
-    while hasattr(cut, "tracks"):  # MixedCut; tracks may themselves be mixed
-        cut = cut.tracks[0].cut
-    return cut
-
-
-def _track_ids(cut: Any) -> set[str]:
-    """IDs of every cut inside a MixedCut (nested mixes included)."""
-    ids: set[str] = set()
-    for track in getattr(cut, "tracks", ()):
-        ids.add(track.cut.id)
-        ids |= _track_ids(track.cut)
-    return ids
-
-
-def target_source(cut: Any, store: Any) -> tuple[str, Any] | None:
-    """(store cut ID, the cut those targets were computed on) for ``cut``, or None if none are valid.
-
-    A MixedCut with an ID of its own that the store holds was extracted as
-    mixed (a corpus mixed before extraction): its own targets. Any other
-    MixedCut (mixed on the fly, or padded or mixed keeping a track's ID)
-    takes its first track's targets. Time-altered audio has none.
-
-    Examples
-    --------
-    >>> target_source(cut.repeat(2)[1], store)[0]  # doctest: +SKIP
-    'cut-0001'
-    """
+def target_source(cut: Any, store: ReadableStore) -> tuple[str, Any] | None:
+    """:func:`mt2kd.cuts.target_source`, warning once per process that perturbed cuts read no targets."""
     if is_time_altered(cut):
         _warn_perturbed(cut.id)
         return None
-    if hasattr(cut, "tracks"):
-        own = stored_cut_id(cut.id, store)  # after repeat(), "<id>_repeatN" reads <id>
-        if own is not None and own not in _track_ids(cut):
-            return own, cut
-    source = _first_track_cut(cut)
-    stored = stored_cut_id(source.id, store)
-    return None if stored is None else (stored, source)
+    return stored_source(cut, store)
 
 
-def target_id(cut: Any, store: Any) -> str | None:
+def target_id(cut: Any, store: ReadableStore) -> str | None:
     """The store cut ID whose targets belong to ``cut`` (see :func:`target_source`), or None.
 
     Examples
@@ -125,14 +81,14 @@ class LazyStores:
 
     def __init__(self, paths: Sequence[str]) -> None:
         self.paths = [str(p) for p in paths]
-        self._store: Any = None
+        self._store: ReadableStore | None = None
         self._pid: int | None = None
 
-    def get(self) -> Any:
+    def get(self) -> ReadableStore:
         if self._store is None or self._pid != os.getpid():
-            from mt2kd.store import TeacherStore, open_stores
+            from mt2kd.store import open_view
 
-            self._store = TeacherStore.open(self.paths[0]) if len(self.paths) == 1 else open_stores(self.paths)
+            self._store = open_view(self.paths)
             self._pid = os.getpid()
         return self._store
 
@@ -188,7 +144,7 @@ def _collate_clip(rows: list[np.ndarray | None], dim: int) -> dict[str, torch.Te
 
 
 def fetch_targets(
-    cuts: Sequence[Any], store: Any, teachers: Sequence[str] | None = None
+    cuts: Sequence[Any], store: ReadableStore, teachers: Sequence[str] | None = None
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Targets of ``cuts`` from ``store``, collated per teacher with presence masks.
 

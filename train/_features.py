@@ -12,9 +12,9 @@ from typing import overload
 import numpy as np
 import torch
 
+from mt2kd.cuts import SAMPLE_RATE
 from mt2kd.errors import ValidationError
 
-SAMPLE_RATE = 16_000  # Hz, the only rate the student accepts
 NUM_MEL_BINS = 80  # filterbank channels
 FRAME_LENGTH_MS = 25.0  # ms, analysis window
 FRAME_SHIFT_MS = 10.0  # ms, hop: 100 Hz frames

@@ -11,20 +11,14 @@ import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mt2kd.cuts import check_manifests, manifest_error, open_manifest
 from mt2kd.errors import ConfigError, MT2KDError
 from mt2kd.train._data import KDDataset
-from mt2kd.train._manifests import manifest_error, open_manifest
 
-
-def check_manifests(cut_paths: Sequence[str | Path]) -> None:
-    """Refuse an empty list or a manifest path that is not a file, before anything else reads them."""
-    if not cut_paths:
-        raise ConfigError("at least one --cuts manifest is needed. Got none.")
-    for path in cut_paths:
-        if not Path(path).is_file():
-            raise ConfigError(f"--cuts must name an existing CutSet manifest. Got {str(path)!r}.")
+if TYPE_CHECKING:
+    from mt2kd.store import ReadableStore
 
 
 def open_corpora(cut_paths: Sequence[str | Path], repeats: Sequence[int] = (), seed: int = 0) -> Any:
@@ -65,7 +59,7 @@ def open_corpora_counted(cut_paths: Sequence[str | Path], repeats: Sequence[int]
 COVERAGE_SAMPLE = 1000  # cuts read from the head of each manifest to check it has targets
 
 
-def check_target_coverage(cut_paths: Sequence[str | Path], store: Any) -> dict[str, float]:
+def check_target_coverage(cut_paths: Sequence[str | Path], store: ReadableStore) -> dict[str, float]:
     """Fraction of the first cuts of each manifest that have targets in ``store``; refuse all-zero.
 
     A store that does not belong to the manifests would otherwise train on

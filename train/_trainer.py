@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mt2kd.cuts import check_manifests
 from mt2kd.train._config import HeadConfig, StudentConfig, TrainConfig
 from mt2kd.train._data import LazyStores
-from mt2kd.train._loader import check_manifests, check_target_coverage, make_loader, make_sampler, open_corpora_counted
+from mt2kd.train._loader import check_target_coverage, make_loader, make_sampler, open_corpora_counted
 from mt2kd.train._losses import ResolvedTarget, kd_losses, resolve_targets
 from mt2kd.train._model import Student
 from mt2kd.train._optim import base_lr, lr_factor, make_optimizer, max_grad_norm
@@ -23,6 +24,9 @@ from mt2kd.train._runner import Runner, eden_factor, start, to_device
 from mt2kd.train._zipformer import set_training_step
 
 __all__ = ["Trainer", "eden_factor", "student_config_for", "train"]
+
+if TYPE_CHECKING:
+    from mt2kd.store import ReadableStore
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +70,9 @@ def _with_heads(preset: StudentConfig, heads: tuple[HeadConfig, ...]) -> Student
     return dataclasses.replace(preset, heads=heads)
 
 
-def _warn_random_teachers(store: Any, rank: int) -> None:
+def _warn_random_teachers(store: ReadableStore, rank: int) -> None:
     """Say up front that targets from random-weight teachers (store attrs ``random_teachers``) teach nothing real."""
-    stores = getattr(store, "stores", None) or [store]
-    random = [str(s.url) for s in stores if s.attrs.get("random_teachers") is True]
+    random = store.random_teacher_urls()
     if random and rank == 0:
         log.warning("random teacher weights in %s: their targets are for tests and demos, not real labels, "
                     "and a student trained on them learns nothing real", ", ".join(random))

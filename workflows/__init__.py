@@ -9,17 +9,17 @@ Names resolve on first use, so ``mt2kd --help`` imports none of the stages.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from mt2kd._exports import lazy_exports
+
+if TYPE_CHECKING:
+    from mt2kd.workflows._config import WorkflowConfig
+    from mt2kd.workflows._demo import demo_config
+    from mt2kd.workflows._run import run_workflow
 
 _WHERE = {"WorkflowConfig": "_config", "run_workflow": "_run", "demo_config": "_demo"}
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'mt2kd.workflows' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"mt2kd.workflows.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:
+    __getattr__ = lazy_exports(__name__, _WHERE)

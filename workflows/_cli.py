@@ -69,7 +69,7 @@ def demo(out: str, workers: int) -> None:
 
     Example: mt2kd demo --out demo-out
     """
-    from mt2kd.store._cli import store as store_cli
+    from mt2kd.store import TeacherStore, info_text
     from mt2kd.workflows._demo import NUMBERS_MEAN_NOTHING, RANDOM_BANNER, demo_config, write_demo_manifests
     from mt2kd.workflows._run import with_workers
 
@@ -78,7 +78,7 @@ def demo(out: str, workers: int) -> None:
     write_demo_manifests(Path(out) / "data")
     results = _run(config)
     click.echo("")
-    store_cli.main(["info", config.extract.store], standalone_mode=False)
+    click.echo("\n".join(info_text(TeacherStore.open(config.extract.store), config.extract.store)))
     _print_summary(results, config, "demo report (RANDOM teachers):")
     click.echo("")
     click.echo(NUMBERS_MEAN_NOTHING)

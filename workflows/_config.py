@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mt2kd.errors import ConfigError
-from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._config import StudentEvalConfig
+from mt2kd.eval import EvalConfig, StudentEvalConfig
 from mt2kd.extract import ExtractConfig
-from mt2kd.train._config import TrainConfig, checkpoint_path
-from mt2kd.train._finetune_config import FinetuneConfig
+from mt2kd.train import FinetuneConfig, TrainConfig, checkpoint_path
 from mt2kd._typed import read_mapping, typed_values
 from mt2kd.workflows._sections import load_section
 

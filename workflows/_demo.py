@@ -13,12 +13,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._config import StudentEvalConfig
+from mt2kd.eval import EvalConfig, StudentEvalConfig
 from mt2kd.extract import ExtractConfig
-from mt2kd.train._asr_config import AsrConfig
-from mt2kd.train._config import TrainConfig, checkpoint_path
-from mt2kd.train._finetune_config import FinetuneConfig
+from mt2kd.train import AsrConfig, FinetuneConfig, TrainConfig, checkpoint_path
 from mt2kd.workflows._config import TOKENIZER_DIR, WorkflowConfig
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"  # the committed demo corpus

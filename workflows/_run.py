@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mt2kd.cuts import load_durations
 from mt2kd.errors import ValidationError
 from mt2kd.workflows._config import WorkflowConfig
 from mt2kd.workflows._stages import eval_stage, eval_student_stage, finetune_stage, train_stage
@@ -19,7 +20,7 @@ def prepare(config: WorkflowConfig, echo: Echo) -> None:
     """Write tiny random teachers when the config asks for them (kept if already there)."""
     if not config.tiny_teachers:
         return
-    from mt2kd.extract._tiny import TINY_NOTE_FILE, make_tiny_checkpoints
+    from mt2kd.extract import TINY_NOTE_FILE, make_tiny_checkpoints
 
     folder = Path(config.tiny_teachers)
     if (folder / TINY_NOTE_FILE).is_file():
@@ -30,8 +31,6 @@ def prepare(config: WorkflowConfig, echo: Echo) -> None:
 
 
 def manifest_durations(manifests: tuple[str, ...]) -> dict[str, float]:
-    from mt2kd.store._cli import load_durations
-
     durations: dict[str, float] = {}
     for manifest in manifests:
         durations.update(load_durations(manifest))

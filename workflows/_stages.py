@@ -13,10 +13,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from mt2kd.eval._config import EvalConfig
-from mt2kd.eval._config import StudentEvalConfig
-from mt2kd.train._config import TrainConfig
-from mt2kd.train._finetune_config import FinetuneConfig
+from mt2kd.eval import EvalConfig, StudentEvalConfig
+from mt2kd.train import FinetuneConfig, TrainConfig
 
 Echo = Callable[[str], None]
 NOT_LOSSES = ("lr", "encoder_lr", "grad_norm")  # step values that are not losses
@@ -52,7 +50,7 @@ def _mean_losses(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _summarise(stage: str, exp_dir: str, num_steps: int, history: list[dict[str, float]]) -> TrainSummary:
-    from mt2kd.train._checkpoint import list_checkpoints
+    from mt2kd.train import list_checkpoints
 
     found = list_checkpoints(exp_dir)
     return TrainSummary(stage=stage, exp_dir=exp_dir, num_steps=num_steps, num_steps_run=len(history),
@@ -90,8 +88,7 @@ def finetune_stage(cfg: FinetuneConfig, bpe_vocab_size: int, say: Echo) -> Train
 
 def eval_student_stage(cfg: StudentEvalConfig, report_path: str, say: Echo) -> dict[str, Any]:
     """Score the fine-tuned student on its test sets; returns the report."""
-    from mt2kd.eval._report import write_json
-    from mt2kd.eval._student_eval import evaluate_student, summary_table
+    from mt2kd.eval import evaluate_student, summary_table, write_json
 
     say(f"eval student: {cfg.checkpoint} on {len(cfg.test_sets)} test set(s)")
     report = evaluate_student(cfg).report
@@ -105,8 +102,7 @@ def eval_student_stage(cfg: StudentEvalConfig, report_path: str, say: Echo) -> d
 
 def eval_stage(cfg: EvalConfig, report_path: str, say: Echo) -> dict[str, Any]:
     """Evaluate teachers (and the student when ``cfg.checkpoint`` is set); returns the report."""
-    from mt2kd.eval._report import write_json
-    from mt2kd.eval._run import evaluate
+    from mt2kd.eval import evaluate, write_json
 
     who = f"student {cfg.checkpoint} and teachers" if cfg.checkpoint else "teachers (no student checkpoint)"
     say(f"eval: {who} on {len(cfg.cuts)} manifest(s)")

@@ -12,12 +12,12 @@ import dataclasses
 
 import pytest
 
+from mt2kd.cuts import canonical_cut_id, stored_cut_id, strip_repeat_suffix
 from mt2kd.errors import ValidationError
 from mt2kd.eval._asr import score_transcripts
 from mt2kd.eval._config import EvalConfig
 from mt2kd.eval._run import evaluate
 from mt2kd.eval._trials import read_trials, write_trials
-from mt2kd.train._cut_ids import canonical_cut_id, stored_cut_id, strip_repeat_suffix
 
 
 def _repeated_manifest(corpus, folder, times: int = 2):
@@ -66,8 +66,8 @@ def test_trials_file_with_repeat_ids_maps_to_the_cuts(corpus, store, tmp_path) -
 
 
 def evaluate_trials(config: EvalConfig):
-    from mt2kd.eval._scoring import build_trials
     from mt2kd.eval._inputs import load_cuts
+    from mt2kd.eval._scoring import build_trials
 
     trials, _ = build_trials(load_cuts(config.cuts), None, 20, 20, seed=3)
     return trials

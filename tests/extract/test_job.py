@@ -314,7 +314,7 @@ def test_a_checkpoint_of_the_wrong_kind_stops_the_job_before_any_worker_starts(
 
 
 def test_a_store_being_made_by_another_job_is_not_taken_for_a_foreign_folder(tmp_path: Path) -> None:
-    from mt2kd.extract._job import check_store_path
+    from mt2kd.store import check_store_path
 
     (tmp_path / "store" / "shards").mkdir(parents=True)  # what TeacherStore.create writes before the root
     check_store_path(str(tmp_path / "store"))
@@ -328,6 +328,7 @@ def test_a_job_waits_for_another_one_making_the_same_new_store(tmp_path: Path,
     import threading
 
     import mt2kd.extract._job as job
+    import mt2kd.store._setup as store_setup
     from mt2kd.errors import StoreError
 
     config = ExtractConfig(cuts=DEMO_CUTS[:1], store=str(tmp_path / "store"),
@@ -349,7 +350,7 @@ def test_a_job_waits_for_another_one_making_the_same_new_store(tmp_path: Path,
     # nobody finishing it: the reason this job could not make it, after the wait
     shutil.rmtree(tmp_path / "store")
     (tmp_path / "store" / "shards").mkdir(parents=True)
-    monkeypatch.setattr(job, "STORE_MADE_SECONDS", 0.3)
+    monkeypatch.setattr(store_setup, "STORE_MADE_SECONDS", 0.3)
     with pytest.raises(StoreError, match="must not exist yet"):
         job.prepare_store(config, plan, specs, False)
 

@@ -178,7 +178,8 @@ def test_mixed_cuts_are_planned_and_decoded_as_lhotse_mixes_them(tmp_path: Path,
     import soundfile as sf
     from lhotse import CutSet, MonoCut, Recording
 
-    from mt2kd.extract._audio import CutAudio, CutFailure, audio_sources, load_cut_audio
+    from mt2kd.cuts import audio_sources
+    from mt2kd.extract._audio import CutAudio, CutFailure, load_cut_audio
 
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -444,11 +445,11 @@ def test_a_bad_manifest_shows_while_the_workers_are_still_queued(tmp_path: Path,
     import contextlib
     import threading
 
+    import soundfile as sf
+
     import mt2kd.extract._cluster as cluster
     import mt2kd.extract._job as job
     from mt2kd.extract import extract
-
-    import soundfile as sf
 
     sf.write(tmp_path / "a.flac", tone(1.0), 16_000)
     twin = write_manifest([cut("spk-anna-00", tmp_path / "a.flac", 16_000, 16_000)], tmp_path / "twin.jsonl.gz")

@@ -412,7 +412,7 @@ def test_verify_finds_a_nan_written_with_plain_zarr(tmp_path: Path, outputs: dic
 def test_load_durations_reads_lhotse_manifests(tmp_path: Path) -> None:
     from lhotse import CutSet
 
-    from mt2kd.store._cli import load_durations
+    from mt2kd.cuts import load_durations
 
     for name in ("cuts.jsonl", "cuts.jsonl.gz"):
         assert load_durations(write_manifest(tmp_path / name, DURATIONS)) == pytest.approx(DURATIONS)

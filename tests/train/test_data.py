@@ -219,7 +219,7 @@ def _cut_with_source(path, source: str):
 def test_audio_paths_relative_to_the_manifest_resolve_from_any_working_directory(tmp_path, monkeypatch) -> None:
     from lhotse import CutSet
 
-    from mt2kd.train._manifests import open_manifest
+    from mt2kd.cuts import open_manifest
 
     corpus, cwd = tmp_path / "corpus", tmp_path / "cwd"
     (corpus / "audio").mkdir(parents=True)

@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from mt2kd.cli import main
+from mt2kd.cuts import load_durations
 from mt2kd.store import TeacherStore
-from mt2kd.store._cli import load_durations
 from mt2kd.workflows._config import WorkflowConfig
 from mt2kd.workflows._demo import DEMO_DIR, DEMO_FINETUNE_STEPS, DEMO_MANIFESTS, DEMO_TRAIN_STEPS
 
