@@ -57,7 +57,7 @@ DEMO = Path(__file__).resolve().parents[1] / "workflows" / "demo"
 
 def write_corpus(folder: Path, repeat: int) -> Path:
     """The demo manifests repeated under new cut IDs, with absolute audio paths."""
-    from mt2kd.extract._plan import iter_cut_dicts
+    from mt2kd.cuts import iter_cut_dicts
 
     cuts = [c for m in ("speech_cuts.jsonl.gz", "events_cuts.jsonl.gz") for c in iter_cut_dicts(str(DEMO / m))]
     path = folder / "bench_cuts.jsonl.gz"
@@ -71,7 +71,7 @@ def write_corpus(folder: Path, repeat: int) -> Path:
 def decode_all(manifest: Path) -> dict[str, Any]:
     """Every cut's decoded audio by cut ID (the forward anchor must not pay for decoding)."""
     from mt2kd.extract._audio import CutAudio, load_cut_audio
-    from mt2kd.extract._plan import iter_cut_dicts
+    from mt2kd.cuts import iter_cut_dicts
 
     return {a.cut_id: a for a in map(load_cut_audio, iter_cut_dicts(str(manifest))) if isinstance(a, CutAudio)}
 

@@ -50,7 +50,7 @@ def cut_text(cut: Any) -> str | None:
 
 def iter_transcripts(paths: Sequence[str | Path]) -> Iterator[str]:
     """Every non-empty cut transcript of the manifests, in manifest order."""
-    from mt2kd.train._manifests import open_manifest
+    from mt2kd.cuts import open_manifest
 
     for path in paths:
         for cut in open_manifest(path):

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mt2kd.cuts import SAMPLE_RATE
+
 DEMO = Path(__file__).resolve().parents[2] / "workflows" / "demo"
-SAMPLE_RATE = 16_000  # Hz
 
 # cut ID -> start of the reason the store must record (None: must be extracted fine)
 BAD_CASES = {

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from mt2kd.cuts import SAMPLE_RATE
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError, ValidationError
 from mt2kd.extract import load_teacher as load_any_teacher
 from mt2kd.extract._ecapa_yaml import parse_hyperparams
-from mt2kd.extract.ecapa import EcapaTeacher
 from mt2kd.extract._tiny import write_tiny_ecapa_checkpoint
-from mt2kd.extract.ecapa import EcapaConfig, equal_key_batches, read_ecapa_config
+from mt2kd.extract.ecapa import EcapaConfig, EcapaTeacher, equal_key_batches, read_ecapa_config
 
-SAMPLE_RATE = 16_000  # Hz
 TOLERANCE = 1e-5  # max abs difference allowed between two computations of one embedding
 RELEASED_CHANNELS = (1024, 1024, 1024, 1024, 3072)
 # samples; 16_000/16_100/16_000 all give 101 fbank frames and 12_345/12_400 give 78, so they share batches

@@ -82,8 +82,8 @@ def test_a_relative_audio_path_found_nowhere_names_both_places_looked_in(tmp_pat
 def test_the_plan_keeps_of_each_cut_only_what_decoding_reads_and_compactly() -> None:
     import tracemalloc
 
+    from mt2kd.cuts import iter_cut_dicts
     from mt2kd.extract._audio import CutAudio, audio_only, load_cut_audio
-    from mt2kd.extract._plan import iter_cut_dicts
 
     full = {c["id"]: c for c in iter_cut_dicts(SPEECH)}
     assert all(c["supervisions"] and c["supervisions"][0]["text"] for c in full.values())  # transcripts
@@ -113,7 +113,7 @@ def test_a_line_that_is_not_a_cut_stops_the_plan_naming_the_manifest_and_line(tm
     import gzip
     import json
 
-    from mt2kd.extract._plan import iter_cut_dicts
+    from mt2kd.cuts import iter_cut_dicts
 
     first = next(iter_cut_dicts(SPEECH))
     broken = tmp_path / "broken.jsonl.gz"
@@ -160,7 +160,7 @@ def test_a_non_finite_or_negative_duration_stops_the_plan_naming_manifest_line_a
                                                                                          tmp_path: Path) -> None:
     import json
 
-    from mt2kd.extract._plan import iter_cut_dicts
+    from mt2kd.cuts import iter_cut_dicts
 
     cuts = list(iter_cut_dicts(SPEECH))[:3]
     cuts[1]["duration"] = duration  # json.dumps writes NaN, Infinity and -Infinity, and json.loads reads them

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mt2kd.extract._plan import ShardTask
+from mt2kd.cuts import SAMPLE_RATE
 from mt2kd.extract import _shard
+from mt2kd.extract._plan import ShardTask
 from mt2kd.extract._shard import COMMITTED, LOCKED, ShardSettings, WriteBehind, write_shard
 from mt2kd.store import TeacherSpec, TeacherStore
-
-SAMPLE_RATE = 16_000  # Hz
 
 
 def test_write_behind_runs_calls_in_order_on_one_thread() -> None:

@@ -10,11 +10,16 @@ import pytest
 import torch
 import yaml
 
+from mt2kd.cuts import SAMPLE_RATE
 from mt2kd.extract import load_teacher
-from mt2kd.extract._tiny import (RANDOM_WEIGHTS_FILE, TINY_NOTE_FILE, checkpoint_is_random, make_tiny_checkpoints,
-                                 write_tiny_ecapa_checkpoint)
+from mt2kd.extract._tiny import (
+    RANDOM_WEIGHTS_FILE,
+    TINY_NOTE_FILE,
+    checkpoint_is_random,
+    make_tiny_checkpoints,
+    write_tiny_ecapa_checkpoint,
+)
 
-SAMPLE_RATE = 16_000  # Hz
 RELEASED_FILES = {"hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ckpt", "classifier.ckpt",
                   "label_encoder.txt"}
 # top-level keys and tags of the released spkrec-ecapa-voxceleb hyperparams.yaml, in order

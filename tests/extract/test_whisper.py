@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from mt2kd.cuts import SAMPLE_RATE
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from mt2kd.extract import load_teacher
 from mt2kd.extract._frames import WINDOW_SAMPLES, num_encoder_frames, num_stacked_frames
@@ -22,7 +23,6 @@ from mt2kd.extract.whisper import WhisperOptions, WhisperTeacher, write_tiny_whi
 if TYPE_CHECKING:
     from whisper.model import Whisper
 
-SAMPLE_RATE = 16_000  # Hz
 STATE = 64  # n_audio_state of the tiny checkpoints
 NUM_LAYERS = 3  # encoder blocks of the tiny checkpoints
 

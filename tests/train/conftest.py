@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-SAMPLE_RATE = 16_000  # Hz
+from mt2kd.cuts import SAMPLE_RATE
+
 WHISPER_DIM = 2560
 NUM_CLASSES = 527
 EMBEDDING_DIM = 192

@@ -17,7 +17,7 @@ DEMO_EVENTS = DEMO_SPEECH.with_name("events_cuts.jsonl.gz")
 
 @pytest.fixture(scope="module")
 def demo_texts() -> list[str]:
-    from mt2kd.train._manifests import open_manifest
+    from mt2kd.cuts import open_manifest
 
     return [t for t in (cut_text(c) for c in open_manifest(DEMO_SPEECH)) if t]
 
