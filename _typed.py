@@ -9,15 +9,18 @@ string given for a number field is read as the number it spells.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mt2kd.errors import ConfigError
 
+T = TypeVar("T")
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 _YAML_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # what YAML 1.1 leaves as a string
 
@@ -121,3 +124,39 @@ def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(path)!r} must hold a mapping of its fields. Got {type(data).__name__}.")
     return data
+
+
+def check_fields(cls: type, data: Mapping[str, Any], what: str | None = None) -> None:
+    """Refuse keys of ``data`` that are not fields of the dataclass ``cls``, naming them and the fields it has.
+
+    ``what`` names the config in the message (the class name by default).
+
+    Examples
+    --------
+    >>> from mt2kd.store import TeacherSpec
+    >>> check_fields(TeacherSpec, {"nme": "beats"})
+    Traceback (most recent call last):
+    ...
+    mt2kd.errors.ConfigError: unknown TeacherSpec fields ['nme']; expected a subset of [...].
+    """
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what or cls.__name__} fields {unknown}; expected a subset of {known}.")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], what: str | None = None, tuples: bool = True) -> T:
+    """The dataclass ``cls`` built from ``data`` (JSON or YAML values): every config's ``from_dict``.
+
+    Keys ``cls`` does not have are refused (:func:`check_fields`); with
+    ``tuples``, lists become tuples, as frozen configs hold them.
+
+    Examples
+    --------
+    >>> from mt2kd.eval import EvalConfig
+    >>> from_dict(EvalConfig, {"cuts": ["dev.jsonl.gz"], "stores": ["dev.zarr"]}).cuts
+    ('dev.jsonl.gz',)
+    """
+    check_fields(cls, data, what)
+    values = {k: tuple(v) if tuples and isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)

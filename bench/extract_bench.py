@@ -70,8 +70,8 @@ def write_corpus(folder: Path, repeat: int) -> Path:
 
 def decode_all(manifest: Path) -> dict[str, Any]:
     """Every cut's decoded audio by cut ID (the forward anchor must not pay for decoding)."""
-    from mt2kd.extract._audio import CutAudio, load_cut_audio
     from mt2kd.cuts import iter_cut_dicts
+    from mt2kd.extract._audio import CutAudio, load_cut_audio
 
     return {a.cut_id: a for a in map(load_cut_audio, iter_cut_dicts(str(manifest))) if isinstance(a, CutAudio)}
 
@@ -238,9 +238,8 @@ def main() -> None:
     import torch
 
     from mt2kd.extract import TeacherConfig, make_tiny_checkpoints
-    from mt2kd.extract._plugin import load_teachers
-
     from mt2kd.extract._cluster import local_torch_threads
+    from mt2kd.extract._plugin import load_teachers
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

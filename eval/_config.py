@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError
 
 
@@ -57,15 +58,7 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown EvalConfig fields {unknown}; expected a subset of {sorted(known)}.")
-        data = dict(data)
-        for key in ("cuts", "stores"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        return from_dict(cls, data)
 
 
 METHODS = ("greedy", "beam", "ctc")  # decoding methods of eval student: transducer greedy and beam, CTC greedy
@@ -127,9 +120,4 @@ class StudentEvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentEvalConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown StudentEvalConfig fields {unknown}; expected a subset of {sorted(known)}.")
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return from_dict(cls, data)

@@ -14,8 +14,8 @@ from mt2kd.eval._inputs import (
     clip_outputs,
     load_cuts,
     merge_repeat_copies,
-    spec_dims,
     speakers,
+    spec_dims,
 )
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
 

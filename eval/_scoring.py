@@ -46,7 +46,8 @@ class Scores:
 
 
 def build_labels(cuts: Sequence[Any], num_classes: int | None, label_file: str | None,
-                 teacher_logits: Mapping[str, np.ndarray], threshold: float) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+                 teacher_logits: Mapping[str, np.ndarray], threshold: float
+                 ) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """Labels from the cuts' events when any cut has them, else the teacher's thresholded outputs."""
     if num_classes is None:  # no tagging teacher in the store and no student: nothing to score
         return [], np.zeros((0, 0), dtype=bool), {"source": None, "num_cuts_labelled": 0,

@@ -7,8 +7,16 @@ Examples
 0.3333333333333333
 """
 
-from mt2kd.eval._asr import (WerResult, cer, ctc_greedy_decode, edit_counts, pieces_to_text,
-                             read_transcripts, score_transcripts, wer)
+from mt2kd.eval._asr import (
+                             WerResult,
+                             cer,
+                             ctc_greedy_decode,
+                             edit_counts,
+                             pieces_to_text,
+                             read_transcripts,
+                             score_transcripts,
+                             wer,
+)
 from mt2kd.eval._kd import kd_l1, kd_l1_parts
 from mt2kd.eval._speaker import DetCurve, cosine_scores, det_curve, eer
 from mt2kd.eval._tagging import average_precision, mean_average_precision

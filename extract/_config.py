@@ -8,6 +8,7 @@ import os
 import re
 from typing import Any
 
+from mt2kd._typed import check_fields
 from mt2kd.errors import ConfigError
 
 SCHEDULERS = ("local", "slurm")  # anything else is a scheduler address (tcp://host:8786)
@@ -189,10 +190,7 @@ class ExtractConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExtractConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown extract config fields {unknown}; expected a subset of {sorted(known)}.")
+        check_fields(cls, data, "extract config")
         values = dict(data)
         values["cuts"] = tuple(values.get("cuts", ()))
         values["teachers"] = tuple(t if isinstance(t, TeacherConfig) else

@@ -188,8 +188,7 @@ def run_job(config: ExtractConfig, random: bool, say: Callable[[str], None], pro
         for teacher in config.teachers:
             check_teacher_name(teacher.name)
             check_checkpoint(teacher.name, teacher.checkpoint)
-    from mt2kd.extract._cluster import (check_jobs_submitted, check_local_device, open_client,
-                                        prestart_local_workers)
+    from mt2kd.extract._cluster import check_jobs_submitted, check_local_device, open_client, prestart_local_workers
 
     check_local_device(config)
 
@@ -328,8 +327,13 @@ def plan_summary(config: ExtractConfig, plan: Plan, random: bool) -> dict[str, A
 
 def start_workers(client: Any, config: ExtractConfig, say: Callable[[str], None]) -> dict[str, int] | None:
     """Load the teachers into every worker (plugin); returns the resources a task must ask for."""
-    from mt2kd.extract._cluster import (GPU_RESOURCE, dashboard_link, declares_gpus, starts_its_workers,
-                                        worker_torch_threads)
+    from mt2kd.extract._cluster import (
+        GPU_RESOURCE,
+        dashboard_link,
+        declares_gpus,
+        starts_its_workers,
+        worker_torch_threads,
+    )
     from mt2kd.extract._plugin import TeacherPlugin, plugin_name, run_token
 
     link = dashboard_link(client)

@@ -95,8 +95,8 @@ def warm_up(teachers: dict[str, Teacher]) -> None:
     """One forward per teacher and the store's writer imports, paid at setup instead of in the first task."""
     import numpy as np
 
-    from mt2kd.store import ShardWriter  # noqa: F401 - zarr metadata and codecs load on first use
     from mt2kd.cuts import SAMPLE_RATE
+    from mt2kd.store import ShardWriter  # noqa: F401 - zarr metadata and codecs load on first use
 
     noise = np.random.default_rng(0).normal(0, 0.01, int(WARMUP_SECONDS * SAMPLE_RATE)).astype(np.float32)
     for teacher in teachers.values():

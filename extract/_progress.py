@@ -43,7 +43,8 @@ class ExtractSummary:
 
     def line(self) -> str:
         if self.dry_run:
-            return f"dry run: {self.num_cuts:,} cuts, {self.audio_hours:.3f} h, {self.num_shards:,} shards; nothing written"
+            return (f"dry run: {self.num_cuts:,} cuts, {self.audio_hours:.3f} h, {self.num_shards:,} shards; "
+                    f"nothing written")
         rate = self.audio_hours / self.seconds if self.seconds > 0 else 0.0
         text = (f"done: {self.num_shards_written} shards written, {self.num_shards_skipped} already committed, "
                 f"{self.num_shards} in the plan; {self.num_cuts:,} cuts, {self.audio_hours:.3f} h of audio, "

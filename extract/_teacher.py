@@ -219,8 +219,8 @@ def check_checkpoint(name: str, checkpoint: str | Path) -> None:
         raise CheckpointError(f"{name} checkpoint must be a .pt file. Got {str(checkpoint)!r}, which is a "
                               f"folder{inside}.")
     if kind == "folder" and not path.is_dir():  # the folder the loader looks for is not there
-        raise CheckpointNotFoundError(f"{name} checkpoint must be a speechbrain pretrained folder. Got {str(checkpoint)!r}, "
-                              f"which is a file: pass the folder that holds it.")
+        raise CheckpointNotFoundError(f"{name} checkpoint must be a speechbrain pretrained folder. "
+                                      f"Got {str(checkpoint)!r}, which is a file: pass the folder that holds it.")
 
 
 # what each built-in loader reads

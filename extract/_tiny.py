@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where a model is built: checkpoint_is_random stays cheap for the job's client
     import torch
 
-__all__ = ["DEFAULT_TINY", "RANDOM_WEIGHTS_FILE", "TINY_NAMES", "TINY_NOTE_FILE", "checkpoint_is_random", "make_tiny_checkpoints",
-           "write_tiny_ecapa_checkpoint"]
+__all__ = ["DEFAULT_TINY", "RANDOM_WEIGHTS_FILE", "TINY_NAMES", "TINY_NOTE_FILE", "checkpoint_is_random",
+           "make_tiny_checkpoints", "write_tiny_ecapa_checkpoint"]
 
 RANDOM_WEIGHTS_FILE = "RANDOM_WEIGHTS"  # marker next to (or inside) a random-weight checkpoint
 TINY_NOTE_FILE = "TINY_TEACHERS.json"  # what make_tiny_checkpoints wrote, for people and tools

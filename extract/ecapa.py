@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import CheckpointError, CheckpointNotFoundError, ConfigError, ValidationError
 from mt2kd.extract._ecapa_yaml import HYPERPARAMS_FILE, read_hyperparams
 from mt2kd.extract._teacher import Teacher, register_teacher
@@ -101,12 +102,7 @@ class EcapaConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EcapaConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown EcapaConfig fields {unknown}; expected a subset of {sorted(known)}.")
-        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return cls(**{**data, **tuples})
+        return from_dict(cls, data)
 
 
 def read_ecapa_config(folder: str | Path) -> EcapaConfig:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError
 from mt2kd.extract._ssl_model import RANDOM_INIT_KEY, SslModel, encode_layers, load_ssl, num_frames
 from mt2kd.extract._teacher import Teacher, register_teacher
@@ -81,11 +82,8 @@ class SslOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SslOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"SSL teacher options must be a subset of {sorted(known)}. Got unknown {unknown}.")
-        return cls(**{**data, "layers": str(data.get("layers", cls.layers))})
+        return from_dict(cls, {**data, "layers": str(data.get("layers", cls.layers))}, "SSL teacher option",
+                         tuples=False)
 
 
 class SslTeacher(Teacher):
@@ -245,7 +243,7 @@ def write_tiny_ssl_checkpoint(path: str | Path, name: str, seed: int = 0, **over
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # leave the caller's RNG untouched
         torch.manual_seed(seed)
         model = builder(**config, aux_num_out=None)
-        for pname, param in model.named_parameters():  # no norm left at identity: every part matters
+        for param in model.parameters():  # no norm left at identity: every part matters
             if param.ndim == 1:
                 param.add_(0.1 * torch.randn_like(param))
     path = Path(path)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError
 from mt2kd.extract._frames import (
     num_encoder_frames,
@@ -103,13 +104,9 @@ class WhisperOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WhisperOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"whisper options must be a subset of {sorted(known)}. Got unknown {unknown}.")
         if "layers" in data and not isinstance(data["layers"], str):  # layers=8 reads as an int
             data = {**data, "layers": str(data["layers"])}
-        return cls(**data)
+        return from_dict(cls, data, "whisper option", tuples=False)
 
 
 class WhisperTeacher(Teacher):

@@ -93,7 +93,7 @@ def cut_dict(cut_id: str, audio_path: str, num_samples: int, **extra: object) ->
 def make_speech(out: Path) -> list[dict]:
     (out / "speech").mkdir(parents=True, exist_ok=True)
     cuts = []
-    for s, (speaker, (voice, pitch, speed)) in enumerate(SPEAKERS.items()):
+    for speaker, (voice, pitch, speed) in SPEAKERS.items():
         for u, text in enumerate(SENTENCES):
             cut_id = f"{speaker}-{u:02d}"
             audio = trim_silence(speak(text, voice, pitch, speed))

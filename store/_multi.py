@@ -171,7 +171,7 @@ def check_same_teacher(first: TeacherSpec, first_where: str, second: TeacherSpec
     ...                    "b.zarr")
     Traceback (most recent call last):
     ...
-    mt2kd.errors.FingerprintMismatchError: teacher 'ecapa' must be the same teacher in every store. Got fingerprint aa in a.zarr and bb in b.zarr; differing options: precision ('fp32' in a.zarr, 'bf16' in b.zarr).
+    mt2kd.errors.FingerprintMismatchError: teacher 'ecapa' must be the same teacher in every store. Got ...
     """
     if first.fingerprint == second.fingerprint:
         return
@@ -192,7 +192,8 @@ def open_stores(paths: Iterable[str | os.PathLike[str] | TeacherStore]) -> Multi
     Examples
     --------
     >>> view = open_stores(["librispeech.zarr", "librispeech-ecapa.zarr", "audioset.zarr"])  # doctest: +SKIP
-    >>> sorted(view.get("1089-134686-0000"))  # whisper and beats from the first store, ecapa from the second  # doctest: +SKIP
+    >>> # whisper and beats from the first store, ecapa from the second
+    >>> sorted(view.get("1089-134686-0000"))  # doctest: +SKIP
     ['beats', 'ecapa', 'whisper']
     """
     return MultiStore([p if isinstance(p, TeacherStore) else TeacherStore.open(p) for p in paths])

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError
 
 Kind = Literal["frames", "clip", "text"]
@@ -17,7 +18,8 @@ CODES_DTYPE = "uint8"  # frames may also be codes: one codebook index (byte) per
 TEXT_DTYPE = "uint8"  # a text output is stored as its UTF-8 bytes, one row of dim 1 per byte
 TEXT_END = "\x00"  # closes each stored text, so an empty text still has a row (absent outputs have none)
 CODECS: tuple[str, ...] = ("blosc-lz4", "blosc-zstd", "zstd", "none")
-DEFAULT_CODEC = "blosc-lz4"  # bit-shuffled lz4: about 0.47x float32 on frames, ~0.5 ms/MiB to decode (docs/store-format.md)
+# bit-shuffled lz4: about 0.47x float32 on frames, ~0.5 ms/MiB to decode (docs/store-format.md)
+DEFAULT_CODEC = "blosc-lz4"
 DEFAULT_CODEC_LEVEL = 5  # blosc clevel / zstd level
 
 
@@ -62,7 +64,8 @@ class TeacherSpec:
         if self.codec not in CODECS:
             raise ConfigError(f"codec must be one of {list(CODECS)}. Got {self.codec!r}.")
         if not isinstance(self.codec_level, int) or not 0 <= self.codec_level <= 22:
-            raise ConfigError(f"codec_level of teacher {self.name!r} must be an int in [0, 22]. Got {self.codec_level!r}.")
+            raise ConfigError(f"codec_level of teacher {self.name!r} must be an int in [0, 22]. "
+                              f"Got {self.codec_level!r}.")
 
     def _check_text(self) -> None:
         if self.dim != 1 or self.frame_rate is not None:
@@ -100,8 +103,4 @@ class TeacherSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TeacherSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown TeacherSpec fields {unknown}; expected a subset of {sorted(known)}.")
-        return cls(**data)
+        return from_dict(cls, data, tuples=False)

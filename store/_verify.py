@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mt2kd.errors import MT2KDError
-from mt2kd.store._format import ChecksumError, COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR, shard_name
 import mt2kd.store._fs as _fs
+from mt2kd.errors import MT2KDError
+from mt2kd.store._format import COMMITS_DIR, LOCKS_DIR, METADATA_FILE, SHARDS_DIR, ChecksumError, shard_name
 from mt2kd.store._fs import TMP_PREFIX, FsspecLocation, LocalLocation, holder_alive
 from mt2kd.store._index import FOREIGN, ShardRecord, commit_path, committed_names, record_is_torn, torn_records
 from mt2kd.store._spec import TeacherSpec

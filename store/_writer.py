@@ -29,6 +29,9 @@ import numpy as np
 import mt2kd.store._fs as _fs
 from mt2kd.errors import DuplicateCutError, ShardCommittedError, ShardLockedError, StoreError, ValidationError
 from mt2kd.store._format import (
+    CHUNK_FILE,
+    CHUNK_FILE_1D,
+    COMMIT_KEY,
     CUT_ID_BYTES,
     CUT_ID_OFFSETS,
     DATA,
@@ -38,9 +41,6 @@ from mt2kd.store._format import (
     ROOT_KEY,
     SHARD_KEY,
     SHARDS_DIR,
-    CHUNK_FILE,
-    CHUNK_FILE_1D,
-    COMMIT_KEY,
     array_metadata,
     chunk_rows,
     encode_chunk,

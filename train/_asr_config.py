@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError
 
 DECODER_GROUP_SIZE = 4  # channels per group of the prediction network's conv (cheap token mixing)
@@ -50,8 +51,4 @@ class AsrConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AsrConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown AsrConfig fields {unknown}; expected a subset of {sorted(known)}.")
-        return cls(**data)
+        return from_dict(cls, data, tuples=False)

@@ -11,19 +11,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mt2kd._typed import read_mapping, typed_values
+from mt2kd._typed import from_dict, read_mapping, typed_values
 from mt2kd.errors import ConfigError
 from mt2kd.train._targets import KDTarget, checked_targets, paper_targets
 from mt2kd.train._zipformer_config import ZIPFORMER_PRESETS, ZipformerConfig
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(known)}.")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**values)
 
 
 def _plain(value: Any) -> Any:
@@ -52,7 +43,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +138,7 @@ class StudentConfig:
     def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
         if isinstance(data.get("zipformer"), dict):
             data = {**data, "zipformer": ZipformerConfig.from_dict(data["zipformer"])}
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 def checkpoint_path(exp_dir: str | Path, step: int) -> Path:
@@ -276,7 +267,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:

@@ -201,7 +201,8 @@ class Student(nn.Module):
         self.heads = build_heads(config)
         self._register_load_state_dict_pre_hook(_legacy_keys_hook)
 
-    def _conformer(self, fbank: torch.Tensor, num_frames: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def _conformer(self, fbank: torch.Tensor, num_frames: torch.Tensor
+                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         x = self.frontend(fbank, num_frames)
         lengths = num_student_frames(num_frames)
         mask = _lengths_to_mask(lengths, x.shape[1])

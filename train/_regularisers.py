@@ -86,7 +86,7 @@ class _BalanceGrad(torch.autograd.Function):
 
 
 class Balancer(nn.Module):
-    """Keeps each channel's positive share in ``[min_positive, max_positive]`` and mean |x| in ``[min_abs, max_abs]``."""
+    """Keeps each channel's positive share in ``[min_positive, max_positive]``, mean |x| in ``[min_abs, max_abs]``."""
 
     def __init__(self, enabled: bool, min_positive: float = 0.05, max_positive: float = 0.95,
                  min_abs: float = 0.2, max_abs: float = 10.0, grad_scale: float = 0.04) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError
 
 _PER_STACK = ("downsampling", "encoder_dims", "num_layers", "num_heads", "ffn_dims", "conv_kernels")
@@ -73,12 +74,7 @@ class ZipformerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ZipformerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown ZipformerConfig fields {unknown}; expected a subset of {sorted(known)}.")
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return from_dict(cls, data)
 
 
 ZIPFORMER_PRESETS: dict[str, ZipformerConfig] = {

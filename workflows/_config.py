@@ -13,11 +13,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from mt2kd._typed import check_fields, read_mapping, typed_values
 from mt2kd.errors import ConfigError
 from mt2kd.eval import EvalConfig, StudentEvalConfig
 from mt2kd.extract import ExtractConfig
 from mt2kd.train import FinetuneConfig, TrainConfig, checkpoint_path
-from mt2kd._typed import read_mapping, typed_values
 from mt2kd.workflows._sections import load_section
 
 _STAGE_2_ALIASES = ("fine_tune", "stage2")  # names people may try for the finetune section: told its name
@@ -133,10 +133,7 @@ def _check_top_level(cls: type, data: dict[str, Any]) -> None:
     if stage_2:
         raise ConfigError(f"stage-2 fine-tuning is the 'finetune' section (FinetuneConfig fields). "
                           f"Got a {stage_2[0]!r} section.")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown workflow config fields {unknown}; expected a subset of {sorted(known)}.")
+    check_fields(cls, data, "workflow config")
     if not isinstance(data.get("extract"), dict):
         raise ConfigError(f"a workflow config needs an 'extract' section (a mapping). Got {data.get('extract')!r}.")
     typed_values(cls, {k: data[k] for k in _SCALARS if k in data}, "workflow.")

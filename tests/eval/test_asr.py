@@ -10,8 +10,15 @@ from click.testing import CliRunner
 
 from mt2kd.cli import main
 from mt2kd.errors import ValidationError
-from mt2kd.eval._asr import (cer, ctc_greedy_decode, edit_counts, pieces_to_text, read_transcripts,
-                             score_transcripts, wer)
+from mt2kd.eval._asr import (
+    cer,
+    ctc_greedy_decode,
+    edit_counts,
+    pieces_to_text,
+    read_transcripts,
+    score_transcripts,
+    wer,
+)
 
 
 def test_wer_one_of_each_edit():

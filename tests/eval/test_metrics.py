@@ -12,7 +12,6 @@ from mt2kd.eval._kd import kd_l1, kd_l1_parts
 from mt2kd.eval._speaker import cosine_scores, det_curve, eer
 from mt2kd.eval._tagging import average_precision, mean_average_precision
 
-
 # ---------------------------------------------------------------- average precision
 
 def test_map_hand_computed():

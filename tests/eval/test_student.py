@@ -32,9 +32,9 @@ def checkpoint(corpus, tmp_path_factory):
 
 def _expected_l1(checkpoint, corpus) -> float:
     """Frame L1 computed one cut at a time, independently of the batched evaluation."""
-    from mt2kd.train import compute_fbank, load_student
-
     from lhotse import CutSet
+
+    from mt2kd.train import compute_fbank, load_student
 
     model, _ = load_student(checkpoint)
     total, count = 0.0, 0

@@ -142,7 +142,8 @@ def test_a_local_cuda_run_without_a_gpu_stops_before_any_cluster_or_store(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     config = ExtractConfig(cuts=(str(DEMO / "speech_cuts.jsonl.gz"),), store=str(tmp_path / "store"),
                            teachers=(TeacherConfig("beats", str(paths["beats"])),), device="cuda:1")
-    with pytest.raises(ConfigError, match=r"'cuda:1' must be a GPU .* Got 1 CUDA device\(s\) \(CUDA_VISIBLE_DEVICES=3\)"):
+    with pytest.raises(ConfigError,
+                       match=r"'cuda:1' must be a GPU .* Got 1 CUDA device\(s\) \(CUDA_VISIBLE_DEVICES=3\)"):
         extract(config, echo=lambda _: None, progress=False)
     monkeypatch.setattr(cluster, "visible_gpus", lambda: 0)
     with pytest.raises(ConfigError, match="'cuda' must be a GPU .* Got no CUDA device .*--device cpu"):

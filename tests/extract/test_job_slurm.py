@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mt2kd.extract._cluster import make_slurm_cluster
 from mt2kd.extract import ExtractConfig, TeacherConfig
+from mt2kd.extract._cluster import make_slurm_cluster
 from mt2kd.tests.extract._corpus import DEMO
 
 

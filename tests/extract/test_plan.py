@@ -90,8 +90,8 @@ def test_the_plan_keeps_of_each_cut_only_what_decoding_reads_and_compactly() -> 
     plan = make_plan([SPEECH], 1.0)
     planned = {c["id"]: c for s in plan.shards for c in s.cuts}
     assert planned.keys() == full.keys()
-    for cut_id, cut in planned.items():
-        assert cut == {**full[cut_id], "supervisions": []}
+    for cut_id, planned_cut in planned.items():
+        assert planned_cut == {**full[cut_id], "supervisions": []}
     one = next(iter(planned))
     extra = {**full[one], "custom": {"labels": [0, 3]}, "features": {"type": "kaldi-fbank", "storage_key": "x"}}
     assert audio_only(extra) == planned[one]

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from mt2kd.extract import TeacherConfig, load_teacher, make_tiny_checkpoints
-from mt2kd.extract import _teacher
+from mt2kd.extract import TeacherConfig, _teacher, load_teacher, make_tiny_checkpoints
 from mt2kd.extract._plugin import TeacherPlugin
 
 

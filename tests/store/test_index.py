@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mt2kd.store._fs as fs
 from mt2kd.errors import DuplicateCutError, StoreFormatError
 from mt2kd.store import TeacherSpec, TeacherStore
-import mt2kd.store._fs as fs
 from mt2kd.store._cli_text import info_lines
 from mt2kd.store._index import ShardRecord, StoreIndex, commit_path, torn_records
 

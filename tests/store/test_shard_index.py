@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
 
 from mt2kd.errors import StoreFormatError
 from mt2kd.store import TeacherSpec, TeacherStore
-import google_crc32c
-
 from mt2kd.store._format import CRC_BYTES, MISSING, decode_index, encode_index, index_nbytes
 
 DIM = 2048  # 4 KiB float16 rows: 16 rows per inner chunk, so a few rows span several chunks

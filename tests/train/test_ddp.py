@@ -79,8 +79,8 @@ def test_a_resumed_two_rank_run_with_dropout_matches_a_straight_one(tmp_path, ma
     run("a", 8, "straight")
     run("b", 4, "first")
     run("b", 8, "second")
-    for rank in (0, 1):
-        def losses(name: str) -> list[float]:
-            return json.loads((tmp_path / f"{name}.rank{rank}.json").read_text())
+    def losses(name: str, rank: int) -> list[float]:
+        return json.loads((tmp_path / f"{name}.rank{rank}.json").read_text())
 
-        assert losses("straight") == losses("first") + losses("second"), rank
+    for rank in (0, 1):
+        assert losses("straight", rank) == losses("first", rank) + losses("second", rank), rank
