@@ -170,16 +170,6 @@ def dir_bytes(path: Any) -> int:
 # ---------------------------------------------------------------- tables
 
 
-def human_bytes(num_bytes: float) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024.0 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024.0
-    raise AssertionError("unreachable")
-
-
 def ratio(value: float | None, anchor: float | None) -> str:
     if value is None or not anchor:
         return "-"

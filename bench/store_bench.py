@@ -42,6 +42,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from mt2kd._console import human_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
@@ -52,7 +54,6 @@ from _common import (  # noqa: E402
     batches,
     dir_bytes,
     format_table,
-    human_bytes,
     make_whisper_corpus,
     ratio,
     timed,

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from mt2kd.errors import MT2KDError
+from mt2kd.cli import config_options, one_line_errors
+from mt2kd.eval._config import EvalConfig
 
 
 @click.group("eval")
@@ -28,38 +29,46 @@ def eval_() -> None:
               help="Hypotheses in the same format; a missing cut counts as an empty hypothesis.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+@one_line_errors
 def wer_command(ref_path: str, hyp_path: str, out: str | None, as_json: bool) -> None:
     """Word and character error rates of transcript files (exact text match, no normalisation)."""
     from mt2kd.eval._asr import read_transcripts, score_transcripts
 
-    report = _guarded(lambda: score_transcripts(read_transcripts(ref_path), read_transcripts(hyp_path)))
+    report = score_transcripts(read_transcripts(ref_path), read_transcripts(hyp_path))
     _emit({"ref": ref_path, "hyp": hyp_path, **report}, out, as_json)
 
 
-def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by ``eval teachers`` and ``eval kd``; each maps onto an EvalConfig field."""
+_HELP = {
+    "cuts": "CutSet manifest (repeatable).",
+    "stores": "Teacher store (repeatable).",
+    "checkpoint": "Student checkpoint.",
+    "trials": "Trials file 'enroll test target|nontarget'; drawn from speakers when absent.",
+    "labels": "Label list (one name per line, or AudioSet class_labels_indices.csv).",
+    "max_cuts": "Score only the first N cuts.",
+    "num_target_trials": "Same-speaker trials to draw (without --trials).",
+    "num_nontarget_trials": "Different-speaker trials to draw (without --trials).",
+    "seed": "Seed of the trial drawing.",
+    "pseudo_label_threshold": "Teacher probability counted as a label when cuts carry no events.",
+    "batch_size": "Cuts per student forward pass.",
+    "device": "torch device of the student.",
+    "frames_teacher": "Store teacher whose frames the student's KD L1 compares with (eval kd).",
+    "tagging_teacher": "Store teacher whose logits give the tagging ceiling.",
+    "speaker_teacher": "Store teacher whose embeddings give the speaker ceiling.",
+}
+_EXTRA = {
+    "cuts": {"required": True, "type": click.Path(exists=True)}, "stores": {"required": True},
+    "checkpoint": {"required": True, "type": click.Path(exists=True)},
+    "trials": {"type": click.Path(exists=True, dir_okay=False)},
+    "labels": {"type": click.Path(exists=True, dir_okay=False)},
+    "max_cuts": {"type": click.IntRange(min=1)}, "num_target_trials": {"type": click.IntRange(min=0)},
+    "num_nontarget_trials": {"type": click.IntRange(min=0)}, "batch_size": {"type": click.IntRange(min=1)},
+}
+_STUDENT_ONLY = ("checkpoint", "batch_size", "device")  # fields of eval kd that eval teachers has no use for
+
+
+def _report_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the report goes: options of ``eval teachers`` and ``eval kd`` that are not EvalConfig fields."""
     options = [
-        click.option("--cuts", multiple=True, required=True, type=click.Path(exists=True),
-                     help="CutSet manifest (repeatable)."),
-        click.option("--store", "stores", multiple=True, required=True, help="Teacher store (repeatable)."),
-        click.option("--trials", type=click.Path(exists=True, dir_okay=False),
-                     help="Trials file 'enroll test target|nontarget'; drawn from speakers when absent."),
-        click.option("--labels", type=click.Path(exists=True, dir_okay=False),
-                     help="Label list (one name per line, or AudioSet class_labels_indices.csv)."),
-        click.option("--max-cuts", type=click.IntRange(min=1), help="Score only the first N cuts."),
-        click.option("--num-target-trials", default=1000, show_default=True, type=click.IntRange(min=0),
-                     help="Same-speaker trials to draw (without --trials)."),
-        click.option("--num-nontarget-trials", default=1000, show_default=True, type=click.IntRange(min=0),
-                     help="Different-speaker trials to draw (without --trials)."),
-        click.option("--seed", default=0, show_default=True, help="Seed of the trial drawing."),
-        click.option("--pseudo-label-threshold", default=0.5, show_default=True,
-                     help="Teacher probability counted as a label when cuts carry no events."),
-        click.option("--frames-teacher", default="whisper", show_default=True,
-                     help="Store teacher whose frames the student's KD L1 compares with (eval kd)."),
-        click.option("--tagging-teacher", default="beats", show_default=True,
-                     help="Store teacher whose logits give the tagging ceiling."),
-        click.option("--speaker-teacher", default="ecapa", show_default=True,
-                     help="Store teacher whose embeddings give the speaker ceiling."),
         click.option("--out", type=click.Path(dir_okay=False), help="Write the report as JSON here."),
         click.option("--plots", type=click.Path(file_okay=False), help="Write DET and per-class AP plots here."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table."),
@@ -68,7 +77,9 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @eval_.command("teachers")
-@_common_options
+@config_options(EvalConfig, _HELP, {"stores": ["--store"]}, _EXTRA, skip=_STUDENT_ONLY)
+@_report_options
+@one_line_errors
 def teachers_command(out: str | None, plots: str | None, as_json: bool, **fields: Any) -> None:
     """Teacher ceiling straight from the store: tagging mAP and speaker EER.
 
@@ -80,11 +91,9 @@ def teachers_command(out: str | None, plots: str | None, as_json: bool, **fields
 
 
 @eval_.command("kd")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Student checkpoint.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Cuts per student forward pass.")
-@click.option("--device", default="cpu", show_default=True, help="torch device of the student.")
-@_common_options
+@config_options(EvalConfig, _HELP, {"stores": ["--store"]}, _EXTRA)
+@_report_options
+@one_line_errors
 def kd_command(out: str | None, plots: str | None, as_json: bool, **fields: Any) -> None:
     """Student after KD: L1 to the frame teacher, AT-head mAP, SV-head EER, next to the teachers.
 
@@ -148,24 +157,15 @@ def student_command(out: str | None, plots: str | None, as_json: bool, **fields:
 
 
 def _evaluate(fields: dict[str, Any], out: str | None, plots: str | None, as_json: bool) -> None:
-    from mt2kd.eval._config import EvalConfig
     from mt2kd.eval._report import write_plots
     from mt2kd.eval._run import evaluate
 
     fields = {**fields, "cuts": tuple(fields["cuts"]), "stores": tuple(fields["stores"])}
-    evaluation = _guarded(lambda: evaluate(EvalConfig(**fields)))
+    evaluation = evaluate(EvalConfig(**fields))
     _emit(evaluation.report, out, as_json)
     if plots:
         for path in write_plots(evaluation.tagging, evaluation.speaker, plots):
             click.echo(f"wrote {path}", err=True)
-
-
-def _guarded(run: Callable[[], Any]) -> Any:
-    """Turn our own errors into a one-line CLI message (exit code 1) instead of a traceback."""
-    try:
-        return run()
-    except MT2KDError as e:
-        raise click.ClickException(str(e)) from e
 
 
 def _emit(report: dict[str, Any], out: str | None, as_json: bool) -> None:

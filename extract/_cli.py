@@ -11,54 +11,43 @@ from typing import Any
 
 import click
 
-from mt2kd.errors import MT2KDError
-from mt2kd.extract._config import ExtractConfig, TeacherConfig
+from mt2kd.cli import config_options, one_line_errors
+from mt2kd.extract._config import PRECISIONS, ExtractConfig, TeacherConfig
 from mt2kd.extract._tiny import DEFAULT_TINY, TINY_NAMES
 
-_DEFAULTS = ExtractConfig(cuts=("-",), store="-", teachers=(TeacherConfig("-", "-"),))
+_HELP = {
+    "cuts": "lhotse CutSet manifest (.jsonl/.jsonl.gz); repeat for several",
+    "store": "teacher store to write (directory or fsspec URL)",
+    "teachers": "NAME=CHECKPOINT[:key=value,...], e.g. whisper=large-v3.pt:layer=-1,mode=trim; repeat",
+    "scheduler": "'local' (LocalCluster here), 'slurm' (dask-jobqueue) or a scheduler address",
+    "workers": "local worker processes, or SLURM jobs (one worker per GPU each) [default: one per GPU for a "
+               "local run on cuda, else 2]",
+    "device": "cpu, cuda (one worker per visible GPU) or cuda:N (that GPU)",
+    "max_duration": "s of audio per batch",
+    "shard_hours": "h of audio per shard at most (the audio is split into equal shards)",
+    "dry_run": "print the plan (cuts, hours, shards, bytes) and exit",
+    "overwrite": "delete the existing store and start it again, even one this command would resume (without it "
+                 "a rerun resumes the store, and a store made by other teachers or inputs is refused)",
+    "retry_failed": "recompute the committed shards that hold failed cuts (e.g. once a missing disk is back)",
+    "max_failures": "stop once more cuts than this failed (-1: never)",
+    "decode_threads": "audio decoding threads per worker",
+    "prefetch_cuts": "decoded cuts kept ready ahead of the model",
+    "events_log": "append shard start/commit events to this JSON-lines file",
+    "slurm_queue": "SLURM partition",
+    "slurm_account": "SLURM account",
+    "slurm_cores": "CPUs per job: its workers' torch threads and audio decoding",
+    "slurm_gpus": "GPUs per job, one dask worker each (with --device cuda)",
+    "slurm_job_extra": "extra #SBATCH directive, e.g. --constraint=a100; repeat",
+}
+_EXTRA = {"cuts": {"required": True, "type": click.Path(exists=True, dir_okay=False)},
+          "store": {"required": True}, "teachers": {"required": True},
+          "precision": {"type": click.Choice(list(PRECISIONS))}}
 
 
 @click.command()
-@click.option("--cuts", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="lhotse CutSet manifest (.jsonl/.jsonl.gz); repeat for several")
-@click.option("--store", required=True, help="teacher store to write (directory or fsspec URL)")
-@click.option("--teacher", "teachers", multiple=True, required=True,
-              help="NAME=CHECKPOINT[:key=value,...], e.g. whisper=large-v3.pt:layer=-1,mode=trim; repeat")
-@click.option("--scheduler", default=_DEFAULTS.scheduler, show_default=True,
-              help="'local' (LocalCluster here), 'slurm' (dask-jobqueue) or a scheduler address")
-@click.option("--workers", type=int, default=None,
-              help="local worker processes, or SLURM jobs (one worker per GPU each) [default: one per GPU for a "
-                   "local run on cuda, else 2]")
-@click.option("--device", default=_DEFAULTS.device, show_default=True,
-              help="cpu, cuda (one worker per visible GPU) or cuda:N (that GPU)")
-@click.option("--max-duration", default=_DEFAULTS.max_duration, show_default=True, help="s of audio per batch")
-@click.option("--shard-hours", default=_DEFAULTS.shard_hours, show_default=True,
-              help="h of audio per shard at most (the audio is split into equal shards)")
-@click.option("--dry-run", is_flag=True, help="print the plan (cuts, hours, shards, bytes) and exit")
-@click.option("--overwrite", is_flag=True,
-              help="delete the existing store and start it again, even one this command would resume (without "
-                   "it a rerun resumes the store, and a store made by other teachers or inputs is refused)")
-@click.option("--retry-failed", is_flag=True,
-              help="recompute the committed shards that hold failed cuts (e.g. once a missing disk is back)")
-@click.option("--max-failures", default=_DEFAULTS.max_failures, show_default=True,
-              help="stop once more cuts than this failed (-1: never)")
-@click.option("--precision", default=_DEFAULTS.precision, show_default=True,
-              type=click.Choice(["fp32", "bf16", "fp16"]))
-@click.option("--decode-threads", default=_DEFAULTS.decode_threads, show_default=True,
-              help="audio decoding threads per worker")
-@click.option("--prefetch-cuts", default=_DEFAULTS.prefetch_cuts, show_default=True,
-              help="decoded cuts kept ready ahead of the model")
-@click.option("--events-log", default="", help="append shard start/commit events to this JSON-lines file")
-@click.option("--slurm-queue", default="", help="SLURM partition")
-@click.option("--slurm-account", default="", help="SLURM account")
-@click.option("--slurm-walltime", default=_DEFAULTS.slurm_walltime, show_default=True)
-@click.option("--slurm-memory", default=_DEFAULTS.slurm_memory, show_default=True)
-@click.option("--slurm-cores", default=_DEFAULTS.slurm_cores, show_default=True,
-              help="CPUs per job: its workers' torch threads and audio decoding")
-@click.option("--slurm-gpus", default=_DEFAULTS.slurm_gpus, show_default=True,
-              help="GPUs per job, one dask worker each (with --device cuda)")
-@click.option("--slurm-job-extra", multiple=True, help="extra #SBATCH directive, e.g. --constraint=a100; repeat")
+@config_options(ExtractConfig, _HELP, {"teachers": ["--teacher"]}, _EXTRA)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@one_line_errors
 def extract(as_json: bool, **fields: Any) -> None:
     """Run the teachers over CutSets into a sharded teacher store (resumable).
 
@@ -67,12 +56,9 @@ def extract(as_json: bool, **fields: Any) -> None:
     """
     from mt2kd.extract._job import extract as run_extract
 
-    try:
-        fields["teachers"] = tuple(TeacherConfig.parse(t) for t in fields["teachers"])
-        config = ExtractConfig.from_dict(fields)
-        summary = run_extract(config, echo=lambda text: click.echo(text, err=True))
-    except MT2KDError as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    fields["teachers"] = tuple(TeacherConfig.parse(t) for t in fields["teachers"])
+    config = ExtractConfig.from_dict(fields)
+    summary = run_extract(config, echo=lambda text: click.echo(text, err=True))
     click.echo(json.dumps(summary.to_dict()) if as_json else summary.line())
 
 
@@ -86,6 +72,7 @@ def teachers() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--teacher", "names", multiple=True, type=click.Choice(list(TINY_NAMES) + ["all"]),
               help=f"teacher to write; repeat [default: {', '.join(DEFAULT_TINY)}]")
+@one_line_errors
 def make_tiny(out_dir: str, seed: int, names: tuple[str, ...]) -> None:
     """Write tiny RANDOM-weight teacher checkpoints into OUT_DIR (tests and demos only)."""
     from mt2kd.extract._tiny import make_tiny_checkpoints
@@ -101,16 +88,14 @@ def make_tiny(out_dir: str, seed: int, names: tuple[str, ...]) -> None:
 @click.argument("name")
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--option", "options", multiple=True, help="key=value teacher option; repeat")
+@one_line_errors
 def info(name: str, checkpoint: str, options: tuple[str, ...]) -> None:
     """Load checkpoint CHECKPOINT as teacher NAME and show its spec and fingerprint."""
     from mt2kd.extract._plugin import load_teachers
     from mt2kd.extract._tiny import checkpoint_is_random
 
     text = f"{name}={checkpoint}" + (":" + ",".join(options) if options else "")
-    try:
-        teacher = load_teachers([TeacherConfig.parse(text)], "fp32", "cpu")[name]
-    except MT2KDError as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    teacher = load_teachers([TeacherConfig.parse(text)], "fp32", "cpu")[name]
     spec = teacher.spec
     rows = [("Teacher", name), ("Checkpoint", checkpoint), ("Random weights", checkpoint_is_random(checkpoint)),
             ("Kind", spec.kind), ("Dim", spec.dim), ("Frame rate", spec.frame_rate or "-"), ("Dtype", spec.dtype),

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from mt2kd._console import human_bytes
 from mt2kd.cuts import check_manifests, iter_cut_dicts
 from mt2kd.errors import ConfigError, DuplicateCutError
 from mt2kd.extract._audio import audio_only, duration_order
@@ -98,7 +99,7 @@ class Plan:
             shape = f"[T, {spec.dim}] at {spec.frame_rate:g} Hz" if spec.kind == "frames" else f"[{spec.dim}]"
             if spec.kind == "text":
                 shape = f"text (UTF-8, about {TEXT_BYTES_PER_SECOND} B/s of audio)"
-            lines.append((f"Teacher {name}", f"{shape} {spec.dtype}, {_human(num_bytes)} before compression"))
+            lines.append((f"Teacher {name}", f"{shape} {spec.dtype}, {human_bytes(num_bytes)} before compression"))
         return lines
 
 
@@ -119,14 +120,6 @@ def expected_frames(spec: TeacherSpec, duration: float) -> int:
 def expected_teacher_bytes(spec: TeacherSpec, durations: Iterator[float]) -> int:
     rows = sum(expected_frames(spec, d) for d in durations)
     return rows * spec.dim * BYTES_PER_VALUE[spec.dtype]
-
-
-def _human(num_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if num_bytes < 1024 or unit == "TiB":
-            return f"{num_bytes:,.1f} {unit}"
-        num_bytes /= 1024
-    return f"{num_bytes:,.1f} TiB"
 
 
 class PlanCancelled(Exception):

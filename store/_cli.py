@@ -9,7 +9,6 @@ that needs them, and torch never loads: ``mt2kd store info`` answers fast.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import numpy as np
 
+from mt2kd.cli import one_line_errors
 from mt2kd.cuts import load_durations
-from mt2kd.errors import MT2KDError
 from mt2kd.store._cli_text import (
     AUDIOSET_CLASSES,
     TOP_K,
@@ -48,19 +47,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ---------------------------------------------------------------- plumbing
-
-
-def _friendly(command: F) -> F:
-    """Turn mt2kd and file-system errors into a one-line message and exit status 1, without a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (MT2KDError, OSError) as e:  # a vanished shard file or an unwritable -o path, say
-            raise click.ClickException(f"{type(e).__name__}: {e}") from e
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _open(path: str) -> TeacherStore:
@@ -104,7 +90,7 @@ def store() -> None:
 @store.command()
 @click.argument("path")
 @_json_option
-@_friendly
+@one_line_errors
 def info(path: str, as_json: bool) -> None:
     """Teachers, cuts, shards, frames, hours and bytes of a store.
 
@@ -124,7 +110,7 @@ def info(path: str, as_json: bool) -> None:
 @click.argument("path")
 @click.option("--limit", type=int, default=20, show_default=True, help="cuts to list (0: all)")
 @_json_option
-@_friendly
+@one_line_errors
 def ls_(path: str, limit: int, as_json: bool) -> None:
     """List cut IDs with each teacher's array shape (from the index: no array data is read)."""
     ts = _open(path)
@@ -150,7 +136,7 @@ def ls_(path: str, limit: int, as_json: bool) -> None:
 @click.argument("path")
 @click.argument("cut_id")
 @_json_option
-@_friendly
+@one_line_errors
 def show(path: str, cut_id: str, as_json: bool) -> None:
     """Shapes and value summary of every teacher output of CUT_ID."""
     ts = _open(path)
@@ -182,7 +168,7 @@ def show(path: str, cut_id: str, as_json: bool) -> None:
 @click.option("--cuts", "manifest", type=click.Path(exists=True, dir_okay=False),
               help="lhotse CutSet (.jsonl/.jsonl.gz): every cut must be present with matching frame counts")
 @_json_option
-@_friendly
+@one_line_errors
 def verify(path: str, manifest: str | None, as_json: bool) -> None:
     """Check a store: exit 0 when clean, 1 listing the problems.
 
@@ -250,7 +236,7 @@ def export_text(path: str, manifest: str, out: str, teacher: str | None) -> None
 @click.argument("path")
 @click.argument("cut_id")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write")
-@_friendly
+@one_line_errors
 def plot(path: str, cut_id: str, output: str) -> None:
     """Plot CUT_ID to a PNG: frames heatmap, top logits, embedding."""
     import matplotlib
@@ -305,7 +291,7 @@ def _draw(ax: Any, name: str, array: np.ndarray, spec: TeacherSpec | None) -> No
 @click.option("--atol", type=float, default=None,
               help="exit 1 if any shared value differs by more than this, or a shape differs")
 @_json_option
-@_friendly
+@one_line_errors
 def diff(path_a: str, path_b: str, atol: float | None, as_json: bool) -> None:
     """Compare the teacher outputs of two stores over their shared cuts.
 

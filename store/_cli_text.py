@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mt2kd._console import human_bytes
+
 if TYPE_CHECKING:
     from mt2kd.store import TeacherSpec, TeacherStore
 
@@ -65,16 +67,6 @@ def kv_lines(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
     """Aligned ``key : value`` lines, zarr ``ArrayInfo`` style."""
     pad = " " * indent
     return [f"{pad}{key:<{KEY_WIDTH - indent}}: {value}" for key, value in pairs]
-
-
-def human_bytes(num_bytes: float) -> str:
-    """``1536`` -> ``'1.5K'``: binary units with one decimal, like zarr's info."""
-    value = float(num_bytes)
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(value) < 1024.0 or unit == "T":
-            return f"{int(value)}" if unit == "" else f"{value:.1f}{unit}"
-        value /= 1024.0
-    return f"{value:.1f}P"
 
 
 def fmt_number(value: Any, fmt: str = "{:,}") -> str:

@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from mt2kd.errors import ConfigError, MT2KDError
+from mt2kd.cli import one_line_errors
+from mt2kd.errors import ConfigError
 from mt2kd.train._config import TrainConfig
 from mt2kd.train._finetune_config import FinetuneConfig
 from mt2kd.train._targets import parse_target
@@ -27,6 +28,9 @@ _LIST_FLAGS = {"cuts": "--cuts", "stores": "--store", "repeats": "--repeat", "ta
 _TARGET_HELP = ("one KD target per use, as key=value pairs of KDTarget fields (docs/training.md), e.g. "
                 "--target teacher=whisper_l8,block=2,loss=l1_logsigmoid_cos; none: the paper's three")
 _NESTED_SKIP = {"asr": ("vocab_size",)}  # nested fields set by the run itself (the tokenizer's size)
+# the names the teacher roles had before train named them as eval does: still accepted as flags
+_OLD_FLAGS = {"frames_teacher": ("--whisper-teacher",), "tagging_teacher": ("--beats-teacher",),
+              "speaker_teacher": ("--ecapa-teacher",)}
 
 
 def _option(field: dataclasses.Field, owner: str, prefix: str = "") -> Any:
@@ -41,7 +45,8 @@ def _option(field: dataclasses.Field, owner: str, prefix: str = "") -> Any:
     flag = "--" + (f"{prefix}-" if prefix else "") + field.name.replace("_", "-")
     if isinstance(default, bool):
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=default, help=help_text)
-    return click.option(flag, name, type=type(default), default=default, help=help_text)
+    old = _OLD_FLAGS.get(field.name, ()) if not prefix else ()
+    return click.option(flag, *old, name, type=type(default), default=default, help=help_text)
 
 
 def _fields(cls: type) -> list[tuple[dataclasses.Field, str, str]]:
@@ -93,6 +98,7 @@ def train() -> None:
               help="YAML or JSON file holding TrainConfig fields.")
 @config_options(TrainConfig)
 @click.pass_context
+@one_line_errors
 def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
     """Stage-1 KD: student frames/logits/embeddings towards whisper/beats/ecapa targets.
 
@@ -110,7 +116,7 @@ def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from mt2kd.train._trainer import train as run_training
 
-    _guarded(lambda: run_training(cfg))
+    run_training(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
@@ -122,6 +128,7 @@ def kd(ctx: click.Context, config_file: str | None, **values: Any) -> None:
               help="YAML or JSON file holding FinetuneConfig fields (asr: a mapping of AsrConfig fields).")
 @config_options(FinetuneConfig)
 @click.pass_context
+@one_line_errors
 def finetune(ctx: click.Context, config_file: str | None, **values: Any) -> None:
     """Stage 2: fine-tune a student on transcripts, event labels and speakers (KD terms as auxiliaries).
 
@@ -140,7 +147,7 @@ def finetune(ctx: click.Context, config_file: str | None, **values: Any) -> None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from mt2kd.train._finetune import finetune as run_finetune
 
-    _guarded(lambda: run_finetune(cfg))
+    run_finetune(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
@@ -154,11 +161,12 @@ def finetune(ctx: click.Context, config_file: str | None, **values: Any) -> None
               help="Average this many of the latest checkpoints.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the averaged checkpoint (loadable with load_student).")
+@one_line_errors
 def average(exp_dir: str, num_last: int, out_path: str) -> None:
     """Average the model weights of the last N checkpoints into one checkpoint."""
     from mt2kd.train._checkpoint import write_average
 
-    used = _guarded(lambda: write_average(exp_dir, num_last, out_path))
+    used = write_average(exp_dir, num_last, out_path)
     click.echo(f"averaged {len(used)} checkpoints ({used[0].name} .. {used[-1].name}) -> {out_path}")
 
 
@@ -169,6 +177,7 @@ def average(exp_dir: str, num_last: int, out_path: str) -> None:
               help="BPE pieces, blank (id 0) and <unk> (id 1) included.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write bpe.model and tokens.txt into.")
+@one_line_errors
 def bpe(cuts: tuple[str, ...], vocab_size: int, out_dir: str) -> None:
     """Train the ASR vocabulary: a sentencepiece BPE model over the cuts' transcripts.
 
@@ -176,13 +185,5 @@ def bpe(cuts: tuple[str, ...], vocab_size: int, out_dir: str) -> None:
     """
     from mt2kd.train._tokenizer import MODEL_FILE, train_bpe
 
-    tokenizer = _guarded(lambda: train_bpe(cuts, vocab_size, out_dir))
+    tokenizer = train_bpe(cuts, vocab_size, out_dir)
     click.echo(f"BPE model with {tokenizer.vocab_size} pieces -> {os.path.join(out_dir, MODEL_FILE)}")
-
-
-def _guarded(run: Any) -> Any:
-    """Turn our own errors into a one-line CLI message (exit code 1) instead of a traceback."""
-    try:
-        return run()
-    except MT2KDError as e:
-        raise click.ClickException(str(e)) from e

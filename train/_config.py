@@ -166,7 +166,10 @@ STUDENT_PRESETS: dict[str, StudentConfig] = {
 
 
 # the flags that shape the paper's default targets (and only those)
-_SHORTCUTS = ("whisper_weight", "beats_weight", "ecapa_weight", "whisper_teacher", "beats_teacher", "ecapa_teacher")
+_SHORTCUTS = ("whisper_weight", "beats_weight", "ecapa_weight", "frames_teacher", "tagging_teacher", "speaker_teacher")
+# old field name -> the role name train and eval share (configs and checkpoints written before the rename)
+ROLE_ALIASES = {"whisper_teacher": "frames_teacher", "beats_teacher": "tagging_teacher",
+                "ecapa_teacher": "speaker_teacher"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,9 +203,11 @@ class TrainConfig:
     whisper_weight: float = 1.0  # lambda_1, L1 on whisper frames
     beats_weight: float = 1.0  # lambda_2, BCE on beats logits
     ecapa_weight: float = 1.0  # lambda_3, 1 - cos on ecapa embeddings
-    whisper_teacher: str = "whisper"  # store teacher name of the frame targets
-    beats_teacher: str = "beats"  # store teacher name of the AT logits
-    ecapa_teacher: str = "ecapa"  # store teacher name of the speaker embeddings
+    # the store teacher of each role, named as evaluation names them (the old names whisper_teacher,
+    # beats_teacher and ecapa_teacher are read too: ROLE_ALIASES)
+    frames_teacher: str = "whisper"  # store teacher name of the frame targets (M_ASR)
+    tagging_teacher: str = "beats"  # store teacher name of the AT logits (M_AT)
+    speaker_teacher: str = "ecapa"  # store teacher name of the speaker embeddings (M_SV)
     targets: tuple[KDTarget, ...] = ()  # KD targets (docs/training.md); empty: the paper's three from the fields above
     checkpoint_every: int = 2_000  # steps between checkpoints
     keep_last: int = 5  # checkpoints kept on disk (older ones are deleted)
@@ -256,8 +261,8 @@ class TrainConfig:
         """``targets``, or the paper's three from the shortcut fields (ecapa reading ``sv_block``)."""
         if self.targets:
             return self.targets
-        return paper_targets((self.whisper_teacher, self.whisper_weight), (self.beats_teacher, self.beats_weight),
-                             (self.ecapa_teacher, self.ecapa_weight), sv_block)
+        return paper_targets((self.frames_teacher, self.whisper_weight), (self.tagging_teacher, self.beats_weight),
+                             (self.speaker_teacher, self.ecapa_weight), sv_block)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = _plain(dataclasses.asdict(self))
@@ -267,7 +272,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return from_dict(cls, data)
+        """The config of ``data``; a teacher role under its old name (``whisper_teacher``) is read as its new one."""
+        return from_dict(cls, {ROLE_ALIASES.get(k, k): v for k, v in data.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:

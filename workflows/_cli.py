@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from mt2kd.errors import MT2KDError
+from mt2kd.cli import one_line_errors
 
 
 def _echo(text: str) -> None:
@@ -42,10 +42,7 @@ def _run(config: Any) -> dict[str, Any]:
     from mt2kd.workflows._run import run_workflow
 
     _show_stage_logs()
-    try:
-        return run_workflow(config, echo=_echo)
-    except MT2KDError as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    return run_workflow(config, echo=_echo)
 
 
 def _print_summary(results: dict[str, Any], config: Any, title: str) -> None:
@@ -61,6 +58,7 @@ def _print_summary(results: dict[str, Any], config: Any, title: str) -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="folder for teachers, data, store, student checkpoints and report.json")
 @click.option("--workers", default=2, show_default=True, help="LocalCluster worker processes")
+@one_line_errors
 def demo(out: str, workers: int) -> None:
     """The whole chain on the bundled demo corpus with tiny RANDOM teachers, in well under a minute on a CPU.
 
@@ -88,6 +86,7 @@ def demo(out: str, workers: int) -> None:
 @click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="workflow config (.yaml/.json): extract, tiny_teachers, verify, train, eval, report, finetune, "
                    "bpe_vocab_size, eval_student, student_report")
+@one_line_errors
 def run(config_file: str) -> None:
     """Run the chain of one config: prepare -> extract -> verify -> train -> finetune -> eval (the sections it has).
 
@@ -95,8 +94,5 @@ def run(config_file: str) -> None:
     """
     from mt2kd.workflows._config import WorkflowConfig
 
-    try:
-        config = WorkflowConfig.load(config_file)
-    except MT2KDError as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    config = WorkflowConfig.load(config_file)
     _print_summary(_run(config), config, "report:")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from mt2kd._typed import check_fields, typed_values
+from mt2kd._typed import typed_values
 from mt2kd.errors import ConfigError
 
 T = TypeVar("T")
@@ -37,7 +37,6 @@ def load_section(cls: type[T], data: Any, section: str, defaults: dict[str, Any]
     if not isinstance(data, dict):
         raise ConfigError(f"the {section!r} section must be a mapping of {cls.__name__} fields. "
                           f"Got {type(data).__name__}: {data!r}.")
-    check_fields(cls, data, f"{section!r} section ({cls.__name__})")
     values = {**data, **{k: v for k, v in defaults.items() if k not in data or data[k] in ((), [], "")}}
     values = typed_values(cls, values, f"{section}.")
     try:

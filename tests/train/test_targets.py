@@ -51,7 +51,7 @@ def test_bad_targets_are_refused_naming_the_field(data: dict, message: str) -> N
 
 
 def test_the_shortcut_flags_shape_the_paper_targets() -> None:
-    cfg = TrainConfig(whisper_weight=0.5, ecapa_teacher="spk")
+    cfg = TrainConfig(whisper_weight=0.5, speaker_teacher="spk")
     whisper, beats, ecapa = cfg.kd_targets(sv_block=2)
     assert (whisper.name, whisper.teacher, whisper.head, whisper.loss, whisper.weight) == (
         "whisper", "whisper", "frames", "l1", 0.5)
