@@ -13,37 +13,22 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
-from mt2kd.store._cli import _friendly, store
+from mt2kd.cli import config_options, one_line_errors
+from mt2kd.store._cli import store
 from mt2kd.store._quantize_config import QuantizeConfig
 from mt2kd.store._quantizer import codes_teachers, load_quantizer
 
 if TYPE_CHECKING:
     from mt2kd.store._store import TeacherStore
 
-_REQUIRED = ("source", "out")
-
-
-def _option(field: dataclasses.Field[Any]) -> Any:
-    """A click option for one QuantizeConfig field, typed after its default."""
-    flag = "--" + field.name.replace("_", "-")
-    if field.name == "out":
-        return click.option(flag, field.name, required=True, help="QuantizeConfig.out: the codes store to write.")
-    help_text = f"QuantizeConfig.{field.name} (default {field.default!r})."
-    if isinstance(field.default, bool):
-        return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=field.default, help=help_text)
-    return click.option(flag, field.name, type=type(field.default), default=field.default, help=help_text)
-
-
-def _config_options(command: Any) -> Any:
-    for field in reversed([f for f in dataclasses.fields(QuantizeConfig) if f.name != "source"]):
-        command = _option(field)(command)
-    return command
+_HELP = {f.name: f"QuantizeConfig.{f.name}." for f in dataclasses.fields(QuantizeConfig)}
+_HELP["out"] = "QuantizeConfig.out: the codes store to write."
 
 
 @store.command("quantize")
 @click.argument("source")
-@_config_options
-@_friendly
+@config_options(QuantizeConfig, _HELP, extra={"out": {"required": True}}, skip=("source",))
+@one_line_errors
 def quantize_command(source: str, **values: Any) -> None:
     """Train an MVQ quantiser on SOURCE's frames and write every cut's codes (uint8) to a new store.
 

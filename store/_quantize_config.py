@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError
 from mt2kd.store._spec import CODECS
 
@@ -66,8 +67,4 @@ class QuantizeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown quantize config fields {unknown}; expected a subset of {sorted(known)}.")
-        return cls(**data)
+        return from_dict(cls, data, "quantize config", tuples=False)

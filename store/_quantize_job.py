@@ -221,7 +221,8 @@ def package_version() -> str:
 def codes_spec(name: str, source: TeacherSpec, quantizer: Quantizer, codec: str) -> TeacherSpec:
     """The spec of the codes teacher: uint8 ``[T, num_codebooks]`` at the source's frame rate."""
     q = quantizer.config
-    config = {"codes_of": source.name, "quantizer": quantizer_path(name), "quantizer_fingerprint": quantizer.fingerprint,
+    config = {"codes_of": source.name, "quantizer": quantizer_path(name),
+              "quantizer_fingerprint": quantizer.fingerprint,
               "num_codebooks": q.num_codebooks, "codebook_size": q.codebook_size, "rel_error": q.rel_error,
               "source_dim": source.dim, "source_fingerprint": source.fingerprint,
               "random_init": bool(source.config.get("random_init", False)), "source_config": source.config}

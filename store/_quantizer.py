@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError, StoreFormatError
 
 if TYPE_CHECKING:
@@ -76,11 +77,7 @@ class QuantizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown quantiser config fields {unknown}; expected a subset of {sorted(known)}.")
-        return cls(**data)
+        return from_dict(cls, data, "quantiser config", tuples=False)
 
 
 class Quantizer:
@@ -111,7 +108,8 @@ class Quantizer:
 
     @classmethod
     def load(cls, raw: bytes, where: str, fingerprint: str | None = None) -> Quantizer:
-        """Parse a quantiser file; StoreFormatError naming ``where`` if it is not one, was altered, or is not ``fingerprint``."""
+        """Parse a quantiser file; StoreFormatError naming ``where`` if it is not one, was altered, or is not
+        ``fingerprint``."""
         metadata = _metadata(raw, where)
         try:
             config = QuantizerConfig.from_dict(json.loads(metadata[CONFIG_KEY]))

@@ -37,7 +37,9 @@ class TeacherSpec:
     kind: Kind  # "frames": ragged [num_frames, dim] per cut; "clip": [dim] per cut; "text": a str per cut
     dim: int  # feature dimension of one frame or one clip vector; 1 for text (one byte a row)
     frame_rate: float | None = None  # Hz; frames only (25.0 for stacked whisper)
-    dtype: str = ""  # on-disk dtype, one of DTYPES; "" picks float16 for frames, float32 for clip, uint8 for text (frames of codes: uint8)
+    # on-disk dtype, one of DTYPES; "" picks float16 for frames, float32 for clip, uint8 for text (frames of
+    # codes: uint8)
+    dtype: str = ""
     codec: str = DEFAULT_CODEC  # byte codec inside each shard, one of CODECS
     codec_level: int = DEFAULT_CODEC_LEVEL  # compression level of the codec
     fingerprint: str = ""  # hash of checkpoint bytes + teacher config + format version

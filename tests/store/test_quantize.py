@@ -14,8 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mt2kd.errors import ConfigError, FingerprintMismatchError, StoreFormatError, ValidationError
-from mt2kd.store import (QuantizeConfig, Quantizer, TeacherSpec, TeacherStore, codes_teachers, load_quantizer,
-                         quantize)
+from mt2kd.store import QuantizeConfig, Quantizer, TeacherSpec, TeacherStore, codes_teachers, load_quantizer, quantize
 from mt2kd.store._cli import store as store_cli
 
 DIM = 12  # frame dimension of the synthetic teacher
