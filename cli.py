@@ -57,15 +57,16 @@ def one_line_errors(command: F) -> F:
 
 
 def config_options(cls: type, help: Mapping[str, str] | None = None, flags: Mapping[str, Sequence[str]] | None = None,
-                   extra: Mapping[str, Mapping[str, Any]] | None = None, skip: Collection[str] = ()
-                   ) -> Callable[[F], F]:
+                   extra: Mapping[str, Mapping[str, Any]] | None = None, skip: Collection[str] = (),
+                   negatable: bool = True) -> Callable[[F], F]:
     """One click option per field of the config dataclass ``cls``: how every command gets its flags.
 
     The flag is the field's name (``max_duration`` -> ``--max-duration``)
     unless ``flags`` names others (the first is the flag, the rest aliases);
     type, default and ``multiple`` come from the field, so no default is
-    written twice. A bool field is ``--x/--no-x``; a tuple field takes one
-    value per use. ``help`` gives each flag's text, ``extra`` overrides
+    written twice. A bool field is ``--x/--no-x`` (so a flag can undo a
+    config file's true), or with ``negatable=False`` a plain ``--x`` flag;
+    a tuple field takes one value per use. ``help`` gives each flag's text, ``extra`` overrides
     click's arguments (``required``, a ``click.Path`` type), ``skip`` leaves
     fields out.
 
@@ -81,10 +82,12 @@ def config_options(cls: type, help: Mapping[str, str] | None = None, flags: Mapp
         for field in reversed(dataclasses.fields(cls)):
             if field.name not in skip:
                 names = list((flags or {}).get(field.name) or ["--" + field.name.replace("_", "-")])
-                if hints[field.name] is bool:
-                    names[0] = f"{names[0]}/--no-{names[0][2:]}"
                 kwargs = {"help": (help or {}).get(field.name), **_field_kwargs(field, hints[field.name]),
                           **(extra or {}).get(field.name, {})}
+                if hints[field.name] is bool and negatable:  # --x/--no-x
+                    names[0] = f"{names[0]}/--no-{names[0][2:]}"
+                elif hints[field.name] is bool:
+                    kwargs["is_flag"] = True
                 command = click.option(*names, field.name, **kwargs)(command)
         return command
 
@@ -100,7 +103,7 @@ def _field_kwargs(field: dataclasses.Field, hint: Any) -> dict[str, Any]:
         return {"multiple": True, "type": args[0] if args[0] in (int, float, str) else str}
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
         hint = args[0]
-    if hint is bool:  # --x/--no-x: a flag can undo a config file's true
+    if hint is bool:
         return {"default": default, "show_default": default is True}
     return {"type": hint if hint in (int, float, str) else str, "default": default, "show_default": shown}
 

@@ -45,7 +45,7 @@ _EXTRA = {"cuts": {"required": True, "type": click.Path(exists=True, dir_okay=Fa
 
 
 @click.command()
-@config_options(ExtractConfig, _HELP, {"teachers": ["--teacher"]}, _EXTRA)
+@config_options(ExtractConfig, _HELP, {"teachers": ["--teacher"]}, _EXTRA, negatable=False)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @one_line_errors
 def extract(as_json: bool, **fields: Any) -> None:
