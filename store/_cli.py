@@ -215,7 +215,7 @@ def verify(path: str, manifest: str | None, as_json: bool) -> None:
               help="lhotse CutSet (.jsonl/.jsonl.gz) the store was extracted from")
 @click.option("--out", required=True, help="CutSet to write (.jsonl.gz): the cuts with a text, as supervisions")
 @click.option("--teacher", default=None, help="text teacher to export [default: the store's only one]")
-@_friendly
+@one_line_errors
 def export_text(path: str, manifest: str, out: str, teacher: str | None) -> None:
     """Write the cuts of --cuts with a text teacher's transcript as their one supervision (stage-2 ASR)."""
     from mt2kd.store._export import export_text as run_export
@@ -223,7 +223,7 @@ def export_text(path: str, manifest: str, out: str, teacher: str | None) -> None
 
     ts = _open(path)
     summary = run_export(ts, text_teacher(ts, teacher), manifest, out)
-    lines = _random_lines(ts, path)
+    lines = random_lines(ts, path)
     lines += kv_lines([("Teacher", summary.teacher), ("Written", f"{summary.num_written:,} cuts to {out}"),
                        ("Without text", f"{summary.num_without_text:,} cuts (failed or not in the store)")])
     click.echo("\n".join(lines))

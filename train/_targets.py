@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from mt2kd._typed import typed_values
+from mt2kd._typed import check_fields, typed_values
 from mt2kd.errors import ConfigError
 
 STUDENT_FRAME_RATE = 25.0  # Hz: the student's frame rate after 4x subsampling of 100 Hz fbank
@@ -78,10 +78,10 @@ class KDTarget:
     def from_dict(cls, data: dict[str, Any], where: str = "target: ") -> KDTarget:
         if not isinstance(data, dict):
             raise ConfigError(f"{where.rstrip(': ')} must be a mapping of KDTarget fields. Got {data!r}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{where}unknown KDTarget fields {unknown}; expected a subset of {sorted(known)}.")
+        try:
+            check_fields(cls, data)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from None
         if "teacher" not in data:
             raise ConfigError(f"{where}a target must name its store teacher ('teacher'). Got {sorted(data)}.")
         return cls(**typed_values(cls, data, where))

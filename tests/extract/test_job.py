@@ -303,8 +303,8 @@ def test_a_checkpoint_of_the_wrong_kind_stops_the_job_before_any_worker_starts(
     (tmp_path / "whisper" / "tiny.pt").write_bytes(b"")
     (tmp_path / "ecapa.ckpt").write_bytes(b"")
     for teacher, message in ((TeacherConfig("whisper", str(tmp_path / "whisper")),
-                              r"whisper checkpoint must be a \.pt file or a Hugging Face folder.*which is a folder without config.json "
-                              r"\(it holds tiny\.pt"),
+                              r"whisper checkpoint must be a \.pt file or a Hugging Face folder.*which is a folder "
+                              r"without config.json \(it holds tiny\.pt"),
                              (TeacherConfig("ecapa", str(tmp_path / "ecapa.ckpt")),
                               "ecapa checkpoint must be a speechbrain pretrained folder.*which is a file")):
         config = ExtractConfig(cuts=DEMO_CUTS[:1], store=str(tmp_path / "s.zarr"), teachers=(teacher,))

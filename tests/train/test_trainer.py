@@ -133,7 +133,8 @@ def test_cli_rejects_a_bad_value_with_a_usage_error(tmp_path, corpus) -> None:
 
     args = ["train", "kd", "--cuts", corpus["manifest"], "--store", corpus["store"], "--exp-dir", str(tmp_path)]
     result = CliRunner().invoke(main, [*args, "--student", "huge"])
-    assert result.exit_code == 2 and "student must be one of ['paper', 'tiny', 'zipformer-m', 'zipformer-tiny']. Got 'huge'." in result.output
+    assert result.exit_code == 2
+    assert "student must be one of ['paper', 'tiny', 'zipformer-m', 'zipformer-tiny']. Got 'huge'." in result.output
     assert not list(tmp_path.glob("checkpoint-*.pt"))
 
 
