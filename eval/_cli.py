@@ -55,7 +55,7 @@ _HELP = {
     "tagging_teacher": "Store teacher whose logits give the tagging ceiling.",
     "speaker_teacher": "Store teacher whose embeddings give the speaker ceiling.",
 }
-_EXTRA = {
+_EXTRA: dict[str, dict[str, Any]] = {
     "cuts": {"required": True, "type": click.Path(exists=True)}, "stores": {"required": True},
     "checkpoint": {"required": True, "type": click.Path(exists=True)},
     "trials": {"type": click.Path(exists=True, dir_okay=False)},

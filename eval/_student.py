@@ -144,7 +144,7 @@ def _features(batch: Sequence[Any], failures: dict[str, str]) -> dict[str, torch
 
 @torch.no_grad()
 def _score_batch(model: torch.nn.Module, fbanks: dict[str, torch.Tensor], config: EvalConfig,
-                 store: ReadableStore, results: StudentResults) -> Any:
+                 store: ReadableStore | None, results: StudentResults) -> Any:
     cut_ids = list(fbanks)
     num_frames = torch.tensor([fbanks[c].shape[0] for c in cut_ids])
     padded = torch.nn.utils.rnn.pad_sequence([fbanks[c] for c in cut_ids], batch_first=True)

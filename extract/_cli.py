@@ -39,7 +39,7 @@ _HELP = {
     "slurm_gpus": "GPUs per job, one dask worker each (with --device cuda)",
     "slurm_job_extra": "extra #SBATCH directive, e.g. --constraint=a100; repeat",
 }
-_EXTRA = {"cuts": {"required": True, "type": click.Path(exists=True, dir_okay=False)},
+_EXTRA: dict[str, dict[str, Any]] = {"cuts": {"required": True, "type": click.Path(exists=True, dir_okay=False)},
           "store": {"required": True}, "teachers": {"required": True},
           "precision": {"type": click.Choice(list(PRECISIONS))}}
 

@@ -80,7 +80,11 @@ def test_the_rules_of_the_cut_are_defined_once_in_the_foundation() -> None:
         if path.name == "cuts.py" and not package:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([node.name] if isinstance(node, ast.FunctionDef) else
-                     [t.id for t in node.targets if isinstance(t, ast.Name)] if isinstance(node, ast.Assign) else [])
+            if isinstance(node, ast.FunctionDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            else:
+                continue
             elsewhere += [f"{path.relative_to(ROOT)}:{node.lineno} defines {n}" for n in names if n in CUT_RULES]
     assert not elsewhere, "use mt2kd.cuts:\n" + "\n".join(elsewhere)

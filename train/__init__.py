@@ -23,17 +23,7 @@ Names resolve on first use, so ``mt2kd train --help`` does not import torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mt2kd._exports import lazy_exports
-
-if TYPE_CHECKING:
-    from mt2kd.train._checkpoint import average_checkpoints, list_checkpoints, load_student
-    from mt2kd.train._config import StudentConfig, TrainConfig, checkpoint_path
-    from mt2kd.train._features import compute_fbank
-    from mt2kd.train._losses import align_frames
-    from mt2kd.train._model import Student, StudentOutput
-    from mt2kd.train._trainer import train
 
 _WHERE = {
     "Student": "_model",
@@ -70,5 +60,5 @@ _WHERE = {
 }
 
 __all__ = sorted(_WHERE)
-if not TYPE_CHECKING:
-    __getattr__ = lazy_exports(__name__, _WHERE)
+# no TYPE_CHECKING imports here yet: mypy reads these names as Any, as it always has
+__getattr__ = lazy_exports(__name__, _WHERE)

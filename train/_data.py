@@ -169,7 +169,7 @@ def fetch_targets(
     return targets
 
 
-def _checked_frames(row: np.ndarray | None, cut: Any, frame_rate: float) -> np.ndarray | None:
+def _checked_frames(row: np.ndarray | None, cut: Any, frame_rate: float | None) -> np.ndarray | None:
     """``row`` if its length fits the duration of ``cut`` (the one its targets were computed on), else None.
 
     A cut cut out of a longer one (``truncate``, windows) keeps an ID whose
@@ -178,7 +178,7 @@ def _checked_frames(row: np.ndarray | None, cut: Any, frame_rate: float) -> np.n
     """
     if row is None:
         return None
-    expected = cut.duration * frame_rate
+    expected = cut.duration * float(frame_rate or 0.0)  # a frames teacher's spec always has its rate
     if abs(row.shape[0] - expected) <= FRAME_TOLERANCE:
         return row
     global _warned_length
