@@ -132,6 +132,7 @@ def kd_command(out: str | None, plots: str | None, as_json: bool, **fields: Any)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write DET and per-class AP plots here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+@one_line_errors
 def student_command(out: str | None, plots: str | None, as_json: bool, **fields: Any) -> None:
     """A fine-tuned student on any number of test sets: WER per decoding method, mAP, EER (no store needed).
 
@@ -146,7 +147,7 @@ def student_command(out: str | None, plots: str | None, as_json: bool, **fields:
 
     fields = {**fields, "test_sets": tuple(fields["test_sets"]), "stores": tuple(fields["stores"]),
               "methods": tuple(fields["methods"]) or METHODS}
-    evaluation = _guarded(lambda: evaluate_student(_guarded(lambda: StudentEvalConfig(**fields))))
+    evaluation = evaluate_student(StudentEvalConfig(**fields))
     if out:
         write_json(evaluation.report, out)
     click.echo(json.dumps(evaluation.report, indent=2, allow_nan=False) if as_json

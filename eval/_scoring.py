@@ -18,8 +18,14 @@ from mt2kd.cuts import canonical_cut_id
 from mt2kd.eval._inputs import audio_paths, event_targets, has_events, sigmoid, speakers
 from mt2kd.eval._speaker import DetCurve, cosine_scores, det_curve, eer
 from mt2kd.eval._tagging import load_label_list, mean_average_precision
-from mt2kd.eval._trials import (Trial, is_voxceleb_list, make_trials, match_voxceleb_trials, read_trials,
-                                read_voxceleb_trials)
+from mt2kd.eval._trials import (
+    Trial,
+    is_voxceleb_list,
+    make_trials,
+    match_voxceleb_trials,
+    read_trials,
+    read_voxceleb_trials,
+)
 
 LABELS_FROM_EVENTS = "events"  # cut.custom["events"]
 LABELS_FROM_TEACHER = "teacher_pseudo_labels"  # thresholded teacher probabilities

@@ -28,7 +28,7 @@ from mt2kd.errors import ConfigError
 from mt2kd.eval._asr import wer
 from mt2kd.eval._config import METHODS, StudentEvalConfig
 from mt2kd.eval._decode import decode
-from mt2kd.eval._inputs import has_events, load_cuts, open_store_view
+from mt2kd.eval._inputs import has_events, load_cuts
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
 from mt2kd.eval._student import StudentResults, _add_frame_l1, _features
 from mt2kd.eval._trials import Trial
@@ -122,7 +122,9 @@ def evaluate_student(config: StudentEvalConfig) -> StudentEvaluation:
     check_device(config.device)
     student = load_finetuned(config.checkpoint)
     methods, skipped = _methods(student, config.methods)
-    store = open_store_view(config.stores) if config.stores else None
+    from mt2kd.store import open_view
+
+    store = open_view(config.stores) if config.stores else None
     if store is not None:
         _check_frames_head(config, student, store)
     report: dict[str, Any] = {"config": config.to_dict(), "model": _model_info(config, student),

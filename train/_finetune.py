@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mt2kd.cuts import check_manifests
 from mt2kd.errors import CheckpointError, ConfigError
 from mt2kd.train._checkpoint import read_checkpoint_of_kind, student_weights
 from mt2kd.train._config import StudentConfig
@@ -30,10 +31,10 @@ from mt2kd.train._finetune_config import FinetuneConfig
 from mt2kd.train._finetune_data import (FBANK_RATE, AlternatingSampler, FinetuneDataset, LabelSpec,
                                         check_labels_found, crop_speaker_cuts, scan_labels)
 from mt2kd.train._finetune_model import build_model, first_head, parameter_groups, set_trainable
-from mt2kd.train._loader import check_manifests, check_target_coverage, make_sampler, open_corpora_counted
+from mt2kd.train._loader import check_target_coverage, make_sampler, open_corpora_counted
 from mt2kd.train._losses import ResolvedTarget, kd_losses, resolve_targets
-from mt2kd.train._targets import paper_targets
 from mt2kd.train._runner import Runner, eden_factor, start, to_device
+from mt2kd.train._targets import paper_targets
 from mt2kd.train._tokenizer import Tokenizer
 from mt2kd.train._zipformer import set_training_step
 
@@ -103,8 +104,8 @@ class FinetuneTrainer(Runner):
             return StudentConfig.from_dict(init["student_config"])
         config = StudentConfig.preset(self.cfg.student)
         if self.cfg.stores:  # from scratch: the KD heads as wide as the stores' targets, as stage 1 makes them
-            from mt2kd.train._trainer import student_config_for
             from mt2kd.train._config import TrainConfig
+            from mt2kd.train._trainer import student_config_for
 
             config = student_config_for(TrainConfig(cuts=self.cfg.cuts, stores=self.cfg.stores,
                                                     student=self.cfg.student))

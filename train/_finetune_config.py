@@ -14,10 +14,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mt2kd._typed import read_mapping, typed_values
+from mt2kd._typed import from_dict, read_mapping, typed_values
 from mt2kd.errors import ConfigError
 from mt2kd.train._asr_config import AsrConfig
-from mt2kd.train._config import STUDENT_PRESETS, _from_dict
+from mt2kd.train._config import STUDENT_PRESETS
 
 SPEAKER_LOSSES = ("ce", "aam")
 BATCH_MODES = ("mixed", "alternate")
@@ -115,7 +115,7 @@ class FinetuneConfig:
             data = {**data, "asr": AsrConfig.from_dict(typed_values(AsrConfig, asr, "asr."))}
         elif asr is not None and not isinstance(asr, AsrConfig):
             raise ConfigError(f"asr must be a mapping of AsrConfig fields. Got {asr!r}.")
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> FinetuneConfig:

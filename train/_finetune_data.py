@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
+from mt2kd.cuts import manifest_error, open_manifest
 from mt2kd.errors import ConfigError, MT2KDError
 from mt2kd.train._data import KDDataset
 from mt2kd.train._labels import cut_events, cut_speaker, events_to_multi_hot, load_label_list
 from mt2kd.train._loader import restore_sampler, sampler_state
-from mt2kd.train._manifests import manifest_error, open_manifest
 from mt2kd.train._tokenizer import cut_text
 
 FBANK_RATE = 100  # Hz, frames of the student's input
