@@ -19,19 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mt2kd.errors import ConfigError
 from mt2kd.eval._asr import wer
-from mt2kd.eval._config import METHODS, StudentEvalConfig
+from mt2kd.eval._config import StudentEvalConfig
 from mt2kd.eval._decode import decode
 from mt2kd.eval._inputs import has_events, load_cuts
 from mt2kd.eval._scoring import Scores, Targets, build_labels, build_trials, json_ready, score_speakers, score_tagging
 from mt2kd.eval._student import StudentResults, _add_frame_l1, _features
 from mt2kd.eval._trials import Trial
+
+if TYPE_CHECKING:
+    from mt2kd.store import ReadableStore
 
 TRANSDUCER_METHODS = ("greedy", "beam")  # need the transducer; "ctc" needs the CTC head
 
@@ -60,7 +63,7 @@ def usable_methods(heads: Any, methods: Sequence[str]) -> tuple[list[str], dict[
 
 
 def run_pass(student: Any, cuts: Sequence[Any], methods: Sequence[str], beam: int, batch_size: int,
-             device: str, store: Any = None, frames_teacher: str = "whisper") -> PassResults:
+             device: str, store: ReadableStore | None = None, frames_teacher: str = "whisper") -> PassResults:
     """Outputs of ``student`` (a :func:`mt2kd.train.load_finetuned` result) for every readable cut.
 
     Examples
@@ -117,13 +120,12 @@ def evaluate_student(config: StudentEvalConfig) -> StudentEvaluation:
     0.0235
     """
     from mt2kd.eval._student import check_device
+    from mt2kd.store import open_view
     from mt2kd.train import load_finetuned
 
     check_device(config.device)
     student = load_finetuned(config.checkpoint)
     methods, skipped = _methods(student, config.methods)
-    from mt2kd.store import open_view
-
     store = open_view(config.stores) if config.stores else None
     if store is not None:
         _check_frames_head(config, student, store)
@@ -137,7 +139,7 @@ def evaluate_student(config: StudentEvalConfig) -> StudentEvaluation:
     return StudentEvaluation(json_ready(report), tagging, speaker)
 
 
-def _check_frames_head(config: StudentEvalConfig, student: Any, store: Any) -> None:
+def _check_frames_head(config: StudentEvalConfig, student: Any, store: ReadableStore) -> None:
     """Refuse a store whose frames teacher the student's frames head (M_ASR) cannot be compared with."""
     spec = store.specs.get(config.frames_teacher)
     heads = [h for h in student.student_config.resolved_heads() if h.kind == "frames"]
@@ -163,7 +165,7 @@ def _model_info(config: StudentEvalConfig, student: Any) -> dict[str, Any]:
 
 
 def _score_set(config: StudentEvalConfig, student: Any, methods: list[str], path: str,
-               store: Any) -> tuple[dict[str, Any], Scores, Scores]:
+               store: ReadableStore | None) -> tuple[dict[str, Any], Scores, Scores]:
     cuts = load_cuts([path], config.max_cuts)
     if not cuts:
         raise ConfigError(f"test set {path!r} must hold at least one cut. Got none.")
