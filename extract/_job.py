@@ -245,8 +245,6 @@ def finish_locked(results: list[ShardResult], store: TeacherStore, plan: Plan, s
     is released uncommitted (that run failed or was stopped) or went stale
     (it died) is written by this run, with ``run``.
     """
-    from mt2kd.store._format import shard_name
-
     while True:
         locked = {r.shard_id: r for r in results if r.status == LOCKED}
         if not locked:

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from mt2kd.train._checkpoint import read_checkpoint
 from mt2kd.train._config import StudentConfig, TrainConfig
 from mt2kd.train._data import fetch_targets

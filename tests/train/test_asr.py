@@ -11,8 +11,16 @@ import torch
 
 from mt2kd.errors import ConfigError, ValidationError
 from mt2kd.eval import decode, wer
-from mt2kd.train import (AsrConfig, AsrHeads, Student, StudentConfig, Tokenizer, compute_fbank, cut_text,
-                         transducer_memory_bytes)
+from mt2kd.train import (
+    AsrConfig,
+    AsrHeads,
+    Student,
+    StudentConfig,
+    Tokenizer,
+    compute_fbank,
+    cut_text,
+    transducer_memory_bytes,
+)
 
 ENCODER_DIM = 12
 
@@ -146,7 +154,7 @@ class Overfit:
 
 @pytest.fixture(scope="module")
 def utterances() -> tuple[torch.Tensor, torch.Tensor, list[str], Tokenizer]:
-    from mt2kd.train._manifests import open_manifest
+    from mt2kd.cuts import open_manifest
 
     picked: dict[str, Any] = {}
     for cut in sorted(open_manifest(DEMO_SPEECH), key=lambda c: c.duration):
