@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import functools
 import dataclasses
+import functools
 import gzip
 import json
 import os
@@ -176,8 +176,7 @@ def mvq_targets(num_codebooks: int, settings: Settings, source: str, folder: Pat
 
 
 def make_student(dim: int, seed: int, targets: Targets) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    from mt2kd.train import Student, StudentConfig
-    from mt2kd.train import MvqHead
+    from mt2kd.train import MvqHead, Student, StudentConfig
 
     torch.manual_seed(seed)
     student = Student(dataclasses.replace(StudentConfig.preset("tiny"), teacher_frame_dim=dim))

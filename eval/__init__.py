@@ -23,8 +23,17 @@ if TYPE_CHECKING:
     from mt2kd.eval._report import write_json
     from mt2kd.eval._run import Evaluation, evaluate
     from mt2kd.eval._student_eval import evaluate_student, summary_table
-    from mt2kd.eval.metrics import (cer, det_curve, eer, kd_l1, make_trials, mean_average_precision, read_trials,
-                                    wer, write_trials)
+    from mt2kd.eval.metrics import (
+        cer,
+        det_curve,
+        eer,
+        kd_l1,
+        make_trials,
+        mean_average_precision,
+        read_trials,
+        wer,
+        write_trials,
+    )
 
 _WHERE = {
     "EvalConfig": "_config", "Evaluation": "_run", "evaluate": "_run", "write_json": "_report",

@@ -141,8 +141,8 @@ def student_command(out: str | None, plots: str | None, as_json: bool, **fields:
       mt2kd eval student --checkpoint exp-ft/avg.pt --test-set clean=test-clean.jsonl.gz \\
         --test-set other=test-other.jsonl.gz --test-set vox=vox1-O.jsonl.gz --trials veri_test2.txt
     """
-    from mt2kd.eval._report import write_json, write_plots
     from mt2kd.eval._config import METHODS, StudentEvalConfig
+    from mt2kd.eval._report import write_json, write_plots
     from mt2kd.eval._student_eval import evaluate_student, summary_table
 
     fields = {**fields, "test_sets": tuple(fields["test_sets"]), "stores": tuple(fields["stores"]),

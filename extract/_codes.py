@@ -21,8 +21,15 @@ import numpy as np
 
 from mt2kd.errors import ConfigError
 from mt2kd.extract._teacher import Teacher, store_name
-from mt2kd.store import (Quantizer, TeacherSpec, TeacherStore, codes_teachers, load_quantizer, quantizer_path,
-                         save_quantizer)
+from mt2kd.store import (
+    Quantizer,
+    TeacherSpec,
+    TeacherStore,
+    codes_teachers,
+    load_quantizer,
+    quantizer_path,
+    save_quantizer,
+)
 
 ENCODE_ROWS = 1024  # frames encoded in one call (the package's index refinement is memory hungry)
 

@@ -9,8 +9,14 @@ from mt2kd.store._format import shard_name
 from mt2kd.store._multi import MultiStore, check_same_teacher, open_stores, open_view
 from mt2kd.store._quantize_config import QuantizeConfig
 from mt2kd.store._quantize_job import quantize
-from mt2kd.store._quantizer import (Quantizer, QuantizerConfig, codes_teachers, load_quantizer, quantizer_path,
-                                    save_quantizer)
+from mt2kd.store._quantizer import (
+                                    Quantizer,
+                                    QuantizerConfig,
+                                    codes_teachers,
+                                    load_quantizer,
+                                    quantizer_path,
+                                    save_quantizer,
+)
 from mt2kd.store._setup import check_store_path, open_or_create
 from mt2kd.store._spec import TeacherSpec
 from mt2kd.store._store import TeacherStore

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mt2kd._typed import from_dict
 from mt2kd.errors import ConfigError, ValidationError
 from mt2kd.train._asr_config import DECODER_GROUP_SIZE, AsrConfig  # torch-free: CLI flags derive from it
 

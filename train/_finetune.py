@@ -28,8 +28,15 @@ from mt2kd.train._checkpoint import read_checkpoint_of_kind, student_weights
 from mt2kd.train._config import StudentConfig
 from mt2kd.train._data import LazyStores
 from mt2kd.train._finetune_config import FinetuneConfig
-from mt2kd.train._finetune_data import (FBANK_RATE, AlternatingSampler, FinetuneDataset, LabelSpec,
-                                        check_labels_found, crop_speaker_cuts, scan_labels)
+from mt2kd.train._finetune_data import (
+    FBANK_RATE,
+    AlternatingSampler,
+    FinetuneDataset,
+    LabelSpec,
+    check_labels_found,
+    crop_speaker_cuts,
+    scan_labels,
+)
 from mt2kd.train._finetune_model import build_model, first_head, parameter_groups, set_trainable
 from mt2kd.train._loader import check_target_coverage, make_sampler, open_corpora_counted
 from mt2kd.train._losses import ResolvedTarget, kd_losses, resolve_targets

@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from mt2kd.cli import main
+from mt2kd.eval._config import StudentEvalConfig
 from mt2kd.eval._decode import decode
 from mt2kd.eval._scoring import build_trials
-from mt2kd.eval._config import StudentEvalConfig
 from mt2kd.eval._student_eval import evaluate_student
 from mt2kd.eval._trials import is_voxceleb_list, match_voxceleb_trials, read_voxceleb_trials, utterance_key
 
