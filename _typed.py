@@ -160,3 +160,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any], what: str | None = None, tu
     check_fields(cls, data, what)
     values = {k: tuple(v) if tuples and isinstance(v, list) else v for k, v in data.items()}
     return cls(**values)
+
+
+def file_values(cls: type, path: str | Path) -> dict[str, Any]:
+    """The fields a YAML or JSON config file gives ``cls``, each checked against its type (every ``from_file``).
+
+    Examples
+    --------
+    >>> TrainConfig.from_dict(file_values(TrainConfig, "train.yaml"))  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file must exist. Got {str(path)!r}.")
+    return typed_values(cls, read_mapping(path, "config file"), f"config file {str(path)!r}: ")

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mt2kd._typed import from_dict, read_mapping, typed_values
+from mt2kd._typed import file_values, from_dict
 from mt2kd.errors import ConfigError
 from mt2kd.train._targets import KDTarget, checked_targets, paper_targets
 from mt2kd.train._zipformer_config import ZIPFORMER_PRESETS, ZipformerConfig
@@ -278,8 +278,4 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a YAML (``.yaml``/``.yml``) or JSON config file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file must exist. Got {str(path)!r}.")
-        data = read_mapping(path, "config file")
-        return cls.from_dict(typed_values(cls, data, f"config file {str(path)!r}: "))
+        return cls.from_dict(file_values(cls, path))

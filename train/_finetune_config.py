@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mt2kd._typed import from_dict, read_mapping, typed_values
+from mt2kd._typed import file_values, from_dict, typed_values
 from mt2kd.errors import ConfigError
 from mt2kd.train._asr_config import AsrConfig
 from mt2kd.train._config import STUDENT_PRESETS
@@ -120,8 +120,4 @@ class FinetuneConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> FinetuneConfig:
         """Read a YAML (``.yaml``/``.yml``) or JSON config file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file must exist. Got {str(path)!r}.")
-        data = read_mapping(path, "config file")
-        return cls.from_dict(typed_values(cls, data, f"config file {str(path)!r}: "))
+        return cls.from_dict(file_values(cls, path))
