@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,7 +162,7 @@ def test_make_tiny_info_and_extract_end_to_end(tmp_path: Path) -> None:
     all_cuts = [c for s in plan.shards for c in s.cuts]
     assert sorted(store.cut_ids()) == sorted(c["id"] for c in all_cuts) and store.attrs["random_teachers"] is True
     assert store.verify({c["id"]: c["duration"] for c in all_cuts}) == []
-    options = {"hubert": {"layers": "0,2"}, "wavlm": {}, "wav2vec2": {"rate": 50}}
+    options: dict[str, dict[str, Any]] = {"hubert": {"layers": "0,2"}, "wavlm": {}, "wav2vec2": {"rate": 50}}
     for cut in (all_cuts[0], all_cuts[-1]):
         samples = np.asarray(deserialize_item(cut).resample(16_000).load_audio(), np.float32).mean(axis=0)
         stored = store.get(cut["id"])

@@ -87,7 +87,7 @@ def test_one_store_read_per_batch_and_store(tmp_path: Path, specs_of: Any, outpu
         def counted(ids: Any, teachers: Any = None, _read: Any = read, _url: str = store.url) -> Any:
             calls.append((_url, list(ids)))
             return _read(ids, teachers)
-        store.get_many = counted  # type: ignore[method-assign]
+        store.get_many = counted  # type: ignore[method-assign,assignment]
     view = open_stores([a, b])
     view.get_many(["y", "x"])
     assert calls == [(a.url, ["y", "x"]), (b.url, ["y", "x"])]
