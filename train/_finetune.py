@@ -37,7 +37,7 @@ from mt2kd.train._finetune_data import (
     crop_speaker_cuts,
     scan_labels,
 )
-from mt2kd.train._finetune_model import build_model, first_head, parameter_groups, set_trainable
+from mt2kd.train._finetune_model import FinetuneModel, build_model, first_head, parameter_groups, set_trainable
 from mt2kd.train._loader import check_target_coverage, make_sampler, open_corpora_counted
 from mt2kd.train._losses import ResolvedTarget, kd_losses, resolve_targets
 from mt2kd.train._runner import Runner, eden_factor, start, to_device
@@ -54,6 +54,7 @@ class FinetuneTrainer(Runner):
     """Everything one stage-2 run holds. Use :func:`finetune`."""
 
     kind = "finetune"
+    model: FinetuneModel
     stage_name = "stage-2 fine-tuning"
 
     def __init__(self, cfg: FinetuneConfig) -> None:

@@ -175,7 +175,7 @@ class FinetuneModel(nn.Module):
             names = [n for n, on in (("transducer", cfg.use_transducer), ("ctc", cfg.use_ctc)) if on] + ["asr"]
             return {name: zero_of(self.asr, encoder_out) for name in names}
         index = torch.tensor(rows, device=encoder_out.device)
-        kept = [tokens[i] for i in rows]
+        kept = [t for t in tokens if t]  # the rows above, in order
         losses = self.asr.loss(encoder_out[index], out.num_frames[index], kept)
         return {name: value + zero_of(self.asr, encoder_out) for name, value in losses.items()}
 

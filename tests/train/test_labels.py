@@ -23,7 +23,9 @@ def _icefall_cuts() -> list:
 def test_icefall_audio_event_is_read_as_class_indices() -> None:
     cuts = _icefall_cuts()
     assert [cut_events(c) for c in cuts] == [[0, 137, 431], [72], [300, 301]]
-    assert events_to_multi_hot(cut_events(cuts[0]), 527, None, cuts[0].id).nonzero()[0].tolist() == [0, 137, 431]
+    first = cut_events(cuts[0])
+    assert first is not None
+    assert events_to_multi_hot(first, 527, None, cuts[0].id).nonzero()[0].tolist() == [0, 137, 431]
 
 
 def test_icefall_manifest_scans_and_batches_like_our_own(tmp_path) -> None:
@@ -42,7 +44,8 @@ def test_our_events_win_and_names_need_the_label_list(tmp_path) -> None:
     assert cut_events(named) == ["Speech", "Dog"] and cut_speaker(named) == "s1"
     labels = tmp_path / "labels.txt"
     labels.write_text("Speech\nDog\n")
-    assert LabelSpec(2, (), str(labels)).events(named).tolist() == [True, True]
+    named_events = LabelSpec(2, (), str(labels)).events(named)
+    assert named_events is not None and named_events.tolist() == [True, True]
     with pytest.raises(ValidationError, match="cut 'c'.*--labels"):
         LabelSpec(2, ()).events(named)
     assert cut_events(NS(custom={}, supervisions=[])) is None

@@ -44,7 +44,7 @@ def test_expected_frames_of_certain_predictions_decode_the_codes() -> None:
     from mt2kd.store import Quantizer, QuantizerConfig
 
     rng = np.random.default_rng(0)
-    tensors = {"to_logits.weight": np.zeros((512, 3), np.float32), "to_logits.bias": np.zeros(512, np.float32),
+    tensors: dict[str, np.ndarray] = {"to_logits.weight": np.zeros((512, 3), np.float32), "to_logits.bias": np.zeros(512, np.float32),
                "centers": rng.standard_normal((2, 256, 3)).astype(np.float32), "logits_scale": np.zeros((), np.float32),
                "centers_scale": np.full((), 0.01, np.float32), "id_buf": np.zeros(8, np.uint8),
                "data_mean": np.zeros(3, np.float32)}
