@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from mt2kd._console import human_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import format_table, human_bytes, ratio, sample_durations  # noqa: E402
+from _common import format_table, ratio, sample_durations  # noqa: E402
 
 ANCHOR = "paper"  # the Conformer: every ratio is against it
 PRESETS = ("paper", "zipformer-m")
