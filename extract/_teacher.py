@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 import hashlib
 import inspect
@@ -74,6 +75,21 @@ class Teacher(abc.ABC):
         if not waveforms:
             return []
         return self._extract(waveforms)
+
+    def _check_precision(self, device: str) -> None:
+        # refused rather than silently run in fp32: the store would record a precision it did not get
+        if self.precision != "fp32" and not device.startswith("cuda"):
+            raise ConfigError(f"{self.name}: precision {self.precision!r} needs a CUDA device (autocast). "
+                              f"Got device {device!r}; use precision 'fp32' on CPU.")
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of this teacher's precision (none for fp32), on its device."""
+        import torch  # here: the registry and the CLI load this module without torch
+
+        self._check_precision(self.device)
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     @abc.abstractmethod
     def _to(self, device: str) -> None: ...

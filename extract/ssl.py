@@ -19,7 +19,6 @@ come back as an empty ``[0, dim]`` array: the job records them as failed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,6 @@ from mt2kd.store import TeacherSpec
 NAMES = ("hubert", "wavlm", "wav2vec2")
 RATES = (50, 25)  # Hz of the stored frames
 POOLS = ("stack", "mean")  # how rate=25 joins two 50 Hz frames
-HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes by precision name
 STORED_DTYPE = "float16"
 
 
@@ -120,17 +118,6 @@ class SslTeacher(Teacher):
     def _to(self, device: str) -> None:
         self._check_precision(device)
         self.ssl.model.to(device)
-
-    def _check_precision(self, device: str) -> None:
-        if self.precision != "fp32" and not device.startswith("cuda"):
-            raise ConfigError(f"{self.name}: precision {self.precision!r} needs a CUDA device (autocast). "
-                              f"Got device {device!r}; use precision 'fp32' on CPU.")
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        self._check_precision(self.device)
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=HALF_DTYPES[self.precision])
 
     @torch.inference_mode()
     def _extract(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:

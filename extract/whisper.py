@@ -28,7 +28,6 @@ records an empty output as a failed cut.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,18 +142,6 @@ class WhisperTeacher(Teacher):
         self._check_precision(device)
         matmul_dtype = HALF_DTYPES.get(self.precision, torch.float32)
         self._weights = pack_encoder(self.encoder, device, matmul_dtype)
-
-    def _check_precision(self, device: str) -> None:
-        # refused rather than silently run in fp32: the store would record a precision it did not get
-        if self.precision != "fp32" and not device.startswith("cuda"):
-            raise ConfigError(f"whisper: precision {self.precision!r} needs a CUDA device (autocast). "
-                              f"Got device {device!r}; use precision 'fp32' on CPU.")
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        self._check_precision(self.device)
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=HALF_DTYPES[self.precision])
 
     @torch.inference_mode()
     def _extract(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
