@@ -311,9 +311,12 @@ def diff(path_a: str, path_b: str, atol: float | None, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-from mt2kd.store._cli_quantize import (  # noqa: E402 - registers ``store quantize``; it needs the group above
+from mt2kd.store._cli_quantize import (  # noqa: E402 - show/plot/diff above use these at call time
     codes_facts,
     codes_label,
     codes_pairs,
     decoded_arrays,
+    quantize_command,
 )
+
+store.add_command(quantize_command)

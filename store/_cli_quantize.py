@@ -14,7 +14,6 @@ import click
 import numpy as np
 
 from mt2kd.cli import config_options, one_line_errors
-from mt2kd.store._cli import store as store_group
 from mt2kd.store._quantize_config import QuantizeConfig
 from mt2kd.store._quantizer import codes_teachers, load_quantizer
 
@@ -25,7 +24,7 @@ _HELP = {f.name: f"QuantizeConfig.{f.name}." for f in dataclasses.fields(Quantiz
 _HELP["out"] = "QuantizeConfig.out: the codes store to write."
 
 
-@store_group.command("quantize")
+@click.command("quantize")
 @click.argument("source")
 @config_options(QuantizeConfig, _HELP, extra={"out": {"required": True}}, skip=("source",))
 @one_line_errors
