@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from mt2kd.cuts import SAMPLE_RATE
 
@@ -102,3 +103,11 @@ def corpus(tmp_path: Path, make_cuts, fill_store) -> dict:
     cuts.to_file(manifest)
     store = fill_store(tmp_path / "teachers.zarr", cuts)
     return {"cuts": cuts, "manifest": str(manifest), "store": str(store)}
+
+
+@pytest.fixture
+def deterministic():
+    """Deterministic torch kernels for the test's duration (bitwise resume comparisons need them)."""
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)

@@ -30,13 +30,6 @@ def _config(corpus: dict, exp_dir: Path, **overrides) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-@pytest.fixture
-def deterministic():
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-
-
 def test_scaled_adam_steps_are_relative_to_each_tensors_scale() -> None:
     small, large = torch.nn.Parameter(torch.full((4, 4), 0.01)), torch.nn.Parameter(torch.full((4, 4), 1.0))
     scalar = torch.nn.Parameter(torch.tensor(0.5))

@@ -29,13 +29,6 @@ def _config(corpus: dict, exp_dir: Path, **overrides) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-@pytest.fixture
-def deterministic():
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-
-
 def test_each_kd_loss_falls_even_with_a_cut_lacking_whisper(tmp_path, make_cuts, fill_store) -> None:
     cuts = make_cuts("utt", [0.6, 0.8, 1.0, 1.2, 1.4, 1.6])
     manifest = tmp_path / "cuts.jsonl.gz"
